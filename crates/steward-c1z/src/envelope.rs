@@ -1,0 +1,204 @@
+//! The c1z envelope: the 5 magic bytes `C1ZF\0` followed by ONE zstd frame (content checksum on, content
+//! size recorded, window ≤ 8 MiB) whose content is a SQLite database file.
+//!
+//! Writing is atomic: the frame goes to `<out>.tmp`, which is fsynced and renamed over `<out>` (and the
+//! directory fsynced), so a crash leaves either the old file or the new one. Reading refuses the newer
+//! `C1Z3\0` format, wrong magic, truncation and bad checksums with a [`C1zError`], never a panic, and caps
+//! the decompressed size.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{C1zError, Result};
+
+/// Magic bytes of format v1.
+pub const MAGIC_V1: &[u8; 5] = b"C1ZF\0";
+/// Magic bytes of the newer Pebble-based format, which we refuse.
+pub const MAGIC_V3: &[u8; 5] = b"C1Z3\0";
+/// Default cap on the decompressed size (new Baton readers use 10 GiB).
+pub const DEFAULT_MAX_DECODED: u64 = 10 << 30;
+/// zstd window log: 8 MiB, which every reader accepts.
+const WINDOW_LOG: u32 = 23;
+/// Decoder window cap (128 MiB), as Baton's readers.
+const MAX_WINDOW_LOG: u32 = 27;
+
+/// Compression settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressOptions {
+    /// zstd level (1 = fastest).
+    pub level: i32,
+    /// Worker threads for zstd (0 = single-threaded).
+    pub workers: u32,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        Self { level: 3, workers: 2 }
+    }
+}
+
+/// `<path>.tmp`.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Compresses the SQLite file `db` into the c1z `out`, atomically.
+pub fn write_c1z(db: &Path, out: &Path, opts: CompressOptions) -> Result<u64> {
+    let tmp = tmp_path(out);
+    let src = File::open(db).map_err(C1zError::io("open", db))?;
+    let size = src.metadata().map_err(C1zError::io("stat", db))?.len();
+    let file = File::create(&tmp).map_err(C1zError::io("create", &tmp))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let zerr = C1zError::io("compress into", &tmp);
+    w.write_all(MAGIC_V1).map_err(C1zError::io("write", &tmp))?;
+    let mut enc =
+        zstd::stream::write::Encoder::new(w, opts.level).map_err(C1zError::io("compress into", &tmp))?;
+    let configure = |enc: &mut zstd::stream::write::Encoder<'_, BufWriter<File>>| -> std::io::Result<()> {
+        enc.include_checksum(true)?;
+        enc.include_contentsize(true)?;
+        enc.set_pledged_src_size(Some(size))?;
+        enc.window_log(WINDOW_LOG)?;
+        if opts.workers > 0 {
+            enc.multithread(opts.workers)?;
+        }
+        Ok(())
+    };
+    configure(&mut enc).map_err(zerr)?;
+    std::io::copy(&mut BufReader::with_capacity(1 << 20, src), &mut enc)
+        .map_err(C1zError::io("compress into", &tmp))?;
+    let w = enc.finish().map_err(C1zError::io("finish", &tmp))?;
+    let file = w.into_inner().map_err(|e| C1zError::Io {
+        action: "flush",
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(C1zError::io("fsync", &tmp))?;
+    let written = file.metadata().map_err(C1zError::io("stat", &tmp))?.len();
+    drop(file);
+    std::fs::rename(&tmp, out).map_err(C1zError::io("rename into place", out))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Make the rename durable; some filesystems do not support fsync on directories, which is harmless.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(written)
+}
+
+/// Checks the magic bytes of `path` and decompresses its database into `db`.
+pub fn read_c1z(path: &Path, db: &Path, max_decoded: u64) -> Result<u64> {
+    let file = File::open(path).map_err(C1zError::io("open", path))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut magic = Vec::with_capacity(5);
+    (&mut r)
+        .take(5)
+        .read_to_end(&mut magic)
+        .map_err(C1zError::io("read", path))?;
+    if magic.as_slice() == MAGIC_V3 {
+        return Err(C1zError::C1z3 {
+            path: path.to_owned(),
+        });
+    }
+    if magic.len() < 5 && MAGIC_V1.starts_with(&magic) && !magic.is_empty() {
+        return Err(C1zError::Corrupt {
+            path: path.to_owned(),
+            detail: "the file ends inside its 5-byte header".into(),
+        });
+    }
+    if magic.as_slice() != MAGIC_V1 {
+        return Err(C1zError::NotC1z {
+            path: path.to_owned(),
+            found: magic,
+        });
+    }
+    let corrupt = |e: std::io::Error| C1zError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("zstd: {e}"),
+    };
+    let mut dec = zstd::stream::read::Decoder::with_buffer(r)
+        .map_err(corrupt)?
+        .single_frame();
+    dec.window_log_max(MAX_WINDOW_LOG).map_err(corrupt)?;
+    let out = File::create(db).map_err(C1zError::io("create", db))?;
+    let mut w = BufWriter::with_capacity(1 << 20, out);
+    let n = std::io::copy(&mut (&mut dec).take(max_decoded + 1), &mut w).map_err(corrupt)?;
+    if n > max_decoded {
+        return Err(C1zError::TooLarge {
+            path: path.to_owned(),
+            limit: max_decoded,
+        });
+    }
+    if n == 0 {
+        return Err(C1zError::Corrupt {
+            path: path.to_owned(),
+            detail: "the zstd frame is empty".into(),
+        });
+    }
+    w.flush().map_err(C1zError::io("write", db))?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("in.db");
+        std::fs::write(
+            &db,
+            b"SQLite format 3\0 and then some bytes bytes bytes bytes".repeat(100),
+        )
+        .unwrap();
+        let out = dir.path().join("x.c1z");
+        (dir, db, out)
+    }
+
+    #[test]
+    fn roundtrip_and_frame_header() {
+        let (dir, db, out) = roundtrip_setup();
+        write_c1z(&db, &out, CompressOptions::default()).unwrap();
+        assert!(!tmp_path(&out).exists());
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(&bytes[..5], MAGIC_V1);
+        assert_eq!(&bytes[5..9], &[0x28, 0xB5, 0x2F, 0xFD]); // zstd frame magic
+        let fhd = bytes[9];
+        assert_ne!(fhd & 0x04, 0, "content checksum flag");
+        assert_ne!(fhd >> 6 | (fhd & 0x20), 0, "content size recorded");
+        let back = dir.path().join("back.db");
+        read_c1z(&out, &back, DEFAULT_MAX_DECODED).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&db).unwrap());
+    }
+
+    #[test]
+    fn refuses_bad_files() {
+        let (dir, db, out) = roundtrip_setup();
+        write_c1z(&db, &out, CompressOptions { level: 1, workers: 0 }).unwrap();
+        let good = std::fs::read(&out).unwrap();
+        let back = dir.path().join("back.db");
+        let check = |bytes: &[u8]| {
+            let p = dir.path().join("bad.c1z");
+            std::fs::write(&p, bytes).unwrap();
+            read_c1z(&p, &back, DEFAULT_MAX_DECODED).unwrap_err()
+        };
+        assert!(matches!(check(b"C1Z3\0rest"), C1zError::C1z3 { .. }));
+        assert!(matches!(check(b"PK\x03\x04zip"), C1zError::NotC1z { .. }));
+        assert!(matches!(check(b""), C1zError::NotC1z { .. }));
+        assert!(matches!(check(b"C1Z"), C1zError::Corrupt { .. }));
+        assert!(matches!(check(&good[..good.len() / 2]), C1zError::Corrupt { .. }));
+        assert!(matches!(check(&good[..good.len() - 1]), C1zError::Corrupt { .. }));
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x55;
+        assert!(matches!(check(&flipped), C1zError::Corrupt { .. }));
+        let p = dir.path().join("ok.c1z");
+        std::fs::write(&p, &good).unwrap();
+        assert!(matches!(
+            read_c1z(&p, &back, 10).unwrap_err(),
+            C1zError::TooLarge { .. }
+        ));
+    }
+}

@@ -1,0 +1,726 @@
+//! `C1zWriter`: builds a c1z file sync by sync.
+//!
+//! The working database is a plain SQLite file `<target>.wip` next to the target (WAL journal,
+//! `synchronous=OFF`, exclusive lock). Writes go into large transactions; the secondary indexes of the bulk
+//! tables are dropped while a sync loads and rebuilt by [`C1zWriter::end_sync`], which then removes
+//! dangling rows, expands grants and marks the sync finished. [`C1zWriter::finish`] checkpoints the WAL,
+//! compresses the database into `<target>` atomically and deletes the working file.
+//!
+//! Crash safety: committed transactions survive a kill of the process (WAL); [`C1zWriter::checkpoint`]
+//! commits together with the caller's `sync_token`, so a resumed run ([`C1zWriter::open`] finds the `.wip`,
+//! [`C1zWriter::resume_sync`]) continues exactly from the last checkpoint. Dropping a writer without
+//! `finish` keeps the `.wip` for a later resume and rolls back the open transaction.
+//!
+//! Duplicates within a sync (a connector listing a row twice, or a re-run page) resolve to the last write,
+//! as Baton's upserts do.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, Resource, ResourceType};
+
+use crate::envelope::{self, CompressOptions};
+use crate::error::{C1zError, Result};
+use crate::expand::{self, ExpandStats};
+use crate::schema::{BULK_INDEXES, TABLES};
+use crate::{SyncRun, SyncType, ksuid, list_sync_runs, timefmt};
+
+/// Writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Commit automatically after this many rows (bounds the WAL); `None` commits only at
+    /// [`C1zWriter::checkpoint`] and [`C1zWriter::end_sync`] — what a resumable engine wants.
+    pub auto_commit_rows: Option<u64>,
+    /// zstd settings for [`C1zWriter::finish`].
+    pub compress: CompressOptions,
+    /// Keep at most this many finished full syncs in the file (Baton keeps 2); `None` keeps all.
+    pub keep_full_syncs: Option<usize>,
+    /// Maximum nesting depth of grant expansion (Baton: 20).
+    pub max_expansion_depth: usize,
+    /// Delete rows whose type, resource, entitlement or principal is missing at the end of a full sync
+    /// (the `baton` CLI shows them as `MISSING RESOURCE` or panics).
+    pub drop_dangling: bool,
+    /// SQLite page cache size in KiB.
+    pub cache_kib: i64,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            auto_commit_rows: Some(200_000),
+            compress: CompressOptions::default(),
+            keep_full_syncs: Some(2),
+            max_expansion_depth: expand::DEFAULT_MAX_DEPTH,
+            drop_dangling: true,
+            cache_kib: 64 * 1024,
+        }
+    }
+}
+
+/// What [`C1zWriter::end_sync`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndReport {
+    /// The sync id.
+    pub sync_id: String,
+    /// Resources dropped because their resource type is missing.
+    pub dropped_resources: u64,
+    /// Entitlements dropped because their resource is missing.
+    pub dropped_entitlements: u64,
+    /// Grants dropped because their entitlement or principal is missing.
+    pub dropped_grants: u64,
+    /// Duplicate rows resolved to the last write.
+    pub duplicates_removed: u64,
+    /// Grant expansion.
+    pub expansion: ExpandStats,
+    /// Milliseconds spent building indexes.
+    pub index_ms: u64,
+    /// Milliseconds spent expanding.
+    pub expand_ms: u64,
+}
+
+struct Active {
+    sync_id: String,
+    sync_type: SyncType,
+}
+
+/// Writes syncs into a c1z file. See the module docs for the life cycle.
+pub struct C1zWriter {
+    target: PathBuf,
+    wip: PathBuf,
+    conn: Connection,
+    opts: WriterOptions,
+    active: Option<Active>,
+    in_tx: bool,
+    uncommitted: u64,
+    now: String,
+    buf: Vec<u8>,
+    exp_buf: Vec<u8>,
+}
+
+/// `<target>.wip`: the working database.
+pub fn wip_path(target: &Path) -> PathBuf {
+    let mut s = target.as_os_str().to_owned();
+    s.push(".wip");
+    PathBuf::from(s)
+}
+
+fn remove_wip(wip: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut s = wip.as_os_str().to_owned();
+        s.push(suffix);
+        let p = PathBuf::from(s);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(C1zError::Io {
+                    action: "remove",
+                    path: p,
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl C1zWriter {
+    /// Starts a new file at `path` (replacing it at [`finish`](Self::finish)); discards a leftover `.wip`.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        Self::create_with(path, WriterOptions::default())
+    }
+
+    /// [`create`](Self::create) with options.
+    pub fn create_with(path: impl AsRef<Path>, opts: WriterOptions) -> Result<Self> {
+        let target = path.as_ref().to_owned();
+        let wip = wip_path(&target);
+        remove_wip(&wip)?;
+        Self::open_db(target, wip, opts)
+    }
+
+    /// Opens `path` to add a sync or resume one: an existing `.wip` (left by a crash) is used as is;
+    /// otherwise an existing c1z is unpacked into a new `.wip`; otherwise the file starts empty.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, WriterOptions::default())
+    }
+
+    /// [`open`](Self::open) with options.
+    pub fn open_with(path: impl AsRef<Path>, opts: WriterOptions) -> Result<Self> {
+        let target = path.as_ref().to_owned();
+        let wip = wip_path(&target);
+        if !wip.exists()
+            && target.exists()
+            && let Err(e) = envelope::read_c1z(&target, &wip, envelope::DEFAULT_MAX_DECODED)
+        {
+            remove_wip(&wip)?;
+            return Err(e);
+        }
+        Self::open_db(target, wip, opts)
+    }
+
+    fn open_db(target: PathBuf, wip: PathBuf, opts: WriterOptions) -> Result<Self> {
+        let conn = Connection::open(&wip)?;
+        conn.execute_batch(&format!(
+            "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF;
+             PRAGMA cache_size=-{}; PRAGMA temp_store=FILE; PRAGMA wal_autocheckpoint=10000;",
+            opts.cache_kib
+        ))
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                C1zError::Corrupt {
+                    path: target.clone(),
+                    detail: "the zstd frame does not hold a SQLite database".into(),
+                }
+            }
+            e => e.into(),
+        })?;
+        conn.execute_batch(TABLES)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Self {
+            target,
+            wip,
+            conn,
+            opts,
+            active: None,
+            in_tx: false,
+            uncommitted: 0,
+            now: timefmt::now_text(),
+            buf: Vec::with_capacity(4096),
+            exp_buf: Vec::new(),
+        })
+    }
+
+    /// The target path.
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+
+    /// The id of the sync being written, if any.
+    pub fn sync_id(&self) -> Option<&str> {
+        self.active.as_ref().map(|a| a.sync_id.as_str())
+    }
+
+    /// All sync runs in the file, oldest first.
+    pub fn sync_runs(&self) -> Result<Vec<SyncRun>> {
+        list_sync_runs(&self.conn)
+    }
+
+    /// The newest sync that was started but not ended (e.g. by a crash), if any.
+    pub fn unfinished_sync(&self) -> Result<Option<SyncRun>> {
+        Ok(self.sync_runs()?.into_iter().rev().find(|r| r.ended_at.is_none()))
+    }
+
+    /// Starts a new sync and returns its KSUID. Unfinished syncs left in the file are discarded first
+    /// (use [`resume_sync`](Self::resume_sync) to continue one instead).
+    pub fn begin_sync(&mut self, sync_type: SyncType) -> Result<String> {
+        self.begin_sync_with_parent(sync_type, "")
+    }
+
+    /// [`begin_sync`](Self::begin_sync) for a partial sync that applies to `parent_sync_id`.
+    pub fn begin_sync_with_parent(&mut self, sync_type: SyncType, parent_sync_id: &str) -> Result<String> {
+        if self.active.is_some() {
+            return Err(C1zError::State(
+                "a sync is already in progress: call end_sync before begin_sync",
+            ));
+        }
+        self.commit()?;
+        for run in self.sync_runs()?.into_iter().filter(|r| r.ended_at.is_none()) {
+            tracing::warn!(sync_id = %run.sync_id, "discarding an unfinished sync left in the file");
+            self.delete_sync_rows(&run.sync_id)?;
+        }
+        let sync_id = ksuid::new_ksuid();
+        self.conn.execute(
+            "INSERT INTO v1_sync_runs (sync_id, started_at, ended_at, sync_token, sync_type, parent_sync_id, linked_sync_id, supports_diff)
+             VALUES (?1, ?2, NULL, '', ?3, ?4, '', 1)",
+            params![sync_id, timefmt::now_text(), sync_type.as_str(), parent_sync_id],
+        )?;
+        self.drop_bulk_indexes()?;
+        self.active = Some(Active {
+            sync_id: sync_id.clone(),
+            sync_type,
+        });
+        Ok(sync_id)
+    }
+
+    /// Continues the unfinished sync `sync_id` (found with [`unfinished_sync`](Self::unfinished_sync)).
+    pub fn resume_sync(&mut self, sync_id: &str) -> Result<SyncRun> {
+        if self.active.is_some() {
+            return Err(C1zError::State(
+                "a sync is already in progress: call end_sync before resume_sync",
+            ));
+        }
+        let run = self
+            .sync_runs()?
+            .into_iter()
+            .find(|r| r.sync_id == sync_id)
+            .ok_or_else(|| C1zError::NoSync(format!("sync {sync_id} is not in {}", self.target.display())))?;
+        if run.ended_at.is_some() {
+            return Err(C1zError::NoSync(format!(
+                "sync {sync_id} has already ended; start a new one"
+            )));
+        }
+        let sync_type = SyncType::parse(&run.sync_type).unwrap_or(SyncType::Full);
+        self.drop_bulk_indexes()?;
+        self.active = Some(Active {
+            sync_id: sync_id.to_owned(),
+            sync_type,
+        });
+        Ok(run)
+    }
+
+    fn drop_bulk_indexes(&mut self) -> Result<()> {
+        for idx in BULK_INDEXES {
+            self.conn
+                .execute_batch(&format!("DROP INDEX IF EXISTS {}", idx.name))?;
+        }
+        Ok(())
+    }
+
+    fn active(&self) -> Result<&Active> {
+        self.active.as_ref().ok_or(C1zError::State(
+            "no sync in progress: call begin_sync or resume_sync first",
+        ))
+    }
+
+    fn before_write(&mut self) -> Result<()> {
+        if !self.in_tx {
+            self.conn.execute_batch("BEGIN")?;
+            self.in_tx = true;
+            self.now = timefmt::now_text();
+        }
+        Ok(())
+    }
+
+    fn after_write(&mut self) -> Result<()> {
+        self.uncommitted += 1;
+        if let Some(n) = self.opts.auto_commit_rows
+            && self.uncommitted >= n
+        {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.in_tx {
+            self.conn.execute_batch("COMMIT")?;
+            self.in_tx = false;
+        }
+        self.uncommitted = 0;
+        Ok(())
+    }
+
+    /// Commits everything written so far together with `sync_token` (the caller's resume state).
+    pub fn checkpoint(&mut self, sync_token: &str) -> Result<()> {
+        let id = self.active()?.sync_id.clone();
+        self.before_write()?;
+        self.conn.execute(
+            "UPDATE v1_sync_runs SET sync_token = ?1 WHERE sync_id = ?2",
+            params![sync_token, id],
+        )?;
+        self.commit()
+    }
+
+    /// The current sync's `sync_token` as last written.
+    pub fn sync_token(&self) -> Result<String> {
+        let id = &self.active()?.sync_id;
+        Ok(self.conn.query_row(
+            "SELECT sync_token FROM v1_sync_runs WHERE sync_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Writes a resource type.
+    pub fn put_resource_type(&mut self, rt: &ResourceType) -> Result<()> {
+        if rt.id.is_empty() {
+            return Err(C1zError::Incomplete {
+                what: "resource type",
+                id: rt.display_name.clone(),
+                field: "id",
+            });
+        }
+        self.before_write()?;
+        self.buf.clear();
+        rt.encode_raw(&mut self.buf);
+        let id = &self.active()?.sync_id;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO v1_resource_types (external_id, data, sync_id, discovered_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (external_id, sync_id) DO UPDATE SET data = excluded.data",
+            )?
+            .execute(params![rt.id, self.buf, id, self.now])?;
+        self.after_write()
+    }
+
+    /// Writes a resource (`external_id` = `type:id`).
+    pub fn put_resource(&mut self, r: &Resource) -> Result<()> {
+        let rid = r.id.as_ref().ok_or_else(|| C1zError::Incomplete {
+            what: "resource",
+            id: r.display_name.clone(),
+            field: "id",
+        })?;
+        self.before_write()?;
+        self.buf.clear();
+        r.encode_raw(&mut self.buf);
+        let id = &self.active()?.sync_id;
+        let (pt, pid) = match &r.parent_resource_id {
+            Some(p) => (Some(p.resource_type.as_str()), Some(p.resource.as_str())),
+            None => (None, None),
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO v1_resources (resource_type_id, external_id, parent_resource_type_id, parent_resource_id, data, sync_id, discovered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![rid.resource_type, rid.to_string(), pt, pid, self.buf, id, self.now])?;
+        self.after_write()
+    }
+
+    /// Writes an entitlement.
+    pub fn put_entitlement(&mut self, e: &Entitlement) -> Result<()> {
+        let rid = e
+            .resource
+            .as_ref()
+            .and_then(|r| r.id.as_ref())
+            .ok_or_else(|| C1zError::Incomplete {
+                what: "entitlement",
+                id: e.id.clone(),
+                field: "resource.id",
+            })?;
+        self.before_write()?;
+        self.buf.clear();
+        e.encode_raw(&mut self.buf);
+        let id = &self.active()?.sync_id;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO v1_entitlements (resource_type_id, resource_id, external_id, data, sync_id, discovered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![rid.resource_type, rid.resource, e.id, self.buf, id, self.now])?;
+        self.after_write()
+    }
+
+    /// Writes a grant. A `GrantExpandable` annotation is moved out of `data` into `expansion` /
+    /// `needs_expansion` as the spec describes.
+    pub fn put_grant(&mut self, g: &Grant) -> Result<()> {
+        let incomplete = |field| C1zError::Incomplete {
+            what: "grant",
+            id: g.id.clone(),
+            field,
+        };
+        let ent = g.entitlement.as_ref().ok_or_else(|| incomplete("entitlement"))?;
+        let rid = ent
+            .resource
+            .as_ref()
+            .and_then(|r| r.id.as_ref())
+            .ok_or_else(|| incomplete("entitlement.resource.id"))?;
+        let pid = g
+            .principal
+            .as_ref()
+            .and_then(|p| p.id.as_ref())
+            .ok_or_else(|| incomplete("principal.id"))?;
+        self.before_write()?;
+        self.buf.clear();
+        let mut needs_expansion = false;
+        let mut has_expansion = false;
+        if g.annotations.contains::<GrantExpandable>() {
+            let mut owned = g.clone();
+            if let Some(ge) = owned.annotations.take::<GrantExpandable>()? {
+                needs_expansion = ge.entitlement_ids.iter().any(|s| !s.trim().is_empty());
+                if needs_expansion {
+                    self.exp_buf.clear();
+                    ge.encode_raw(&mut self.exp_buf);
+                    has_expansion = true;
+                }
+            }
+            owned.encode_raw(&mut self.buf);
+        } else {
+            g.encode_raw(&mut self.buf);
+        }
+        let id = &self.active()?.sync_id;
+        let expansion = has_expansion.then_some(self.exp_buf.as_slice());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
+                   principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                rid.resource_type,
+                rid.resource,
+                ent.id,
+                pid.resource_type,
+                pid.resource,
+                g.id,
+                expansion,
+                needs_expansion as i64,
+                self.buf,
+                id,
+                self.now
+            ])?;
+        self.after_write()
+    }
+
+    /// Stores `value` under `key` in `v1_connector_sessions` for the current sync.
+    pub fn session_put(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.before_write()?;
+        let id = &self.active()?.sync_id;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO v1_connector_sessions (sync_id, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sync_id, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![id, key, value])?;
+        Ok(())
+    }
+
+    /// Deletes `key` from the current sync's session store.
+    pub fn session_delete(&mut self, key: &str) -> Result<()> {
+        self.before_write()?;
+        let id = &self.active()?.sync_id;
+        self.conn
+            .prepare_cached("DELETE FROM v1_connector_sessions WHERE sync_id = ?1 AND key = ?2")?
+            .execute(params![id, key])?;
+        Ok(())
+    }
+
+    /// Up to `limit` session entries whose key starts with `prefix` and sorts after `after`, in key order.
+    pub fn session_scan(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        let id = &self.active()?.sync_id;
+        let start = if after.is_empty() || after < prefix {
+            prefix
+        } else {
+            after
+        };
+        let mut st = self.conn.prepare_cached(
+            "SELECT key, value FROM v1_connector_sessions WHERE sync_id = ?1 AND key > ?2 AND substr(key, 1, ?3) = ?4
+             ORDER BY key LIMIT ?5",
+        )?;
+        // `key > start` would skip a key equal to the bare prefix; prefixes are never used as keys.
+        let rows = st
+            .query_map(
+                params![id, start, prefix.len() as i64, prefix, limit as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// The value stored under `key` for the current sync.
+    pub fn session_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let id = &self.active()?.sync_id;
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM v1_connector_sessions WHERE sync_id = ?1 AND key = ?2",
+                params![id, key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Deletes every session entry of the current sync whose key starts with `prefix`.
+    pub fn session_clear(&mut self, prefix: &str) -> Result<()> {
+        self.before_write()?;
+        let id = &self.active()?.sync_id;
+        self.conn.execute(
+            "DELETE FROM v1_connector_sessions WHERE sync_id = ?1 AND substr(key, 1, ?2) = ?3",
+            params![id, prefix.len() as i64, prefix],
+        )?;
+        Ok(())
+    }
+
+    /// Ends the current sync: rebuilds indexes (resolving duplicates), drops dangling rows of a full sync,
+    /// expands grants and records `ended_at`.
+    pub fn end_sync(&mut self) -> Result<EndReport> {
+        let Active { sync_id, sync_type } = match &self.active {
+            Some(a) => Active {
+                sync_id: a.sync_id.clone(),
+                sync_type: a.sync_type,
+            },
+            None => {
+                return Err(C1zError::State(
+                    "no sync in progress: call begin_sync before end_sync",
+                ));
+            }
+        };
+        self.commit()?;
+        let mut report = EndReport {
+            sync_id: sync_id.clone(),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        self.conn.execute_batch("BEGIN")?;
+        self.in_tx = true;
+        report.duplicates_removed = self.build_indexes(&sync_id)?;
+        report.index_ms = t.elapsed().as_millis() as u64;
+        if sync_type == SyncType::Full && self.opts.drop_dangling {
+            self.drop_dangling(&sync_id, &mut report)?;
+        }
+        let t = Instant::now();
+        report.expansion = expand::expand_grants(&self.conn, &sync_id, self.opts.max_expansion_depth)?;
+        report.expand_ms = t.elapsed().as_millis() as u64;
+        self.conn.execute(
+            "UPDATE v1_sync_runs SET ended_at = ?1 WHERE sync_id = ?2",
+            params![timefmt::now_text(), sync_id],
+        )?;
+        self.commit()?;
+        self.active = None;
+        Ok(report)
+    }
+
+    fn build_indexes(&mut self, sync_id: &str) -> Result<u64> {
+        let mut removed = 0;
+        for idx in BULK_INDEXES {
+            match self.conn.execute_batch(idx.ddl) {
+                Ok(()) => {}
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if idx.unique && f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    let n = self.conn.execute(
+                        &format!(
+                            "DELETE FROM {t} WHERE sync_id = ?1 AND id NOT IN
+                               (SELECT MAX(id) FROM {t} WHERE sync_id = ?1 GROUP BY external_id)",
+                            t = idx.table
+                        ),
+                        [sync_id],
+                    )?;
+                    removed += n as u64;
+                    self.conn.execute_batch(idx.ddl)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if removed > 0 {
+            tracing::warn!(
+                sync_id,
+                removed,
+                "duplicate rows in the sync resolved to their last write"
+            );
+        }
+        Ok(removed)
+    }
+
+    fn drop_dangling(&mut self, sync_id: &str, report: &mut EndReport) -> Result<()> {
+        let c = &self.conn;
+        report.dropped_resources = c.execute(
+            "DELETE FROM v1_resources WHERE sync_id = ?1 AND NOT EXISTS
+               (SELECT 1 FROM v1_resource_types t WHERE t.sync_id = ?1 AND t.external_id = v1_resources.resource_type_id)",
+            [sync_id],
+        )? as u64;
+        report.dropped_entitlements = c.execute(
+            "DELETE FROM v1_entitlements WHERE sync_id = ?1 AND NOT EXISTS
+               (SELECT 1 FROM v1_resources r WHERE r.sync_id = ?1
+                  AND r.external_id = v1_entitlements.resource_type_id || ':' || v1_entitlements.resource_id)",
+            [sync_id],
+        )? as u64;
+        let missing_ent: Vec<String> = {
+            let mut st = c.prepare(
+                "SELECT DISTINCT g.entitlement_id FROM v1_grants g WHERE g.sync_id = ?1 AND NOT EXISTS
+                   (SELECT 1 FROM v1_entitlements e WHERE e.sync_id = ?1 AND e.external_id = g.entitlement_id)",
+            )?;
+            st.query_map([sync_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for e in &missing_ent {
+            report.dropped_grants += c.execute(
+                "DELETE FROM v1_grants WHERE sync_id = ?1 AND entitlement_id = ?2",
+                params![sync_id, e],
+            )? as u64;
+        }
+        let missing_p: Vec<(String, String)> = {
+            let mut st = c.prepare(
+                "SELECT DISTINCT g.principal_resource_type_id, g.principal_resource_id FROM v1_grants g WHERE g.sync_id = ?1
+                   AND NOT EXISTS (SELECT 1 FROM v1_resources r WHERE r.sync_id = ?1
+                     AND r.external_id = g.principal_resource_type_id || ':' || g.principal_resource_id)",
+            )?;
+            st.query_map([sync_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for (t, id) in &missing_p {
+            report.dropped_grants += c.execute(
+                "DELETE FROM v1_grants WHERE sync_id = ?1 AND principal_resource_type_id = ?2 AND principal_resource_id = ?3",
+                params![sync_id, t, id],
+            )? as u64;
+        }
+        if report.dropped_resources + report.dropped_entitlements + report.dropped_grants > 0 {
+            tracing::warn!(
+                sync_id,
+                resources = report.dropped_resources,
+                entitlements = report.dropped_entitlements,
+                grants = report.dropped_grants,
+                missing_entitlements = ?missing_ent.iter().take(5).collect::<Vec<_>>(),
+                missing_principals = ?missing_p.iter().take(5).collect::<Vec<_>>(),
+                "dropped rows that reference missing objects (the baton CLI cannot show them)"
+            );
+        }
+        Ok(())
+    }
+
+    fn delete_sync_rows(&mut self, sync_id: &str) -> Result<()> {
+        for t in [
+            "v1_resource_types",
+            "v1_resources",
+            "v1_entitlements",
+            "v1_grants",
+            "v1_assets",
+            "v1_connector_sessions",
+            "v1_sync_runs",
+        ] {
+            self.conn
+                .execute(&format!("DELETE FROM {t} WHERE sync_id = ?1"), [sync_id])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `sync_id` and all its rows from the file.
+    pub fn delete_sync(&mut self, sync_id: &str) -> Result<()> {
+        if self.sync_id() == Some(sync_id) {
+            return Err(C1zError::State(
+                "cannot delete the sync in progress: end it first",
+            ));
+        }
+        self.before_write()?;
+        self.delete_sync_rows(sync_id)?;
+        self.commit()
+    }
+
+    /// Compresses the file into its target atomically and removes the working database. Fails while a
+    /// sync is in progress. Returns the size of the written file.
+    pub fn finish(mut self) -> Result<u64> {
+        if self.active.is_some() {
+            return Err(C1zError::State(
+                "a sync is still in progress: call end_sync before finish",
+            ));
+        }
+        self.commit()?;
+        if let Some(keep) = self.opts.keep_full_syncs {
+            let full: Vec<SyncRun> = self
+                .sync_runs()?
+                .into_iter()
+                .filter(|r| r.ended_at.is_some() && r.sync_type == SyncType::Full.as_str())
+                .collect();
+            let mut by_end = full;
+            by_end.sort_by(|a, b| b.ended_at.cmp(&a.ended_at));
+            for old in by_end.iter().skip(keep) {
+                self.delete_sync(&old.sync_id)?;
+            }
+        }
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")?;
+        let Self {
+            conn,
+            wip,
+            target,
+            opts,
+            ..
+        } = self;
+        conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+        let size = envelope::write_c1z(&wip, &target, opts.compress)?;
+        remove_wip(&wip)?;
+        Ok(size)
+    }
+}

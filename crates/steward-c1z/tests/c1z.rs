@@ -1,0 +1,535 @@
+//! End-to-end tests of the c1z crate: round trip, schema, several syncs, expansion, diff, resume,
+//! damaged files and concurrent readers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use prost::Message;
+use rusqlite::Connection;
+use steward_c1z::*;
+use steward_model::builders::{self, ResourceBuilder};
+use steward_model::pb::{entitlement::PurposeValue, resource_type::Trait};
+use steward_model::{
+    AnnotationsExt, Entitlement, Grant, GrantImmutable, Resource, ResourceId, ResourceType, profile,
+};
+
+struct Tenant {
+    types: Vec<ResourceType>,
+    resources: Vec<Resource>,
+    ents: Vec<Entitlement>,
+    grants: Vec<Grant>,
+}
+
+fn user(id: &str) -> Resource {
+    ResourceBuilder::new("user", id, &format!("User {id}"))
+        .profile(profile::strings([
+            ("user_id", id),
+            ("first_name", "F"),
+            ("last_name", "L"),
+        ]))
+        .user(builders::user_trait(Some(&format!("{id}@example.com")), true, id))
+        .build()
+}
+
+fn group(id: &str) -> Resource {
+    ResourceBuilder::new("group", id, &format!("Group {id}"))
+        .group()
+        .build()
+}
+
+/// Users u1..u3; groups g1 ⊂ g2 ⊂ g3 (g1 is a member of g2, …); u1 ∈ g1, u2 ∈ g2, u3 ∈ g3 directly.
+fn nested() -> Tenant {
+    let ut = builders::resource_type("user", "User", &[Trait::User]);
+    let gt = builders::resource_type("group", "Group", &[Trait::Group]);
+    let users: Vec<Resource> = (1..=3).map(|i| user(&format!("u{i}"))).collect();
+    let groups: Vec<Resource> = (1..=3).map(|i| group(&format!("g{i}"))).collect();
+    let ents: Vec<Entitlement> = groups
+        .iter()
+        .map(|g| {
+            builders::entitlement(
+                g,
+                "member",
+                "member",
+                PurposeValue::Assignment,
+                &[ut.clone(), gt.clone()],
+            )
+        })
+        .collect();
+    let mut grants = vec![
+        builders::grant(&ents[0], &users[0]),
+        builders::grant(&ents[1], &users[1]),
+        builders::grant(&ents[2], &users[2]),
+        builders::expandable(builders::grant(&ents[1], &groups[0]), &["group:g1:member"]),
+        builders::expandable(builders::grant(&ents[2], &groups[1]), &["group:g2:member"]),
+    ];
+    grants.push(builders::expandable(
+        builders::grant(&ents[2], &groups[2]),
+        &["", " "],
+    )); // blank ids only
+    Tenant {
+        types: vec![ut, gt],
+        resources: users.into_iter().chain(groups).collect(),
+        ents,
+        grants,
+    }
+}
+
+fn write(path: &Path, t: &Tenant, opts: WriterOptions, create: bool) -> EndReport {
+    let mut w = if create {
+        C1zWriter::create_with(path, opts)
+    } else {
+        C1zWriter::open_with(path, opts)
+    }
+    .unwrap();
+    w.begin_sync(SyncType::Full).unwrap();
+    for x in &t.types {
+        w.put_resource_type(x).unwrap();
+    }
+    for x in &t.resources {
+        w.put_resource(x).unwrap();
+    }
+    for x in &t.ents {
+        w.put_entitlement(x).unwrap();
+    }
+    for x in &t.grants {
+        w.put_grant(x).unwrap();
+    }
+    let rep = w.end_sync().unwrap();
+    w.finish().unwrap();
+    rep
+}
+
+fn all_grants(r: &C1zReader) -> Vec<Grant> {
+    let mut v = Vec::new();
+    r.for_each_grant(&GrantFilter::default(), |g| {
+        v.push(g);
+        Ok(())
+    })
+    .unwrap();
+    v
+}
+
+fn sources(g: &Grant) -> Vec<(String, bool)> {
+    g.sources
+        .as_ref()
+        .map(|s| s.sources.iter().map(|(k, v)| (k.clone(), v.is_direct)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn round_trip_schema_and_expansion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.c1z");
+    let t = nested();
+    let rep = write(&path, &t, WriterOptions::default(), true);
+    assert_eq!(
+        rep.dropped_grants + rep.dropped_resources + rep.dropped_entitlements,
+        0
+    );
+    assert!(!writer::wip_path(&path).exists(), "working database removed");
+
+    let r = C1zReader::open(&path).unwrap();
+    let tmp_db = r.db_path().to_owned();
+    // Round trip.
+    let rts = r.resource_types(&PageRequest::first(10)).unwrap();
+    assert_eq!(rts.items, t.types);
+    let mut got = Vec::new();
+    let mut req = PageRequest::first(2);
+    loop {
+        let p = r.resources(&ResourceFilter::default(), &req).unwrap();
+        got.extend(p.items);
+        if p.next_page_token.is_empty() {
+            break;
+        }
+        req.token = p.next_page_token;
+    }
+    assert_eq!(got, t.resources);
+    assert_eq!(
+        r.entitlements(&EntitlementFilter::default(), &PageRequest::first(10))
+            .unwrap()
+            .items,
+        t.ents
+    );
+    let u1 = r.resource(&ResourceId::new("user", "u1")).unwrap().unwrap();
+    assert_eq!(u1, t.resources[0]);
+
+    // Expandable annotations left `data`; direct grants unchanged otherwise.
+    let g = r.grant("group:g2:member:group:g1").unwrap().unwrap();
+    assert!(g.annotations.is_empty());
+    assert_eq!(r.grant("group:g1:member:user:u1").unwrap().unwrap(), t.grants[0]);
+
+    // Expansion: u1 ∈ g1 ⊂ g2 ⊂ g3 → u1 gets g2 and g3; u2 gets g3; g1 gets g3.
+    let u1g3 = r
+        .grant("group:g3:member:user:u1")
+        .unwrap()
+        .expect("u1 holds g3 transitively");
+    assert_eq!(sources(&u1g3), vec![("group:g2:member".to_owned(), false)]);
+    assert!(u1g3.annotations.contains::<GrantImmutable>());
+    let u1g2 = r.grant("group:g2:member:user:u1").unwrap().unwrap();
+    assert_eq!(sources(&u1g2), vec![("group:g1:member".to_owned(), true)]);
+    let u2g3 = r.grant("group:g3:member:user:u2").unwrap().unwrap();
+    assert_eq!(sources(&u2g3), vec![("group:g2:member".to_owned(), true)]);
+    assert!(r.grant("group:g3:member:group:g1").unwrap().is_some());
+    let st = r.stats().unwrap();
+    assert_eq!(st.grants, 6 + 4);
+    assert_eq!(st.resources_by_type.get("user"), Some(&3));
+
+    // Access with paths.
+    let acc = r.access(&ResourceId::new("user", "u1")).unwrap();
+    let paths: Vec<Vec<String>> = acc.iter().map(|a| a.path.clone()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            vec!["group:g1:member".to_owned()],
+            vec!["group:g1:member".into(), "group:g2:member".into()],
+            vec![
+                "group:g1:member".into(),
+                "group:g2:member".into(),
+                "group:g3:member".into()
+            ],
+        ]
+    );
+
+    // Raw schema: names, columns, flags, needs_expansion.
+    let c = Connection::open(&tmp_db).unwrap();
+    let cols: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('v1_sync_runs')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            "id",
+            "sync_id",
+            "started_at",
+            "ended_at",
+            "sync_token",
+            "sync_type",
+            "parent_sync_id",
+            "linked_sync_id",
+            "supports_diff"
+        ]
+    );
+    let idx: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'idx_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for want in [
+        "idx_resource_types_external_sync_v1",
+        "idx_resources_resource_type_id_v1",
+        "idx_resources_external_sync_v1",
+        "idx_resources_parent_resource_id_v1",
+        "idx_entitlements_resource_id_v1",
+        "idx_entitlements_external_sync_v1",
+        "idx_grants_resource_type_id_resource_id_v1",
+        "idx_grants_principal_id_v1",
+        "idx_grants_entitlement_id_principal_id_v1",
+        "idx_grants_external_sync_v1",
+        "idx_grants_sync_expansion_v1",
+        "idx_grants_sync_needs_expansion_v1",
+        "idx_sync_runs_sync_id_v1",
+        "idx_assets_external_sync_v1",
+        "idx_session_store_sync_key_v1",
+    ] {
+        assert!(idx.contains(&want.to_owned()), "missing index {want}: {idx:?}");
+    }
+    let (ext, supports_diff, ty): (String, i64, String) = c
+        .query_row("SELECT r.external_id, s.supports_diff, s.sync_type FROM v1_resources r JOIN v1_sync_runs s USING (sync_id) ORDER BY r.id LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((ext.as_str(), supports_diff, ty.as_str()), ("user:u1", 1, "full"));
+    let (ne, exp): (i64, Option<Vec<u8>>) = c
+        .query_row(
+            "SELECT needs_expansion, expansion FROM v1_grants WHERE external_id = 'group:g3:member:group:g2'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(ne, 1);
+    let ge = steward_model::GrantExpandable::decode(exp.unwrap().as_slice()).unwrap();
+    assert_eq!(ge.entitlement_ids, vec!["group:g2:member"]);
+    let (ne, exp): (i64, Option<Vec<u8>>) = c
+        .query_row(
+            "SELECT needs_expansion, expansion FROM v1_grants WHERE external_id = 'group:g3:member:group:g3'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (ne, exp),
+        (0, None),
+        "blank-only GrantExpandable is removed without expansion"
+    );
+    let (rid, prid): (String, String) = c
+        .query_row(
+            "SELECT resource_id, principal_resource_id FROM v1_grants ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (rid.as_str(), prid.as_str()),
+        ("g1", "u1"),
+        "bare ids, not type:id"
+    );
+    drop(c);
+    drop(r);
+    assert!(!tmp_db.exists(), "reader's temp dir removed on drop");
+}
+
+#[test]
+fn cycles_and_depth_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gt = builders::resource_type("group", "Group", &[Trait::Group]);
+    let ut = builders::resource_type("user", "User", &[Trait::User]);
+    // Cycle a ⊂ b ⊂ c ⊂ a, with u1 ∈ a.
+    let groups: Vec<Resource> = ["a", "b", "c"].iter().map(|g| group(g)).collect();
+    let ents: Vec<Entitlement> = groups
+        .iter()
+        .map(|g| builders::entitlement(g, "member", "m", PurposeValue::Assignment, &[]))
+        .collect();
+    let u1 = user("u1");
+    let mut grants = vec![builders::grant(&ents[0], &u1)];
+    for i in 0..3 {
+        let (inner, outer) = (i, (i + 1) % 3);
+        grants.push(builders::expandable(
+            builders::grant(&ents[outer], &groups[inner]),
+            &[&ents[inner].id],
+        ));
+    }
+    let t = Tenant {
+        types: vec![ut.clone(), gt.clone()],
+        resources: [vec![u1.clone()], groups].concat(),
+        ents,
+        grants,
+    };
+    let p = dir.path().join("cycle.c1z");
+    let rep = write(&p, &t, WriterOptions::default(), true);
+    assert_eq!(rep.expansion.cycles, 1);
+    let r = C1zReader::open(&p).unwrap();
+    for g in ["a", "b", "c"] {
+        assert!(
+            r.grant(&format!("group:{g}:member:user:u1")).unwrap().is_some(),
+            "u1 in {g}"
+        );
+    }
+    for g in ["a", "b", "c"] {
+        assert!(
+            r.grant(&format!("group:{g}:member:group:{g}")).unwrap().is_none(),
+            "{g} is not its own member"
+        );
+    }
+
+    // A chain of 25 nested groups: n0 ⊂ n1 ⊂ … ⊂ n24, u1 ∈ n0. With the limit 20, u1 reaches n20 only.
+    let chain: Vec<Resource> = (0..25).map(|i| group(&format!("n{i}"))).collect();
+    let ents: Vec<Entitlement> = chain
+        .iter()
+        .map(|g| builders::entitlement(g, "member", "m", PurposeValue::Assignment, &[]))
+        .collect();
+    let mut grants = vec![builders::grant(&ents[0], &u1)];
+    for i in 0..24 {
+        grants.push(builders::expandable(
+            builders::grant(&ents[i + 1], &chain[i]),
+            &[&ents[i].id],
+        ));
+    }
+    let t = Tenant {
+        types: vec![ut, gt],
+        resources: [vec![u1], chain].concat(),
+        ents,
+        grants,
+    };
+    let p = dir.path().join("deep.c1z");
+    let rep = write(&p, &t, WriterOptions::default(), true);
+    assert!(rep.expansion.edges_over_depth > 0);
+    let r = C1zReader::open(&p).unwrap();
+    assert!(r.grant("group:n20:member:user:u1").unwrap().is_some());
+    assert!(r.grant("group:n21:member:user:u1").unwrap().is_none());
+}
+
+#[test]
+fn several_syncs_keep_two_and_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("multi.c1z");
+    let mut t = nested();
+    write(&p, &t, WriterOptions::default(), true);
+    write(&p, &t, WriterOptions::default(), false);
+    // Third sync: u3 leaves g3, u4 appears and joins g1, g1's display name changes.
+    t.grants.retain(|g| g.id != "group:g3:member:user:u3");
+    let u4 = user("u4");
+    t.resources.push(u4.clone());
+    t.grants.push(builders::grant(&t.ents[0], &u4));
+    t.resources[3].display_name = "Renamed".into();
+    t.ents[0].resource = Some(t.resources[3].clone());
+    write(&p, &t, WriterOptions::default(), false);
+
+    let r = C1zReader::open(&p).unwrap();
+    let runs = r.sync_runs().unwrap();
+    assert_eq!(runs.len(), 2, "only two full syncs are kept");
+    assert_eq!(r.sync_id(), Some(runs[1].sync_id.as_str()));
+    let d = diff::diff_syncs_in(&r, &runs[0].sync_id, &runs[1].sync_id).unwrap();
+    assert_eq!(d.resources.added, vec!["user:u4"]);
+    assert_eq!(d.resources.changed, vec!["group:g1"]);
+    assert!(d.grants.removed.contains(&"group:g3:member:user:u3".to_owned()));
+    assert!(d.grants.added.contains(&"group:g1:member:user:u4".to_owned()));
+    assert!(
+        d.grants.added.contains(&"group:g3:member:user:u4".to_owned()),
+        "expanded grants diff too"
+    );
+    assert!(
+        d.entitlements.changed.contains(&"group:g1:member".to_owned()),
+        "embedded resource changed"
+    );
+
+    // Two files, same content → empty diff; the identical tenant written twice is byte-equal.
+    let p2 = dir.path().join("again.c1z");
+    write(&p2, &t, WriterOptions::default(), true);
+    let r2 = C1zReader::open(&p2).unwrap();
+    let d = diff_syncs(&r, &r2).unwrap();
+    assert!(d.is_empty(), "{d:?}");
+}
+
+#[test]
+fn dangling_and_duplicate_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.c1z");
+    let mut t = nested();
+    let ghost = user("ghost"); // never written as a resource
+    t.grants.push(builders::grant(&t.ents[0], &ghost));
+    let mut orphan_ent = t.ents[0].clone();
+    orphan_ent.id = "group:g1:owner".into();
+    t.grants.push(builders::grant(&orphan_ent, &t.resources[0])); // entitlement never written
+    t.grants.push(t.grants[0].clone()); // duplicate
+    let rep = write(&p, &t, WriterOptions::default(), true);
+    assert_eq!(rep.dropped_grants, 2);
+    assert_eq!(rep.duplicates_removed, 1);
+    let r = C1zReader::open(&p).unwrap();
+    assert!(r.grant("group:g1:member:user:ghost").unwrap().is_none());
+}
+
+#[test]
+fn resume_after_crash_keeps_checkpointed_rows_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.c1z");
+    let t = nested();
+    let opts = WriterOptions {
+        auto_commit_rows: None,
+        ..Default::default()
+    };
+    let sync_id;
+    {
+        let mut w = C1zWriter::create_with(&p, opts.clone()).unwrap();
+        sync_id = w.begin_sync(SyncType::Full).unwrap();
+        for x in &t.types {
+            w.put_resource_type(x).unwrap();
+        }
+        w.session_put("q/1", b"resources").unwrap();
+        w.checkpoint("after-types").unwrap();
+        w.put_resource(&t.resources[0]).unwrap(); // not checkpointed: lost in the "crash"
+        // dropped without finish = crash
+    }
+    assert!(!p.exists());
+    let mut w = C1zWriter::open_with(&p, opts).unwrap();
+    let run = w.unfinished_sync().unwrap().unwrap();
+    assert_eq!(run.sync_id, sync_id);
+    assert_eq!(run.sync_token, "after-types");
+    w.resume_sync(&sync_id).unwrap();
+    assert_eq!(
+        w.session_scan("q/", "", 10).unwrap(),
+        vec![("q/1".to_owned(), b"resources".to_vec())]
+    );
+    for x in &t.resources {
+        w.put_resource(x).unwrap();
+    }
+    for x in &t.ents {
+        w.put_entitlement(x).unwrap();
+    }
+    for x in &t.grants {
+        w.put_grant(x).unwrap();
+    }
+    w.session_clear("q/").unwrap();
+    let rep = w.end_sync().unwrap();
+    assert_eq!(rep.duplicates_removed, 0);
+    w.finish().unwrap();
+    let r = C1zReader::open(&p).unwrap();
+    assert_eq!(r.sync_id(), Some(sync_id.as_str()));
+    assert_eq!(r.stats().unwrap().resources_by_type.values().sum::<u64>(), 6);
+}
+
+#[test]
+fn damaged_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ok.c1z");
+    write(&p, &nested(), WriterOptions::default(), true);
+    let good = std::fs::read(&p).unwrap();
+    let open = |name: &str, bytes: &[u8]| {
+        let q = dir.path().join(name);
+        std::fs::write(&q, bytes).unwrap();
+        C1zReader::open(&q).unwrap_err()
+    };
+    let e = open("v3.c1z", b"C1Z3\0pebble");
+    assert!(matches!(e, C1zError::C1z3 { .. }));
+    assert!(e.to_string().contains("C1Z3"), "{e}");
+    assert!(matches!(open("zip.c1z", b"PK\x03\x04"), C1zError::NotC1z { .. }));
+    for cut in [6, 100, good.len() / 2, good.len() - 4] {
+        let e = open("cut.c1z", &good[..cut]);
+        assert!(matches!(e, C1zError::Corrupt { .. }), "cut at {cut}: {e}");
+        assert!(e.to_string().contains("corrupt or truncated"));
+    }
+    // A valid envelope around something that is not SQLite, and around a SQLite file without c1z tables.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"hello, not a database".repeat(1000)).unwrap();
+    envelope::write_c1z(&junk, &dir.path().join("junk.c1z"), Default::default()).unwrap();
+    assert!(matches!(
+        C1zReader::open(dir.path().join("junk.c1z")).unwrap_err(),
+        C1zError::Corrupt { .. }
+    ));
+    let other = dir.path().join("other.db");
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    envelope::write_c1z(&other, &dir.path().join("other.c1z"), Default::default()).unwrap();
+    let e = C1zReader::open(dir.path().join("other.c1z")).unwrap_err();
+    assert!(e.to_string().contains("v1_sync_runs"), "{e}");
+    assert!(matches!(
+        C1zReader::open(dir.path().join("missing.c1z")).unwrap_err(),
+        C1zError::Io { .. }
+    ));
+    // A writer refuses to append to a damaged file and leaves no working file behind.
+    let cut = dir.path().join("cut2.c1z");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    assert!(C1zWriter::open(&cut).is_err());
+    assert!(!writer::wip_path(&cut).exists());
+}
+
+#[test]
+fn concurrent_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.c1z");
+    write(&p, &nested(), WriterOptions::default(), true);
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let r = C1zReader::open(&p).unwrap();
+                let n = all_grants(&r).len();
+                (n, r.db_path().to_owned())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(results.iter().all(|(n, _)| *n == 10));
+    let mut dbs: Vec<_> = results.iter().map(|(_, d)| d.clone()).collect();
+    dbs.dedup();
+    assert_eq!(dbs.len(), 8, "each reader has its own copy");
+    assert!(dbs.iter().all(|d| !d.exists()));
+}
