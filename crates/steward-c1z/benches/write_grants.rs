@@ -1,1 +1,168 @@
-fn main() {}
+//! Benchmark: write N grants (env `STEWARD_BENCH_GRANTS`, default 1,000,000) into a c1z, then read them back.
+//!
+//! Tenant shape: N/1000 users (with a profile and UserTrait), 1000 groups with a `member` entitlement, every
+//! user a direct member of every group, plus a chain of 10 nested groups (expandable grants) so that the
+//! end of the sync also expands. Prints grants/s of the put phase and of the whole write (put + indexes +
+//! expansion + compression), file size vs raw protobuf size, peak RSS of writing and of reading.
+//!
+//! Run: `cargo bench -p steward-c1z --bench write_grants` (set `STEWARD_BENCH_DIR` to choose the disk).
+
+use std::time::Instant;
+
+use prost::Message;
+use steward_c1z::{C1zReader, C1zWriter, GrantFilter, SyncType, WriterOptions};
+use steward_model::builders::{self, ResourceBuilder};
+use steward_model::pb::{entitlement::PurposeValue, resource_type::Trait};
+use steward_model::profile;
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn reset_hwm() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: u64 = std::env::var("STEWARD_BENCH_GRANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = match std::env::var_os("STEWARD_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let path = dir.path().join("bench.c1z");
+    let n_groups: u64 = 1000;
+    let n_users = n.div_ceil(n_groups);
+
+    let ut = builders::resource_type("user", "User", &[Trait::User]);
+    let gt = builders::resource_type("group", "Group", &[Trait::Group]);
+    let t0 = Instant::now();
+    let mut w = C1zWriter::create_with(&path, WriterOptions::default())?;
+    w.begin_sync(SyncType::Full)?;
+    w.put_resource_type(&ut)?;
+    w.put_resource_type(&gt)?;
+    let mut raw = (ut.encoded_len() + gt.encoded_len()) as u64;
+    let user = |i: u64| {
+        let id = format!("{i:08}-0000-4000-8000-{i:012}");
+        ResourceBuilder::new("user", &id, &format!("User Number {i}"))
+            .profile(profile::strings([
+                ("first_name", "User".to_owned()),
+                ("last_name", format!("Number {i}")),
+                ("user_id", id.clone()),
+            ]))
+            .user(builders::user_trait(
+                Some(&format!("user{i}@contoso.example")),
+                true,
+                &format!("user{i}@contoso.example"),
+            ))
+            .build()
+    };
+    let groups: Vec<_> = (0..n_groups)
+        .map(|g| {
+            ResourceBuilder::new("group", &format!("group-{g:06}"), &format!("Group {g}"))
+                .group()
+                .build()
+        })
+        .collect();
+    let ents: Vec<_> = groups
+        .iter()
+        .map(|g| {
+            builders::entitlement(
+                g,
+                "member",
+                "Member",
+                PurposeValue::Assignment,
+                &[ut.clone(), gt.clone()],
+            )
+        })
+        .collect();
+    for g in &groups {
+        w.put_resource(g)?;
+        raw += g.encoded_len() as u64;
+    }
+    for e in &ents {
+        w.put_entitlement(e)?;
+        raw += e.encoded_len() as u64;
+    }
+    // Nested chain: group k is a member of group k+1 for k < 10.
+    for k in 0..10usize {
+        let g = builders::expandable(builders::grant(&ents[k + 1], &groups[k]), &[&ents[k].id]);
+        raw += g.encoded_len() as u64;
+        w.put_grant(&g)?;
+    }
+    let mut written = 10u64;
+    'outer: for u in 0..n_users {
+        let r = user(u);
+        w.put_resource(&r)?;
+        raw += r.encoded_len() as u64;
+        for e in &ents {
+            if written >= n {
+                break 'outer;
+            }
+            let g = builders::grant(e, &r);
+            raw += g.encoded_len() as u64;
+            w.put_grant(&g)?;
+            written += 1;
+        }
+    }
+    let put_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let rep = w.end_sync()?;
+    let end_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let size = w.finish()?;
+    let fin_s = t2.elapsed().as_secs_f64();
+    let total_s = t0.elapsed().as_secs_f64();
+    let write_hwm = vm_hwm_kib();
+
+    println!("grants written: {written} ({n_users} users, {n_groups} groups)");
+    println!(
+        "put:      {put_s:8.2} s  {:>10.0} grants/s",
+        written as f64 / put_s
+    );
+    println!(
+        "end_sync: {end_s:8.2} s  (indexes {} ms, expansion {} ms: {} grants created, {} updated)",
+        rep.index_ms, rep.expand_ms, rep.expansion.grants_created, rep.expansion.grants_updated
+    );
+    println!("finish:   {fin_s:8.2} s  (zstd + fsync + rename)");
+    println!(
+        "total:    {total_s:8.2} s  {:>10.0} grants/s",
+        written as f64 / total_s
+    );
+    println!(
+        "file: {} bytes; raw protobuf: {} bytes; ratio {:.3}",
+        size,
+        raw,
+        size as f64 / raw as f64
+    );
+    println!("peak RSS writing: {} MiB", write_hwm / 1024);
+
+    reset_hwm();
+    let t3 = Instant::now();
+    let r = C1zReader::open(&path)?;
+    let open_s = t3.elapsed().as_secs_f64();
+    let t4 = Instant::now();
+    let mut n_read = 0u64;
+    let mut bytes = 0u64;
+    r.for_each_grant(&GrantFilter::default(), |g| {
+        n_read += 1;
+        bytes += g.id.len() as u64;
+        Ok(())
+    })?;
+    let read_s = t4.elapsed().as_secs_f64();
+    println!(
+        "read: open (unpack) {open_s:.2} s; decode all {n_read} grants {read_s:.2} s ({:.0} grants/s)",
+        n_read as f64 / read_s
+    );
+    println!("peak RSS reading: {} MiB", vm_hwm_kib() / 1024);
+    Ok(())
+}

@@ -333,6 +333,27 @@ impl C1zWriter {
         )?)
     }
 
+    /// The resource types written so far in the current sync (e.g. to resume a sync).
+    pub fn current_resource_types(&self) -> Result<Vec<ResourceType>> {
+        let id = &self.active()?.sync_id;
+        let mut st = self
+            .conn
+            .prepare("SELECT external_id, data FROM v1_resource_types WHERE sync_id = ?1 ORDER BY id")?;
+        let mut rows = st.query([id])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let b: Vec<u8> = r.get(1)?;
+            out.push(
+                ResourceType::decode(b.as_slice()).map_err(|source| C1zError::Decode {
+                    table: "v1_resource_types",
+                    external_id: r.get(0).unwrap_or_default(),
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Writes a resource type.
     pub fn put_resource_type(&mut self, rt: &ResourceType) -> Result<()> {
         if rt.id.is_empty() {
