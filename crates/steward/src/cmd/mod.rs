@@ -1,0 +1,5 @@
+//! One module per subcommand.
+pub mod demo;
+pub mod diff;
+pub mod inspect;
+pub mod sim;

@@ -1,0 +1,67 @@
+//! `steward`: the command line that puts the crates together.
+//!
+//! Each subcommand lives in its own module under `cmd/`, owns its clap arguments and returns
+//! `anyhow::Result<()>`; this file only parses, sets up logging and dispatches.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "steward",
+    version,
+    about = "Identity governance for Microsoft Entra ID and Azure"
+)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `steward_sim=debug`.
+    #[arg(long, global = true, env = "STEWARD_LOG", default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The tenant emulator: Microsoft login, Graph and ARM on this machine.
+    #[command(subcommand)]
+    Sim(cmd::sim::SimCommand),
+    /// Show what a .c1z sync file holds.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Compare two .c1z sync files: resources, entitlements and grants added, removed and changed.
+    Diff(cmd::diff::DiffArgs),
+    /// Start everything on this machine: the emulated tenant, and print how to use it.
+    Demo(cmd::demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Sim(c) => cmd::sim::run(c),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Diff(a) => cmd::diff::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Logs go to stderr: stdout is reserved for machine-readable output (ready lines, --json).
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
