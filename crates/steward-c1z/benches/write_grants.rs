@@ -5,6 +5,9 @@
 //! end of the sync also expands. Prints grants/s of the put phase and of the whole write (put + indexes +
 //! expansion + compression), file size vs raw protobuf size, peak RSS of writing and of reading.
 //!
+//! `STEWARD_BENCH_SHAPE=baton` embeds only the principal's id in each grant (what baton-sdk's `NewGrant`
+//! writes); the default `full` embeds the whole principal (profile, UserTrait), as the spec prefers.
+//!
 //! Run: `cargo bench -p steward-c1z --bench write_grants` (set `STEWARD_BENCH_DIR` to choose the disk).
 
 use std::time::Instant;
@@ -40,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => tempfile::tempdir()?,
     };
     let path = dir.path().join("bench.c1z");
+    let baton_shape = std::env::var("STEWARD_BENCH_SHAPE").is_ok_and(|v| v == "baton");
     let n_groups: u64 = 1000;
     let n_users = n.div_ceil(n_groups);
 
@@ -99,18 +103,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         raw += g.encoded_len() as u64;
         w.put_grant(&g)?;
     }
+    // Grants embed the full entitlement and principal. To time the writer rather than cloning, one grant
+    // value is reused: its entitlement is moved in and out of `slots` instead of cloned.
     let mut written = 10u64;
+    let mut slots: Vec<Option<_>> = ents.iter().cloned().map(Some).collect();
     'outer: for u in 0..n_users {
         let r = user(u);
         w.put_resource(&r)?;
         raw += r.encoded_len() as u64;
-        for e in &ents {
+        let pid = r.id.clone().unwrap_or_default();
+        let mut g = builders::grant(&ents[0], &r);
+        if baton_shape {
+            g.principal = Some(steward_model::Resource {
+                id: r.id.clone(),
+                ..Default::default()
+            });
+        }
+        for slot in slots.iter_mut() {
             if written >= n {
                 break 'outer;
             }
-            let g = builders::grant(e, &r);
+            g.entitlement = slot.take();
+            let eid = g.entitlement.as_ref().map(|e| e.id.as_str()).unwrap_or_default();
+            g.id = steward_model::ids::grant_id(eid, &pid.resource_type, &pid.resource);
             raw += g.encoded_len() as u64;
             w.put_grant(&g)?;
+            *slot = g.entitlement.take();
             written += 1;
         }
     }
@@ -124,7 +142,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total_s = t0.elapsed().as_secs_f64();
     let write_hwm = vm_hwm_kib();
 
-    println!("grants written: {written} ({n_users} users, {n_groups} groups)");
+    println!(
+        "grants written: {written} ({n_users} users, {n_groups} groups; principal embedded {})",
+        if baton_shape { "as id only" } else { "in full" }
+    );
     println!(
         "put:      {put_s:8.2} s  {:>10.0} grants/s",
         written as f64 / put_s

@@ -73,7 +73,7 @@ pub fn write_c1z(db: &Path, out: &Path, opts: CompressOptions) -> Result<u64> {
     let file = w.into_inner().map_err(|e| C1zError::Io {
         action: "flush",
         path: tmp.clone(),
-        source: e.into_error(),
+        error: e.into_error(),
     })?;
     file.sync_all().map_err(C1zError::io("fsync", &tmp))?;
     let written = file.metadata().map_err(C1zError::io("stat", &tmp))?.len();

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum C1zError {
     /// A file could not be read, written, renamed or removed.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {error}")]
     Io {
         /// What we were doing.
         action: &'static str,
         /// The file.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not chained, so that it prints once).
+        error: std::io::Error,
     },
     /// The file does not start with a c1z magic number.
     #[error(
@@ -90,7 +90,7 @@ pub enum C1zError {
 impl C1zError {
     pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { action, path, source }
+        move |error| Self::Io { action, path, error }
     }
 }
 

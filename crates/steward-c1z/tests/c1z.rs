@@ -422,6 +422,7 @@ fn resume_after_crash_keeps_checkpointed_rows_only() {
     let t = nested();
     let opts = WriterOptions {
         auto_commit_rows: None,
+        crash_safe: true,
         ..Default::default()
     };
     let sync_id;

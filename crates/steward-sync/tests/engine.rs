@@ -448,7 +448,9 @@ fn full_sync_lists_everything_and_expands() {
             .len()
             == 10
     );
-    assert!(!steward_c1z::writer::wip_path(&path).exists());
+    assert!(
+        !steward_c1z::writer::wip_path(&path).exists() && !steward_c1z::writer::build_path(&path).exists()
+    );
 }
 
 #[test]
