@@ -6,6 +6,9 @@
 //! the values of the Microsoft Graph app roles assigned to the app's service principal, so granting or
 //! removing a permission in the tenant changes the next token. Errors follow Microsoft's AADSTS envelope.
 
+// Errors here are finished HTTP responses (Microsoft's AADSTS bodies); boxing them buys nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -189,19 +192,38 @@ pub fn check_bearer(sim: &Sim, headers: &HeaderMap, want: Audience) -> Result<Cl
     if sim.revoked.lock().is_ok_and(|r| r.contains(token)) {
         return Err(TokenError::Revoked);
     }
-    let mut v = Validation::new(Algorithm::RS256);
-    v.validate_aud = false;
-    v.leeway = 0;
-    v.required_spec_claims = ["exp".to_string()].into_iter().collect();
-    let data = jsonwebtoken::decode::<Claims>(token, &sim.keys.decoding, &v).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind;
-        match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            _ => TokenError::Malformed,
+    // A signature is checked once per token; later calls only re-check expiry (as Microsoft's front
+    // ends cache validated tokens too).
+    let cached = sim.verified.read().ok().and_then(|c| c.get(token).cloned());
+    let claims = match cached {
+        Some(c) => {
+            if c.exp <= now().unix_timestamp() {
+                return Err(TokenError::Expired);
+            }
+            c
         }
-    })?;
-    let claims = data.claims;
+        None => {
+            let mut v = Validation::new(Algorithm::RS256);
+            v.validate_aud = false;
+            v.leeway = 0;
+            v.required_spec_claims = ["exp".to_string()].into_iter().collect();
+            let data = jsonwebtoken::decode::<Claims>(token, &sim.keys.decoding, &v).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::InvalidSignature => TokenError::BadSignature,
+                    _ => TokenError::Malformed,
+                }
+            })?;
+            if let Ok(mut c) = sim.verified.write() {
+                if c.len() > 10_000 {
+                    c.clear();
+                }
+                c.insert(token.to_string(), data.claims.clone());
+            }
+            data.claims
+        }
+    };
     if audience_of(&claims.aud) != Some(want) {
         return Err(TokenError::WrongAudience(claims.aud));
     }

@@ -98,6 +98,8 @@ pub struct Sim {
     pub refresh_tokens: Mutex<HashMap<String, DelegatedGrant>>,
     /// Tokens revoked by the `revoke` fault: later calls with them get 401.
     pub revoked: Mutex<std::collections::HashSet<String>>,
+    /// Access tokens whose signature has been verified, with their claims.
+    pub verified: RwLock<HashMap<String, crate::auth::Claims>>,
 }
 
 impl Sim {
@@ -117,6 +119,7 @@ impl Sim {
             codes: Mutex::new(HashMap::new()),
             refresh_tokens: Mutex::new(HashMap::new()),
             revoked: Mutex::new(Default::default()),
+            verified: RwLock::new(HashMap::new()),
         }
     }
 

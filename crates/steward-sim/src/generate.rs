@@ -634,7 +634,7 @@ fn apps(t: &mut Tenant, size: Size, rng: &mut Rng, seed: u64) {
     }
     let graph_sp = t.service_principals[0].id;
     // The connector apps.
-    let mut secret_rng = Rng::new(seed ^ 0x5ec2_e7);
+    let mut secret_rng = Rng::new(seed ^ 0x005e_c2e7);
     for (name, write) in [(CONNECTOR_APP, true), (READER_APP, false)] {
         let app_id = rng.uuid();
         let secret = connector_secret(&mut secret_rng);

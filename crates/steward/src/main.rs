@@ -30,10 +30,15 @@ enum Command {
     /// The tenant emulator: Microsoft login, Graph and ARM on this machine.
     #[command(subcommand)]
     Sim(cmd::sim::SimCommand),
+    /// The Entra ID connector: sync users, groups, apps, roles and licenses into a .c1z; provision access.
+    Entra(Box<cmd::entra::EntraArgs>),
     /// Show what a .c1z sync file holds.
     Inspect(cmd::inspect::InspectArgs),
     /// Compare two .c1z sync files: resources, entitlements and grants added, removed and changed.
     Diff(cmd::diff::DiffArgs),
+    /// Benchmarks (numbers for docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Start everything on this machine: the emulated tenant, and print how to use it.
     Demo(cmd::demo::DemoArgs),
 }
@@ -43,9 +48,11 @@ fn main() -> std::process::ExitCode {
     init_logging(&cli.log_level);
     let result = match cli.command {
         Command::Sim(c) => cmd::sim::run(c),
+        Command::Entra(a) => cmd::entra::run(*a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Diff(a) => cmd::diff::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
