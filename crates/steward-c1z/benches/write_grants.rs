@@ -29,6 +29,17 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 fn reset_hwm() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -133,9 +144,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let put_s = t0.elapsed().as_secs_f64();
+    let put_hwm = vm_hwm_kib();
     let t1 = Instant::now();
     let rep = w.end_sync()?;
     let end_s = t1.elapsed().as_secs_f64();
+    let end_hwm = vm_hwm_kib();
     let t2 = Instant::now();
     let size = w.finish()?;
     let fin_s = t2.elapsed().as_secs_f64();
@@ -165,7 +178,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         raw,
         size as f64 / raw as f64
     );
-    println!("peak RSS writing: {} MiB", write_hwm / 1024);
+    println!(
+        "peak RSS writing: {} MiB (after put {} MiB, after end_sync {} MiB; RSS now {} MiB)",
+        write_hwm / 1024,
+        put_hwm / 1024,
+        end_hwm / 1024,
+        vm_rss_kib() / 1024
+    );
 
     reset_hwm();
     let t3 = Instant::now();

@@ -605,14 +605,21 @@ impl C1zWriter {
         };
         let t = Instant::now();
         if !self.opts.crash_safe {
-            // Index builds and expansion may fail half-way (e.g. duplicates): they need a rollback journal,
-            // which in memory costs little because new index pages are appended, not overwritten.
+            // A failed CREATE UNIQUE INDEX (duplicates) must roll back, which needs a journal; in memory it
+            // costs little because index pages are appended, not overwritten. Expansion, which rewrites
+            // scattered pages, runs without one again (an in-memory journal would grow with the sync).
             self.conn.execute_batch("PRAGMA journal_mode=MEMORY")?;
         }
         self.conn.execute_batch("BEGIN")?;
         self.in_tx = true;
         report.duplicates_removed = self.build_indexes(&sync_id)?;
         report.index_ms = t.elapsed().as_millis() as u64;
+        self.commit()?;
+        if !self.opts.crash_safe {
+            self.conn.execute_batch("PRAGMA journal_mode=OFF")?;
+        }
+        self.conn.execute_batch("BEGIN")?;
+        self.in_tx = true;
         if sync_type == SyncType::Full && self.opts.drop_dangling {
             self.drop_dangling(&sync_id, &mut report)?;
         }
@@ -624,9 +631,6 @@ impl C1zWriter {
             params![timefmt::now_text(), sync_id],
         )?;
         self.commit()?;
-        if !self.opts.crash_safe {
-            self.conn.execute_batch("PRAGMA journal_mode=OFF")?;
-        }
         self.active = None;
         Ok(report)
     }
