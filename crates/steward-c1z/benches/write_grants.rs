@@ -61,7 +61,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ut = builders::resource_type("user", "User", &[Trait::User]);
     let gt = builders::resource_type("group", "Group", &[Trait::Group]);
     let t0 = Instant::now();
-    let mut w = C1zWriter::create_with(&path, WriterOptions::default())?;
+    let mut wopts = WriterOptions::default();
+    if let Some(mib) = std::env::var("STEWARD_BENCH_CACHE_MIB").ok().and_then(|v| v.parse::<i64>().ok()) {
+        wopts.cache_kib = mib * 1024;
+    }
+    let mut w = C1zWriter::create_with(&path, wopts)?;
     w.begin_sync(SyncType::Full)?;
     w.put_resource_type(&ut)?;
     w.put_resource_type(&gt)?;

@@ -58,7 +58,7 @@ impl Default for WriterOptions {
             keep_full_syncs: Some(2),
             max_expansion_depth: expand::DEFAULT_MAX_DEPTH,
             drop_dangling: true,
-            cache_kib: 64 * 1024,
+            cache_kib: 16 * 1024,
             crash_safe: false,
         }
     }
