@@ -1,0 +1,1 @@
+//! The Entra ID connector (being built).
