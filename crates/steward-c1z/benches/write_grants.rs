@@ -62,7 +62,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gt = builders::resource_type("group", "Group", &[Trait::Group]);
     let t0 = Instant::now();
     let mut wopts = WriterOptions::default();
-    if let Some(mib) = std::env::var("STEWARD_BENCH_CACHE_MIB").ok().and_then(|v| v.parse::<i64>().ok()) {
+    if let Some(mib) = std::env::var("STEWARD_BENCH_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
         wopts.cache_kib = mib * 1024;
     }
     let mut w = C1zWriter::create_with(&path, wopts)?;
@@ -192,7 +195,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     reset_hwm();
     let t3 = Instant::now();
-    let r = C1zReader::open(&path)?;
+    // No decoded-size cap here: the full shape at 10M grants exceeds the 10 GiB that Baton readers accept.
+    let opts = steward_c1z::reader::OpenOptions {
+        max_decoded: u64::MAX / 2,
+        temp_dir: None,
+    };
+    let r = C1zReader::open_with(&path, &opts)?;
     let open_s = t3.elapsed().as_secs_f64();
     let t4 = Instant::now();
     let mut n_read = 0u64;

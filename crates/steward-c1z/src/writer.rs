@@ -809,6 +809,14 @@ impl C1zWriter {
             ..
         } = self;
         conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+        let db_size = std::fs::metadata(&wip).map_err(C1zError::io("stat", &wip))?.len();
+        if db_size > envelope::DEFAULT_MAX_DECODED {
+            tracing::warn!(
+                path = %target.display(),
+                db_size,
+                "the sync database exceeds 10 GiB: Baton readers refuse to unpack it; embed principals by id only to shrink grants"
+            );
+        }
         let size = envelope::write_c1z(&wip, &target, opts.compress)?;
         remove_wip(&wip)?;
         Ok(size)
