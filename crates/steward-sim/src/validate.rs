@@ -47,6 +47,7 @@ impl Tenant {
         let is = |id: &Uuid, kinds: &[Kind]| objects.get(id).is_some_and(|k| kinds.contains(k));
         let principal = [Kind::User, Kind::Group, Kind::ServicePrincipal];
         let person_or_sp = [Kind::User, Kind::ServicePrincipal];
+        let skus: HashSet<Uuid> = self.skus.iter().map(|s| s.sku_id).collect();
         for u in &self.users {
             if let Some(m) = u.manager
                 && !is(&m, &[Kind::User])
@@ -57,7 +58,7 @@ impl Tenant {
                 )));
             }
             for l in &u.licenses {
-                if !self.skus.iter().any(|s| s.sku_id == *l) {
+                if !skus.contains(l) {
                     return Err(InvalidTenant(format!("users[{}].licenses: no sku {l}", u.id)));
                 }
             }
@@ -97,8 +98,11 @@ impl Tenant {
                 }
             }
         }
+        let sps: HashMap<Uuid, &crate::model::ServicePrincipal> =
+            self.service_principals.iter().map(|s| (s.id, s)).collect();
+        let role_defs: HashSet<Uuid> = self.role_definitions.iter().map(|d| d.id).collect();
         for a in &self.app_role_assignments {
-            let Some(sp) = self.service_principals.iter().find(|s| s.id == a.resource_id) else {
+            let Some(sp) = sps.get(&a.resource_id) else {
                 return Err(InvalidTenant(format!(
                     "app_role_assignments[{}]: resource {} is not a service principal",
                     a.id, a.resource_id
@@ -118,7 +122,7 @@ impl Tenant {
             }
         }
         for r in &self.role_assignments {
-            if !self.role_definitions.iter().any(|d| d.id == r.role_definition_id) {
+            if !role_defs.contains(&r.role_definition_id) {
                 return Err(InvalidTenant(format!(
                     "role_assignments[{}]: no role definition {}",
                     r.id, r.role_definition_id
@@ -132,7 +136,7 @@ impl Tenant {
             }
         }
         for r in &self.role_eligibilities {
-            if !self.role_definitions.iter().any(|d| d.id == r.role_definition_id) {
+            if !role_defs.contains(&r.role_definition_id) {
                 return Err(InvalidTenant(format!(
                     "role_eligibilities[{}]: no role definition {}",
                     r.id, r.role_definition_id

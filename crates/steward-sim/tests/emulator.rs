@@ -3,7 +3,12 @@
 //! Each test starts its own emulator on free loopback ports (`steward_sim::start`), talks to it with
 //! reqwest, and checks both the wire answers and the emulator's state afterwards.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::field_reassign_with_default)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::field_reassign_with_default
+)]
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
