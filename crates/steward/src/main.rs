@@ -36,6 +36,17 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Compare two .c1z sync files: resources, entitlements and grants added, removed and changed.
     Diff(cmd::diff::DiffArgs),
+    /// The governance platform: HTTP API on an embedded SQLite file or PostgreSQL.
+    Serve(cmd::serve::ServeArgs),
+    /// Administration of a platform database (tokens, …).
+    #[command(subcommand)]
+    Admin(cmd::admin::AdminCommand),
+    /// The app catalog (client of a running platform: STEWARD_URL, STEWARD_TOKEN).
+    #[command(subcommand)]
+    Apps(cmd::apps::AppsCommand),
+    /// Connectors of the platform (client of a running platform: STEWARD_URL, STEWARD_TOKEN).
+    #[command(subcommand)]
+    Connectors(cmd::connectors::ConnectorsCommand),
     /// Benchmarks (numbers for docs/benchmarks.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -53,6 +64,10 @@ fn main() -> std::process::ExitCode {
         Command::Diff(a) => cmd::diff::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Admin(c) => cmd::admin::run(c),
+        Command::Apps(c) => cmd::apps::run(c),
+        Command::Connectors(c) => cmd::connectors::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -15,6 +15,8 @@ pub enum BenchCommand {
     Sim(SimBench),
     /// A full Entra ID sync against the emulator: time, requests, resource units and the floor Graph allows.
     Entra(crate::cmd::entra::BenchArgs),
+    /// Platform ingest and API throughput (issue 7).
+    Platform(crate::cmd::serve::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -36,6 +38,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Sim(a) => sim(a),
         BenchCommand::Entra(a) => crate::cmd::entra::bench(a),
+        BenchCommand::Platform(a) => crate::cmd::serve::bench(a),
     }
 }
 

@@ -1,16 +1,424 @@
-//! `steward entra …`: the Entra ID connector as a Baton-style command (issue 4).
+//! `steward entra …`: the Entra ID connector as a Baton-style command (issue 4), and `steward bench entra`.
+//!
+//! Settings are flags that are also read from the `BATON_*` environment variables of ConductorOne's
+//! documentation. One-shot mode (the default) syncs the tenant into `--file`; progress goes to stderr
+//! (a rewritten status line on a terminal, a line every few seconds otherwise) and a summary follows.
+//! `--log-level` is steward's global flag (env STEWARD_LOG).
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use steward_entra::{Entra, EntraConfig};
+use steward_msgraph::{Credential, Secret};
+use steward_sync::{Connector, ProgressEvent, SyncOptions, SyncPlan, SyncSummary, run_sync};
+
+/// The Entra ID connector.
 #[derive(clap::Args)]
-pub struct EntraArgs {}
+pub struct EntraArgs {
+    #[command(subcommand)]
+    pub command: Option<EntraCommand>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
 
-pub fn run(_a: EntraArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`steward entra` is not built yet (issue 4)")
+/// What else than a sync.
+#[derive(clap::Subcommand, Clone, Copy)]
+pub enum EntraCommand {
+    /// Print what each resource type supports (sync / provision) as JSON.
+    Capabilities,
+    /// Print the connector's settings (names, environment variables, defaults) as JSON.
+    Config,
+}
+
+/// Connector settings (flags and `BATON_*` variables).
+#[derive(clap::Args, Clone)]
+pub struct Settings {
+    /// The c1z file to write.
+    #[arg(short = 'f', long, env = "BATON_FILE", default_value = "sync.c1z")]
+    pub file: PathBuf,
+    /// Microsoft Entra tenant id (GUID) or a verified domain.
+    #[arg(long, env = "BATON_ENTRA_TENANT_ID", default_value = "")]
+    pub entra_tenant_id: String,
+    /// Client id of the app registration the connector signs in as.
+    #[arg(long, env = "BATON_ENTRA_CLIENT_ID", default_value = "")]
+    pub entra_client_id: String,
+    /// Client secret of that app (its Value, not its Secret ID).
+    #[arg(
+        long,
+        env = "BATON_ENTRA_CLIENT_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub entra_client_secret: String,
+    /// Certificate (PEM) registered on the app, instead of a secret.
+    #[arg(long, env = "BATON_ENTRA_CERTIFICATE")]
+    pub entra_certificate: Option<PathBuf>,
+    /// The certificate's RSA private key (PEM).
+    #[arg(long, env = "BATON_ENTRA_CERTIFICATE_KEY")]
+    pub entra_certificate_key: Option<PathBuf>,
+    /// Cloud: graph.microsoft.com, graph.microsoft.us (GCC High), dod-graph.microsoft.us, microsoftgraph.chinacloudapi.cn.
+    #[arg(long, env = "BATON_GRAPH_DOMAIN", default_value = "graph.microsoft.com")]
+    pub graph_domain: String,
+    /// Read mailbox settings: room, equipment and shared mailboxes become service accounts (needs MailboxSettings.Read).
+    #[arg(long, env = "BATON_MAILBOXSETTINGS")]
+    pub mailbox_settings: bool,
+    /// Leave out groups synced from on-premises Active Directory.
+    #[arg(long, env = "BATON_SKIP_AD_GROUPS")]
+    pub skip_ad_groups: bool,
+    /// Do not read PIM eligibility (tenants without Microsoft Entra ID P2).
+    #[arg(long, env = "BATON_SKIP_P2_FEATURES")]
+    pub skip_p2_features: bool,
+    /// Leave out Microsoft's first-party service principals (synced by default: they carry application permissions).
+    #[arg(long, env = "BATON_EXCLUDE_MICROSOFT_APPS")]
+    pub exclude_microsoft_apps: bool,
+    /// Enable provisioning (grant / revoke).
+    #[arg(short = 'p', long, env = "BATON_PROVISIONING")]
+    pub provisioning: bool,
+    /// One-shot provisioning: the entitlement to grant.
+    #[arg(long, env = "BATON_GRANT_ENTITLEMENT")]
+    pub grant_entitlement: Option<String>,
+    /// One-shot provisioning: the principal to grant to.
+    #[arg(long, env = "BATON_GRANT_PRINCIPAL")]
+    pub grant_principal: Option<String>,
+    /// One-shot provisioning: the principal's resource type.
+    #[arg(long, env = "BATON_GRANT_PRINCIPAL_TYPE")]
+    pub grant_principal_type: Option<String>,
+    /// One-shot provisioning: the grant to revoke.
+    #[arg(long, env = "BATON_REVOKE_GRANT")]
+    pub revoke_grant: Option<String>,
+    /// Log format: console or json (the level is the global --log-level / STEWARD_LOG).
+    #[arg(long, env = "BATON_LOG_FORMAT", default_value = "console")]
+    pub log_format: String,
+    /// Login base URL instead of the cloud's (e.g. an emulator).
+    #[arg(long, env = "BATON_LOGIN_ENDPOINT")]
+    pub login_endpoint: Option<String>,
+    /// Graph base URL instead of the cloud's.
+    #[arg(long, env = "BATON_GRAPH_ENDPOINT")]
+    pub graph_endpoint: Option<String>,
+    /// ARM base URL instead of the cloud's.
+    #[arg(long, env = "BATON_ARM_ENDPOINT")]
+    pub arm_endpoint: Option<String>,
+    /// An extra CA certificate (PEM) to trust.
+    #[arg(long, env = "BATON_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Service mode: client id at the Steward server.
+    #[arg(long, env = "BATON_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Service mode: client secret at the Steward server.
+    #[arg(long, env = "BATON_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+    /// Graph requests in flight at most.
+    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 48)]
+    pub concurrency: usize,
+}
+
+impl Settings {
+    fn config(&self) -> anyhow::Result<EntraConfig> {
+        let credential = match (&self.entra_certificate, &self.entra_certificate_key) {
+            (Some(c), Some(k)) => Credential::Certificate {
+                certificate_pem: std::fs::read_to_string(c)
+                    .with_context(|| format!("reading --entra-certificate {}", c.display()))?,
+                private_key_pem: Secret::new(
+                    std::fs::read_to_string(k)
+                        .with_context(|| format!("reading --entra-certificate-key {}", k.display()))?,
+                ),
+            },
+            (Some(_), None) | (None, Some(_)) => {
+                bail!("a certificate needs both --entra-certificate and --entra-certificate-key")
+            }
+            (None, None) => Credential::Secret(Secret::new(self.entra_client_secret.clone())),
+        };
+        let mut c = EntraConfig::new(&self.entra_tenant_id, &self.entra_client_id, credential);
+        c.graph_domain = self.graph_domain.clone();
+        c.login_endpoint = self.login_endpoint.clone();
+        c.graph_endpoint = self.graph_endpoint.clone();
+        c.arm_endpoint = self.arm_endpoint.clone();
+        c.ca_file = self.ca_file.clone();
+        c.mailbox_settings = self.mailbox_settings;
+        c.skip_ad_groups = self.skip_ad_groups;
+        c.skip_p2 = self.skip_p2_features;
+        c.exclude_microsoft_apps = self.exclude_microsoft_apps;
+        c.concurrency = self.concurrency;
+        Ok(c)
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn run(a: EntraArgs) -> anyhow::Result<()> {
+    let s = a.settings;
+    match a.command {
+        Some(EntraCommand::Capabilities) => {
+            let caps: Vec<serde_json::Value> = steward_entra::types::all()
+                .iter()
+                .map(|t| serde_json::json!({"resource_type": t.id, "sync": true, "provision": false}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&caps)?);
+            return Ok(());
+        }
+        Some(EntraCommand::Config) => {
+            println!("{}", serde_json::to_string_pretty(&config_schema())?);
+            return Ok(());
+        }
+        None => {}
+    }
+    if s.client_id.is_some() || s.client_secret.is_some() {
+        bail!(
+            "service mode (--client-id/--client-secret, BATON_CLIENT_ID/BATON_CLIENT_SECRET) is not available yet: unset them to run a one-shot sync into --file"
+        );
+    }
+    if s.grant_entitlement.is_some() || s.revoke_grant.is_some() || s.provisioning {
+        bail!(
+            "provisioning through the Entra ID connector (--provisioning, --grant-entitlement, --revoke-grant) is not available yet (issue 5); this build syncs only"
+        );
+    }
+    if s.log_format != "console" && s.log_format != "json" {
+        bail!("--log-format must be console or json");
+    }
+    let cfg = s.config()?;
+    runtime()?.block_on(async move {
+        let entra = Arc::new(Entra::new(cfg)?);
+        entra.validate().await?;
+        let started = Instant::now();
+        let summary = sync_with_progress(entra.clone(), &s.file, s.log_format == "json").await?;
+        print_summary(
+            &summary,
+            &entra,
+            started.elapsed(),
+            &s.file,
+            s.log_format == "json",
+        );
+        Ok(())
+    })
+}
+
+async fn sync_with_progress(entra: Arc<Entra>, file: &Path, json: bool) -> anyhow::Result<SyncSummary> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ProgressEvent>();
+    let tty = std::io::stderr().is_terminal() && !json;
+    let e2 = entra.clone();
+    let progress = tokio::spawn(async move {
+        let started = Instant::now();
+        let (mut pages, mut rows, mut throttled) = (0u64, 0u64, 0u64);
+        let mut last = Instant::now();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                ProgressEvent::Page { rows: r, .. } => {
+                    pages += 1;
+                    rows += r as u64;
+                }
+                ProgressEvent::RateLimited { .. } => throttled += 1,
+                ProgressEvent::Warning { message } => eprintln!("warning: {message}"),
+                ProgressEvent::Finishing => {
+                    if tty {
+                        eprintln!();
+                    }
+                    eprintln!("finishing: indexes, grant expansion, compression");
+                }
+                _ => {}
+            }
+            let every = if tty {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(5)
+            };
+            if last.elapsed() >= every {
+                last = Instant::now();
+                let st = e2.stats();
+                let line = format!(
+                    "{:>6.1}s  {pages} pages  {rows} rows  {} Graph requests  {} RU  {} throttled",
+                    started.elapsed().as_secs_f64(),
+                    st.requests,
+                    st.resource_units,
+                    st.throttled + throttled
+                );
+                if tty {
+                    eprint!("\r{line}");
+                } else if json {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"msg": "progress", "pages": pages, "rows": rows, "requests": st.requests, "resource_units": st.resource_units, "elapsed_s": started.elapsed().as_secs_f64()})
+                    );
+                } else {
+                    eprintln!("progress: {line}");
+                }
+            }
+        }
+    });
+    let opts = SyncOptions {
+        concurrency: 64,
+        ..SyncOptions::default()
+    };
+    let r = run_sync(entra, file, SyncPlan::Full, opts, Some(tx)).await;
+    let _ = progress.await;
+    Ok(r?)
+}
+
+fn print_summary(s: &SyncSummary, e: &Entra, took: Duration, file: &Path, json: bool) {
+    let st = e.stats();
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"msg": "sync finished", "file": file, "sync_id": s.sync_id, "seconds": took.as_secs_f64(),
+                "resources": s.resources, "entitlements": s.entitlements, "grants": s.grants,
+                "expanded_grants": s.end.expansion.grants_created, "requests": st, "left_out": e.left_out()})
+        );
+        return;
+    }
+    eprintln!(
+        "synced {} in {:.1} s: {} resources, {} entitlements, {} grants (+{} by group expansion); {} Graph requests ({} inside $batch), {} resource units, {} throttled, {} retried; {} members/assignees left out (not synced)",
+        file.display(),
+        took.as_secs_f64(),
+        s.resources,
+        s.entitlements,
+        s.grants,
+        s.end.expansion.grants_created,
+        st.requests,
+        st.batched,
+        st.resource_units,
+        st.throttled,
+        st.retries,
+        e.left_out(),
+    );
+}
+
+fn config_schema() -> serde_json::Value {
+    let f = |name: &str, env: &str, kind: &str, default: serde_json::Value, help: &str| serde_json::json!({"flag": format!("--{name}"), "env": env, "type": kind, "default": default, "help": help});
+    serde_json::json!({"connector": "entra", "settings": [
+        f("entra-tenant-id", "BATON_ENTRA_TENANT_ID", "string", "".into(), "Tenant id or verified domain (required)"),
+        f("entra-client-id", "BATON_ENTRA_CLIENT_ID", "string", "".into(), "App registration client id (required)"),
+        f("entra-client-secret", "BATON_ENTRA_CLIENT_SECRET", "secret", "".into(), "Client secret (or a certificate)"),
+        f("entra-certificate", "BATON_ENTRA_CERTIFICATE", "path", serde_json::Value::Null, "Certificate PEM registered on the app"),
+        f("entra-certificate-key", "BATON_ENTRA_CERTIFICATE_KEY", "path", serde_json::Value::Null, "The certificate's RSA private key PEM"),
+        f("graph-domain", "BATON_GRAPH_DOMAIN", "string", "graph.microsoft.com".into(), "Cloud: graph.microsoft.com, graph.microsoft.us, dod-graph.microsoft.us, microsoftgraph.chinacloudapi.cn"),
+        f("mailbox-settings", "BATON_MAILBOXSETTINGS", "bool", false.into(), "Room, equipment and shared mailboxes become service accounts"),
+        f("skip-ad-groups", "BATON_SKIP_AD_GROUPS", "bool", false.into(), "Leave out on-premises synced groups"),
+        f("skip-p2-features", "BATON_SKIP_P2_FEATURES", "bool", false.into(), "Do not read PIM eligibility"),
+        f("exclude-microsoft-apps", "BATON_EXCLUDE_MICROSOFT_APPS", "bool", false.into(), "Leave out Microsoft first-party service principals"),
+        f("provisioning", "BATON_PROVISIONING", "bool", false.into(), "Enable grant/revoke (not available yet)"),
+        f("file", "BATON_FILE", "path", "sync.c1z".into(), "Output c1z"),
+        f("login-endpoint", "BATON_LOGIN_ENDPOINT", "url", serde_json::Value::Null, "Login base URL override"),
+        f("graph-endpoint", "BATON_GRAPH_ENDPOINT", "url", serde_json::Value::Null, "Graph base URL override"),
+        f("arm-endpoint", "BATON_ARM_ENDPOINT", "url", serde_json::Value::Null, "ARM base URL override"),
+        f("ca-file", "BATON_CA_FILE", "path", serde_json::Value::Null, "Extra CA certificate (PEM)"),
+        f("concurrency", "BATON_CONCURRENCY", "int", 48.into(), "Graph requests in flight at most"),
+    ]})
 }
 
 /// `steward bench entra`.
 #[derive(clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Tenant size (small, medium, large, xl).
+    #[arg(long, default_value = "medium")]
+    pub tenant: String,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Emulated latency per request, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub latency_ms: u64,
+    /// `microsoft` (Graph's resource-unit budget, 429 + Retry-After) or `off`.
+    #[arg(long, default_value = "microsoft")]
+    pub throttle: String,
+    /// Read mailbox settings too.
+    #[arg(long)]
+    pub mailbox_settings: bool,
+    /// Graph requests in flight at most.
+    #[arg(long, default_value_t = 48)]
+    pub concurrency: usize,
+}
 
-pub fn bench(_a: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`steward bench entra` is not built yet (issue 4)")
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let tenant = steward_sim::load_tenant(&a.tenant, a.seed)?;
+    let m = steward_sim::Manifest::of(&tenant);
+    let users = m.users as u64;
+    runtime()?.block_on(async move {
+        let dir = tempfile_dir()?;
+        let settings = steward_sim::ctx::Settings {
+            seed: a.seed,
+            latency_ms: a.latency_ms,
+            throttle: a.throttle == "microsoft",
+            ..Default::default()
+        };
+        let running = steward_sim::start(steward_sim::Options {
+            tenant,
+            settings,
+            listen: "127.0.0.1:0".parse()?,
+            tls: false,
+            proxy: None,
+            state_dir: dir.clone(),
+        })
+        .await?;
+        let ready = running.ready.clone();
+        let mut cfg = EntraConfig::new(
+            &ready.tenant_id,
+            &ready.client_id,
+            Credential::Secret(Secret::new(ready.client_secret.clone())),
+        );
+        cfg.login_endpoint = Some(ready.login.clone());
+        cfg.graph_endpoint = Some(ready.graph.clone());
+        cfg.mailbox_settings = a.mailbox_settings;
+        cfg.concurrency = a.concurrency;
+        let entra = Arc::new(Entra::new(cfg)?);
+        let file = dir.join("bench.c1z");
+        let t0 = Instant::now();
+        let opts = SyncOptions {
+            concurrency: 64,
+            ..SyncOptions::default()
+        };
+        let summary = run_sync(entra.clone(), &file, SyncPlan::Full, opts, None).await?;
+        let wall = t0.elapsed().as_secs_f64();
+        let stats: serde_json::Value = reqwest::get(format!("{}/_sim/stats", ready.graph))
+            .await?
+            .json()
+            .await?;
+        let ru = stats["resource_units"].as_f64().unwrap_or(0.0);
+        let cap = steward_msgraph::budget::graph_capacity(users);
+        let floor = ru / (cap / 10.0);
+        let floor_burst = ((ru - cap).max(0.0)) / (cap / 10.0);
+        // The longest chain of dependent requests: the user listing ($expand=manager pages hold 100).
+        let user_pages = (m.users as f64 / 100.0).ceil();
+        let page_floor = user_pages * (a.latency_ms as f64 + 1.0) / 1000.0;
+        let (_, peak) = crate::cmd::bench::rss_mib();
+        println!(
+            "entra sync of {} (seed {}), latency {} ms, throttle {}: {:.2} s wall",
+            a.tenant, a.seed, a.latency_ms, a.throttle, wall
+        );
+        println!(
+            "  {} resources, {} entitlements, {} grants (+{} expanded)",
+            summary.resources, summary.entitlements, summary.grants, summary.end.expansion.grants_created
+        );
+        println!(
+            "  Graph: {} HTTP requests seen by the emulator ({} client-side, {} inside $batch), {} resource units, {} throttled (429)",
+            stats["requests"], entra.stats().requests, entra.stats().batched, ru, stats["throttled"]
+        );
+        println!(
+            "  throttle floor: {:.2} s (RU ÷ {:.0} RU/s); with the initial {:.0} RU burst: {:.2} s",
+            floor,
+            cap / 10.0,
+            cap,
+            floor_burst
+        );
+        println!(
+            "  page-count floor: {:.2} s ({} sequential user pages × {} ms)",
+            page_floor, user_pages, a.latency_ms
+        );
+        println!("  peak RSS (emulator + connector in one process): {peak} MiB");
+        running.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("steward-bench-entra-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
 }

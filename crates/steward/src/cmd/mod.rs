@@ -1,7 +1,11 @@
 //! One module per subcommand.
+pub mod admin;
+pub mod apps;
 pub mod bench;
+pub mod connectors;
 pub mod demo;
 pub mod diff;
 pub mod entra;
 pub mod inspect;
+pub mod serve;
 pub mod sim;
