@@ -99,9 +99,20 @@ async fn sync(s: &Sim, cfg: EntraConfig, name: &str) -> Result<(PathBuf, Arc<Ent
         concurrency: 64,
         ..SyncOptions::default()
     };
-    run_sync(e.clone(), &path, SyncPlan::Full, opts, None)
+    let summary = run_sync(e.clone(), &path, SyncPlan::Full, opts, None)
         .await
         .map_err(|e| e.to_string())?;
+    let end = &summary.end;
+    assert_eq!(
+        (
+            end.dropped_resources,
+            end.dropped_entitlements,
+            end.dropped_grants,
+            end.duplicates_removed
+        ),
+        (0, 0, 0, 0),
+        "the connector emitted only intact, unique rows"
+    );
     Ok((path, e))
 }
 
