@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 use crate::config::EntraConfig;
 use crate::error::EntraError;
 use crate::index::{self, Index, Kind};
+use crate::prefetch::Chain;
 use crate::roles::RoleHolders;
 use crate::{apps, grants, groups, licenses, roles, types, users};
 
@@ -33,6 +34,8 @@ pub struct Entra {
     roles: OnceCell<Arc<RoleHolders>>,
     sign_in: OnceCell<bool>,
     left_out: AtomicU64,
+    user_pages: Chain,
+    group_pages: Chain,
 }
 
 impl std::fmt::Debug for Entra {
@@ -57,6 +60,8 @@ impl Entra {
             roles: OnceCell::new(),
             sign_in: OnceCell::new(),
             left_out: AtomicU64::new(0),
+            user_pages: Chain::default(),
+            group_pages: Chain::default(),
         })
     }
 
@@ -166,7 +171,7 @@ impl Entra {
         } else {
             token.to_owned()
         };
-        let page = self.graph.get_page(&url, false).await?;
+        let page = self.user_pages.page(&self.graph, &url).await?;
         let purposes: Vec<Option<String>> = if self.cfg.mailbox_settings {
             let paths: Vec<String> = page
                 .items
@@ -209,7 +214,7 @@ impl Entra {
         } else {
             token.to_owned()
         };
-        let page = self.graph.get_page(&url, false).await?;
+        let page = self.group_pages.page(&self.graph, &url).await?;
         let items = page
             .items
             .iter()

@@ -22,6 +22,7 @@ pub mod grants;
 pub mod groups;
 pub mod index;
 pub mod licenses;
+pub mod prefetch;
 pub mod roles;
 pub mod types;
 pub mod users;
