@@ -616,6 +616,83 @@ async fn transport_faults_break_the_connection() {
 }
 
 #[tokio::test]
+async fn truncation_revocation_and_latency() {
+    let settings = Settings {
+        faults: Some("1:truncate".parse().unwrap()),
+        ..Settings::default()
+    };
+    let r = emulator_with(tenant("tiny", 1), settings, false, false).await;
+    let tok = token(&r, GRAPH).await;
+    // Depending on buffering the break shows when the headers arrive or while the body is read.
+    let result = async {
+        let resp = http()
+            .get(format!("{}/v1.0/users", r.ready.graph))
+            .bearer_auth(&tok)
+            .send()
+            .await?;
+        resp.bytes().await
+    }
+    .await;
+    assert!(
+        result.is_err(),
+        "a truncated body must surface as a transport error"
+    );
+
+    let settings = Settings {
+        faults: Some("1:revoke".parse().unwrap()),
+        ..Settings::default()
+    };
+    let r = emulator_with(tenant("tiny", 1), settings, false, false).await;
+    let tok = token(&r, GRAPH).await;
+    let (s, v) = get(&r, &tok, "/v1.0/organization").await;
+    assert_eq!(s, 401);
+    assert_eq!(v["error"]["code"], "InvalidAuthenticationToken");
+
+    let settings = Settings {
+        latency_ms: 150,
+        ..Settings::default()
+    };
+    let r = emulator_with(tenant("tiny", 1), settings, false, false).await;
+    let tok = token(&r, GRAPH).await;
+    let t0 = std::time::Instant::now();
+    assert_eq!(get(&r, &tok, "/v1.0/organization").await.0, 200);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(150),
+        "the latency setting delays answers"
+    );
+}
+
+#[tokio::test]
+async fn directory_objects_and_get_by_ids() {
+    let r = emulator("tiny").await;
+    let tok = token(&r, GRAPH).await;
+    let (u, g) = {
+        let st = r.sim.read();
+        (st.tenant.users[2].id, st.tenant.groups[1].id)
+    };
+    let (s, v) = get(&r, &tok, &format!("/v1.0/directoryObjects/{g}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["@odata.type"], "#microsoft.graph.group");
+    let body = json!({"ids": [u, g, Uuid::new_v4()], "types": ["user"]});
+    let (s, v) = send(
+        &r,
+        &tok,
+        reqwest::Method::POST,
+        "/v1.0/directoryObjects/getByIds",
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let found = v["value"].as_array().unwrap();
+    assert_eq!(
+        found.len(),
+        1,
+        "only users were asked for; unknown ids are skipped"
+    );
+    assert_eq!(found[0]["id"], json!(u));
+}
+
+#[tokio::test]
 async fn group_writes_change_state_with_microsofts_answers() {
     let r = emulator("small").await;
     let tok = token(&r, GRAPH).await;
@@ -1041,6 +1118,30 @@ async fn arm_scopes_writes_and_authorization() {
             .as_str()
             .unwrap()
             .contains("/resourceGroups/")
+    }));
+    // Listing at a resource group includes what is inherited from the subscription (above it).
+    let some_rg = r
+        .sim
+        .read()
+        .tenant
+        .azure
+        .resource_groups
+        .iter()
+        .find(|g| g.subscription_id.to_string() == sub)
+        .unwrap()
+        .name
+        .clone();
+    let at_rg = all_pages(&tok, &arm(&format!("/subscriptions/{sub}/resourceGroups/{some_rg}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter=atScope()"))).await;
+    assert!(
+        at_rg
+            .iter()
+            .any(|a| a["properties"]["scope"] == json!(format!("/subscriptions/{sub}")))
+    );
+    assert!(at_rg.iter().all(|a| {
+        !a["properties"]["scope"]
+            .as_str()
+            .unwrap()
+            .contains("/providers/Microsoft.Storage")
     }));
     // Create at a resource group; a duplicate under a new name is 409; delete is 200 then 204.
     let rg = r
