@@ -32,6 +32,8 @@ enum Command {
     Sim(cmd::sim::SimCommand),
     /// The Entra ID connector: sync users, groups, apps, roles and licenses into a .c1z; provision access.
     Entra(Box<cmd::entra::EntraArgs>),
+    /// The Azure Infrastructure connector: subscriptions, resource groups, roles at every scope, storage.
+    Azure(Box<cmd::azure::AzureArgs>),
     /// Show what a .c1z sync file holds.
     Inspect(cmd::inspect::InspectArgs),
     /// Compare two .c1z sync files: resources, entitlements and grants added, removed and changed.
@@ -60,6 +62,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Sim(c) => cmd::sim::run(c),
         Command::Entra(a) => cmd::entra::run(*a),
+        Command::Azure(a) => cmd::azure::run(*a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Diff(a) => cmd::diff::run(a),
         Command::Demo(a) => cmd::demo::run(a),

@@ -15,6 +15,8 @@ pub enum BenchCommand {
     Sim(SimBench),
     /// A full Entra ID sync against the emulator: time, requests, resource units and the floor Graph allows.
     Entra(crate::cmd::entra::BenchArgs),
+    /// A full Azure sync against the emulator (issue 6).
+    Azure(crate::cmd::azure::BenchArgs),
     /// Platform ingest and API throughput (issue 7).
     Platform(crate::cmd::serve::BenchArgs),
 }
@@ -38,6 +40,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Sim(a) => sim(a),
         BenchCommand::Entra(a) => crate::cmd::entra::bench(a),
+        BenchCommand::Azure(a) => crate::cmd::azure::bench(a),
         BenchCommand::Platform(a) => crate::cmd::serve::bench(a),
     }
 }

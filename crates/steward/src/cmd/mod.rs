@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod admin;
 pub mod apps;
+pub mod azure;
 pub mod bench;
 pub mod connectors;
 pub mod demo;
