@@ -160,9 +160,8 @@ async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         .collect();
     sim.stats
         .count(&format!("{} (arm) {}", parts.method, template(&segs)));
-    match sim.faults.as_ref().and_then(|f| f.next()) {
+    match sim.fault_before(&parts.headers).await {
         Some(FaultKind::Status(code)) => {
-            sim.stats.faults.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return ArmError::new(
                 status,
@@ -171,18 +170,7 @@ async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             )
             .response(&request_id);
         }
-        Some(FaultKind::Reset | FaultKind::Truncate) => {
-            sim.stats.faults.fetch_add(1, Ordering::Relaxed);
-            return crate::server::reset_response();
-        }
-        Some(FaultKind::Stall) => {
-            sim.stats.faults.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(std::time::Duration::from_millis(sim.settings.stall_ms)).await;
-        }
-        Some(FaultKind::Revoke) => {
-            sim.stats.faults.fetch_add(1, Ordering::Relaxed);
-            auth::revoke(&sim, &parts.headers);
-        }
+        Some(_) => return crate::server::reset_response(),
         None => {}
     }
     let claims = match auth::check_bearer(&sim, &parts.headers, Audience::Arm) {

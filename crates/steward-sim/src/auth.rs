@@ -129,16 +129,15 @@ const ARM_RESOURCES: &[&str] = &[
     "https://management.core.chinacloudapi.cn",
 ];
 
-/// Maps a requested scope (`https://graph.microsoft.com/.default`) to the API and the `aud` claim.
-/// Requests naming the emulator's own URLs (a client pointed at it with an endpoint override that also
-/// rewrites the scope) are accepted too.
-fn resource_of(scope: &str, graph_base: &str, arm_base: &str) -> Option<(Audience, String)> {
+/// Maps a requested scope (`https://graph.microsoft.com/.default`, a national cloud's, or ARM's) to the API
+/// and the `aud` claim. Clients keep Microsoft's scope even when their endpoints point at the emulator.
+fn resource_of(scope: &str) -> Option<(Audience, String)> {
     let first = scope
         .split(' ')
         .find(|s| s.ends_with("/.default") || s.contains("://"))?;
     let resource = first.trim_end_matches("/.default").trim_end_matches('/');
     let known = |list: &[&str]| list.iter().any(|r| r.eq_ignore_ascii_case(resource));
-    if known(GRAPH_RESOURCES) || resource.eq_ignore_ascii_case(graph_base.trim_end_matches('/')) {
+    if known(GRAPH_RESOURCES) {
         let aud = if resource.starts_with("http") && known(GRAPH_RESOURCES) {
             resource.to_string()
         } else {
@@ -146,7 +145,7 @@ fn resource_of(scope: &str, graph_base: &str, arm_base: &str) -> Option<(Audienc
         };
         return Some((Audience::Graph, aud));
     }
-    if known(ARM_RESOURCES) || resource.eq_ignore_ascii_case(arm_base.trim_end_matches('/')) {
+    if known(ARM_RESOURCES) {
         return Some((Audience::Arm, "https://management.core.windows.net/".to_string()));
     }
     None
@@ -377,17 +376,13 @@ async fn token(
         Ok(acr) => acr,
         Err(resp) => return resp,
     };
-    let graph_base = "";
     match grant_type.as_str() {
         "client_credentials" => {
             let scope = form
                 .get("scope")
                 .cloned()
                 .or_else(|| form.get("resource").map(|r| format!("{r}/.default")));
-            let Some((audience, aud)) = scope
-                .as_deref()
-                .and_then(|s| resource_of(s, graph_base, graph_base))
-            else {
+            let Some((audience, aud)) = scope.as_deref().and_then(resource_of) else {
                 return aadsts(
                     StatusCode::BAD_REQUEST,
                     "invalid_scope",
@@ -1017,18 +1012,18 @@ mod tests {
     #[test]
     fn scopes_map_to_audiences() {
         assert_eq!(
-            resource_of("https://graph.microsoft.com/.default", "", "").map(|r| r.0),
+            resource_of("https://graph.microsoft.com/.default").map(|r| r.0),
             Some(Audience::Graph)
         );
         assert_eq!(
-            resource_of("https://graph.microsoft.us/.default", "", "").map(|r| r.0),
+            resource_of("https://graph.microsoft.us/.default").map(|r| r.0),
             Some(Audience::Graph)
         );
         assert_eq!(
-            resource_of("https://management.azure.com//.default", "", "").map(|r| r.0),
+            resource_of("https://management.azure.com//.default").map(|r| r.0),
             Some(Audience::Arm)
         );
-        assert_eq!(resource_of("https://example.com/.default", "", ""), None);
+        assert_eq!(resource_of("https://example.com/.default"), None);
         assert_eq!(
             audience_of("https://management.core.windows.net/"),
             Some(Audience::Arm)

@@ -132,4 +132,24 @@ impl Sim {
     pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.store.write().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Draws this request's fault (if `--faults` is on), counts it, and applies the kinds that act before
+    /// the answer: `stall` waits, `revoke` revokes the caller's token (the token check then fails).
+    /// Returns the kinds the caller must answer with itself: a status, a reset or a truncation.
+    pub async fn fault_before(&self, headers: &http::HeaderMap) -> Option<crate::realism::FaultKind> {
+        use crate::realism::FaultKind;
+        let f = self.faults.as_ref().and_then(|f| f.next())?;
+        self.stats.faults.fetch_add(1, Ordering::Relaxed);
+        match f {
+            FaultKind::Stall => {
+                tokio::time::sleep(std::time::Duration::from_millis(self.settings.stall_ms)).await;
+                None
+            }
+            FaultKind::Revoke => {
+                crate::auth::revoke(self, headers);
+                None
+            }
+            other => Some(other),
+        }
+    }
 }

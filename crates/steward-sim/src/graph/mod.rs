@@ -317,10 +317,9 @@ async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
     };
     sim.stats
         .count(&format!("{} /{version}/{}", parts.method, template(&segs)));
-    let fault = sim.faults.as_ref().and_then(|f| f.next());
+    let fault = sim.fault_before(&parts.headers).await;
     match fault {
         Some(FaultKind::Status(code)) => {
-            sim.stats.faults.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let code_name = match code {
                 502 => "BadGateway",
@@ -339,16 +338,7 @@ async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
             return error_response(&e, &request_id, &client_request_id);
         }
         Some(FaultKind::Reset) => {
-            sim.stats.faults.fetch_add(1, Ordering::Relaxed);
             return crate::server::reset_response();
-        }
-        Some(FaultKind::Stall) => {
-            sim.stats.faults.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(std::time::Duration::from_millis(sim.settings.stall_ms)).await;
-        }
-        Some(FaultKind::Revoke) => {
-            sim.stats.faults.fetch_add(1, Ordering::Relaxed);
-            auth::revoke(&sim, &parts.headers);
         }
         _ => {}
     }
@@ -400,7 +390,6 @@ async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Response {
         insert(h, "x-ms-throttle-limit-percentage", &format!("{used:.1}"));
     }
     if fault == Some(FaultKind::Truncate) {
-        sim.stats.faults.fetch_add(1, Ordering::Relaxed);
         return crate::server::truncate_response(resp).await;
     }
     resp
