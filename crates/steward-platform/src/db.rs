@@ -1,0 +1,187 @@
+//! Connection pools for the two backends and the embedded, explicit migrations.
+//!
+//! Every query is written once with `$n` placeholders (SQLite and PostgreSQL both accept them) and run on
+//! either backend through [`with_db!`]; the few statements that differ (DDL types, bulk loads) are written
+//! per backend.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::error::{PlatformError, Result};
+
+/// A pool on one of the backends.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// Embedded SQLite (WAL).
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the pool of whichever backend `$db` is.
+macro_rules! with_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($p) => $body,
+            $crate::db::Db::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use with_db;
+
+/// The database file name in a data directory.
+pub const SQLITE_FILE: &str = "steward.db";
+
+impl Db {
+    /// Connects to `url` (`postgres://…`, `sqlite://PATH`) or, without one, to `<data_dir>/steward.db`.
+    pub async fn connect(url: Option<&str>, data_dir: Option<&Path>) -> Result<Db> {
+        match url {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                let opts = PgConnectOptions::from_str(u)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Db::Postgres(pool))
+            }
+            Some(u) if u.starts_with("sqlite:") => Self::sqlite(SqliteConnectOptions::from_str(u)?).await,
+            Some(u) => Err(PlatformError::Invalid(format!(
+                "unsupported database URL {u:?}: use postgres://… or sqlite://PATH"
+            ))),
+            None => {
+                let dir = data_dir
+                    .ok_or_else(|| PlatformError::Invalid("give --db URL or --data-dir DIR".into()))?;
+                std::fs::create_dir_all(dir)?;
+                Self::sqlite(SqliteConnectOptions::new().filename(dir.join(SQLITE_FILE))).await
+            }
+        }
+    }
+
+    async fn sqlite(opts: SqliteConnectOptions) -> Result<Db> {
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(false)
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies the migrations not yet applied, each in its own transaction, in order.
+    pub async fn migrate(&self) -> Result<Vec<u32>> {
+        let mut applied = Vec::new();
+        with_db!(self, p => {
+            sqlx::query("CREATE TABLE IF NOT EXISTS steward_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+                .execute(p)
+                .await?;
+            if let Db::Postgres(_) = self {
+                // Two servers starting at once: one migrates, the other waits.
+                sqlx::query("SELECT pg_advisory_lock(7201)").execute(p).await?;
+            }
+            let done: Vec<(i64,)> = sqlx::query_as("SELECT version FROM steward_migrations").fetch_all(p).await?;
+            for m in MIGRATIONS {
+                if done.iter().any(|(v,)| *v == i64::from(m.version)) {
+                    continue;
+                }
+                let mut tx = p.begin().await?;
+                let sql = match self { Db::Sqlite(_) => m.sqlite, Db::Postgres(_) => m.postgres };
+                for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(stmt).execute(&mut *tx).await?;
+                }
+                sqlx::query("INSERT INTO steward_migrations (version, name, applied_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING")
+                    .bind(i64::from(m.version))
+                    .bind(m.name)
+                    .bind(crate::clock::rfc3339(time::OffsetDateTime::now_utc()))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                applied.push(m.version);
+            }
+            if let Db::Postgres(_) = self {
+                sqlx::query("SELECT pg_advisory_unlock(7201)").execute(p).await?;
+            }
+        });
+        Ok(applied)
+    }
+}
+
+/// One migration: the same schema change in each backend's dialect.
+pub struct Migration {
+    /// Increasing number.
+    pub version: u32,
+    /// What it does.
+    pub name: &'static str,
+    /// SQLite statements, `;`-separated.
+    pub sqlite: &'static str,
+    /// PostgreSQL statements, `;`-separated.
+    pub postgres: &'static str,
+}
+
+const V1_COMMON: &str = r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tokens (id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, identity_id TEXT,
+  hash TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL, revoked BOOLEAN NOT NULL DEFAULT FALSE);
+CREATE TABLE connectors (id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL UNIQUE, settings TEXT NOT NULL,
+  secrets TEXT NOT NULL, secret_names TEXT NOT NULL, owners TEXT NOT NULL, identity_source BOOLEAN NOT NULL,
+  app_id TEXT, sync_interval_secs BIGINT, status TEXT NOT NULL, status_reason TEXT, last_sync_at TEXT,
+  current_sync_id TEXT, created_at TEXT NOT NULL);
+CREATE TABLE syncs (id TEXT PRIMARY KEY, connector_id TEXT NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
+  started_at TEXT NOT NULL, ended_at TEXT, error TEXT, stats TEXT, log TEXT NOT NULL);
+CREATE INDEX syncs_connector ON syncs (connector_id, started_at);
+CREATE TABLE resources (connector_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL,
+  display_name TEXT NOT NULL, parent TEXT, login TEXT, email TEXT, profile TEXT NOT NULL);
+CREATE INDEX resources_key ON resources (connector_id, resource_type, resource_id);
+CREATE TABLE entitlements (connector_id TEXT NOT NULL, id TEXT NOT NULL, resource_type TEXT NOT NULL,
+  resource_id TEXT NOT NULL, display_name TEXT NOT NULL, slug TEXT NOT NULL);
+CREATE INDEX entitlements_key ON entitlements (connector_id, id);
+CREATE INDEX entitlements_resource ON entitlements (connector_id, resource_type, resource_id);
+CREATE TABLE grants (connector_id TEXT NOT NULL, id TEXT NOT NULL, entitlement_id TEXT NOT NULL,
+  principal_type TEXT NOT NULL, principal_id TEXT NOT NULL, direct BOOLEAN NOT NULL, via TEXT);
+CREATE INDEX grants_entitlement ON grants (connector_id, entitlement_id);
+CREATE INDEX grants_principal ON grants (principal_id, principal_type);
+CREATE TABLE identities (id TEXT PRIMARY KEY, connector_id TEXT NOT NULL, kind TEXT NOT NULL,
+  display_name TEXT NOT NULL, upn TEXT, email TEXT, department TEXT, job_title TEXT, manager_id TEXT,
+  status TEXT NOT NULL);
+CREATE INDEX identities_connector ON identities (connector_id);
+CREATE TABLE account_links (connector_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL,
+  identity_id TEXT NOT NULL, matched_by TEXT NOT NULL);
+CREATE INDEX account_links_identity ON account_links (identity_id);
+CREATE INDEX account_links_connector ON account_links (connector_id);
+CREATE TABLE apps (id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL, managed BOOLEAN NOT NULL,
+  connector_id TEXT, resource_id TEXT, owners TEXT NOT NULL, created_at TEXT NOT NULL,
+  UNIQUE (connector_id, resource_id));
+CREATE TABLE app_entitlements (app_id TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+  connector_id TEXT, idp_entitlement_id TEXT, PRIMARY KEY (app_id, id));
+CREATE TABLE linked_entitlements (app_id TEXT NOT NULL, idp_entitlement_id TEXT NOT NULL, connector_id TEXT NOT NULL,
+  action TEXT NOT NULL, name TEXT, app_entitlement_id TEXT, updated_at TEXT NOT NULL,
+  PRIMARY KEY (app_id, idp_entitlement_id))
+"#;
+
+/// The migrations, oldest first. Never edit one that has shipped: add a new one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "platform foundation: tokens, connectors, syncs, snapshot, identities, apps, linked entitlements",
+    sqlite: V1_COMMON,
+    postgres: V1_COMMON,
+}];
