@@ -384,10 +384,13 @@ fn apply_edge(
                         }),
                     };
                     g.annotations.push_msg(&GrantImmutable::default());
+                    // One row with VALUES (not INSERT … SELECT, which SQLite treats as a multi-row write
+                    // and gives a statement journal: a pwrite per touched page per row).
                     conn.prepare_cached(
                         "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
                            principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at)
-                         SELECT ?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8, started_at FROM v1_sync_runs WHERE sync_id = ?8",
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8,
+                                 (SELECT started_at FROM v1_sync_runs WHERE sync_id = ?8))",
                     )?
                     .execute(params![
                         dst_resource.resource_type,

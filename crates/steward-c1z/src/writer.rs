@@ -632,6 +632,12 @@ impl C1zWriter {
         )?;
         self.commit()?;
         self.active = None;
+        tracing::info!(
+            index_ms = report.index_ms,
+            expand_ms = report.expand_ms,
+            "c1z: sync {} ended",
+            report.sync_id
+        );
         Ok(report)
     }
 
