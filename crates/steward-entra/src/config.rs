@@ -38,6 +38,9 @@ pub struct EntraConfig {
     pub exclude_microsoft_apps: bool,
     /// Graph requests in flight at most.
     pub concurrency: usize,
+    /// Allow grant and revoke (`--provisioning` / `BATON_PROVISIONING`). Off by default: a connector
+    /// only reads unless asked to write.
+    pub provisioning: bool,
 }
 
 impl EntraConfig {
@@ -57,6 +60,7 @@ impl EntraConfig {
             skip_p2: false,
             exclude_microsoft_apps: false,
             concurrency: 48,
+            provisioning: false,
         }
     }
 

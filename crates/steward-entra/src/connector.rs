@@ -19,6 +19,7 @@ use crate::config::EntraConfig;
 use crate::error::EntraError;
 use crate::index::{self, Index, Kind};
 use crate::prefetch::Chain;
+use crate::provision::{self, GrantOptions};
 use crate::roles::RoleHolders;
 use crate::{apps, grants, groups, licenses, roles, types, users};
 
@@ -31,7 +32,7 @@ pub struct Entra {
     graph: Client,
     sized: OnceCell<()>,
     index: OnceCell<Arc<Index>>,
-    roles: OnceCell<Arc<RoleHolders>>,
+    roles: tokio::sync::Mutex<Option<Arc<RoleHolders>>>,
     sign_in: OnceCell<bool>,
     left_out: AtomicU64,
     user_pages: Chain,
@@ -57,7 +58,7 @@ impl Entra {
             graph,
             sized: OnceCell::new(),
             index: OnceCell::new(),
-            roles: OnceCell::new(),
+            roles: tokio::sync::Mutex::new(None),
             sign_in: OnceCell::new(),
             left_out: AtomicU64::new(0),
             user_pages: Chain::default(),
@@ -117,15 +118,24 @@ impl Entra {
     }
 
     async fn role_holders(&self) -> Result<Arc<RoleHolders>, EntraError> {
-        let r = self
-            .roles
-            .get_or_try_init(|| async {
-                RoleHolders::load(&self.graph, self.cfg.skip_p2)
-                    .await
-                    .map(Arc::new)
-            })
-            .await?;
-        Ok(r.clone())
+        let mut slot = self.roles.lock().await;
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(RoleHolders::load(&self.graph, self.cfg.skip_p2).await?);
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Forgets the role holders read so far (after a role was granted or revoked), so that the next
+    /// (partial) sync reads them again.
+    pub(crate) async fn reset_role_holders(&self) {
+        *self.roles.lock().await = None;
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EntraConfig {
+        &self.cfg
     }
 
     /// Whether `signInActivity` can be read (needs AuditLog.Read.All and Entra ID P1).
@@ -436,9 +446,10 @@ impl Connector for Entra {
             resource_types: types::all()
                 .into_iter()
                 .map(|t| ResourceTypeCapability {
+                    provision: self.cfg.provisioning
+                        && matches!(t.id.as_str(), types::GROUP | types::APP | types::ROLE),
                     resource_type: t.id,
                     sync: true,
-                    provision: false,
                 })
                 .collect(),
         }
@@ -473,16 +484,44 @@ impl Connector for Entra {
         Ok(self.grants_of(resource, page_token).await?)
     }
 
+    /// Grants through [`Entra::grant_entitlement`] (no end time); "already held" is success too.
     async fn grant(
         &self,
-        _principal: &Resource,
-        _entitlement: &Entitlement,
+        principal: &Resource,
+        entitlement: &Entitlement,
     ) -> Result<Vec<Grant>, ConnectorError> {
-        Err(EntraError::ProvisioningUnavailable.into())
+        let pid = principal
+            .id
+            .clone()
+            .ok_or_else(|| EntraError::ForeignResource(principal.display_name.clone()))?;
+        let kind = provision::kind_of(&pid.resource_type).ok_or_else(|| {
+            EntraError::Refused(format!(
+                "'{}' is not a principal type of the Entra ID connector",
+                pid.resource_type
+            ))
+        })?;
+        self.grant_entitlement(&entitlement.id, &pid, &GrantOptions::default())
+            .await?;
+        Ok(vec![grants::to(entitlement, kind, &pid.resource)])
     }
 
-    async fn revoke(&self, _grant: &Grant) -> Result<(), ConnectorError> {
-        Err(EntraError::ProvisioningUnavailable.into())
+    /// Revokes through [`Entra::revoke_grant`]; "already absent" is success too.
+    async fn revoke(&self, grant: &Grant) -> Result<(), ConnectorError> {
+        let ent = grant
+            .entitlement
+            .as_ref()
+            .map(|e| e.id.clone())
+            .unwrap_or_default();
+        let principal = grant.principal.as_ref().and_then(|p| p.id.clone());
+        match principal {
+            Some(pid) if !ent.is_empty() => {
+                self.revoke_entitlement(&ent, &pid).await?;
+            }
+            _ => {
+                self.revoke_grant(&grant.id).await?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -18,6 +18,14 @@ pub enum EntraError {
         "provisioning through the Entra ID connector is not available yet (tracked in issue 5); this build syncs only"
     )]
     ProvisioningUnavailable,
+    /// Provisioning was asked for but not enabled.
+    #[error(
+        "provisioning is not enabled: pass --provisioning (or set BATON_PROVISIONING=true) to let the Entra ID connector grant and revoke"
+    )]
+    ProvisioningDisabled,
+    /// A grant or revoke that cannot be done, with the reason; nothing was changed.
+    #[error("refused, nothing was changed: {0}")]
+    Refused(String),
 }
 
 impl From<EntraError> for ConnectorError {
@@ -29,7 +37,9 @@ impl From<EntraError> for ConnectorError {
             }
             EntraError::Graph(G::Transient { .. }) => ConnectorError::Transient(e.to_string()),
             EntraError::Graph(G::NotFound { .. }) => ConnectorError::NotFound(e.to_string()),
-            EntraError::ProvisioningUnavailable => ConnectorError::Unsupported(e.to_string()),
+            EntraError::ProvisioningUnavailable
+            | EntraError::ProvisioningDisabled
+            | EntraError::Refused(_) => ConnectorError::Unsupported(e.to_string()),
             other => ConnectorError::Fatal(other.to_string()),
         }
     }

@@ -12,7 +12,8 @@
 //!
 //! Rooms: [`config`] (settings), [`connector`] (the `Connector` impl and paging), [`index`] (the
 //! directory index that keeps grants referentially intact), [`types`], and one mapping module per kind
-//! ([`users`], [`groups`], [`apps`], [`roles`], [`licenses`], [`grants`]); [`error`].
+//! ([`users`], [`groups`], [`apps`], [`roles`], [`licenses`], [`grants`]); [`provision`] (grant and
+//! revoke, safe to repeat and retry); [`error`].
 
 pub mod apps;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod groups;
 pub mod index;
 pub mod licenses;
 pub mod prefetch;
+pub mod provision;
 pub mod roles;
 pub mod types;
 pub mod users;
@@ -30,3 +32,4 @@ pub mod users;
 pub use config::EntraConfig;
 pub use connector::Entra;
 pub use error::EntraError;
+pub use provision::{Change, GrantOptions, Outcome};

@@ -399,3 +399,577 @@ async fn refusals_name_the_missing_permission_and_the_reader_syncs() {
     let m = Manifest::of(&s.r.sim.read().tenant);
     assert_eq!(get(&read(&path).resources, "user"), m.users);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Provisioning (issue 5): grant and revoke over real HTTP, checked in the emulator after each operation.
+// ---------------------------------------------------------------------------------------------------
+
+use steward_entra::{GrantOptions, Outcome};
+use steward_model::ResourceId;
+use uuid::Uuid;
+
+/// The objects a provisioning test works on, prepared in a generated tenant so that nothing is held yet.
+#[derive(Debug, Clone)]
+struct Fixture {
+    /// A cloud security group with one owner (`sole_owner`) and no members.
+    group: Uuid,
+    sole_owner: Uuid,
+    /// A role-assignable group (also a member principal).
+    rgroup: Uuid,
+    /// A group that is not role-assignable.
+    plain_group: Uuid,
+    dynamic: Uuid,
+    on_prem: Uuid,
+    user: Uuid,
+    /// The enterprise app provisioned, with an app role for users and one for applications.
+    app: Uuid,
+    role_user: Uuid,
+    role_app: Uuid,
+    /// An enterprise app as a principal.
+    sp: Uuid,
+    mi: Uuid,
+    role: Uuid,
+}
+
+fn fixture(t: &mut Tenant) -> Fixture {
+    let users: Vec<Uuid> = t.users.iter().map(|u| u.id).collect();
+    let (sole_owner, user) = (users[0], users[1]);
+    // Five fresh cloud security groups, made from the first one.
+    let base = t.groups.len();
+    for k in 0..5u128 {
+        let mut g = t.groups[0].clone();
+        g.id = Uuid::from_u128(0x5157_1000 + k);
+        g.display_name = format!("Steward test group {k}");
+        g.kind = GroupKind::Security;
+        g.membership_rule = None;
+        g.on_premises_sync_enabled = false;
+        g.is_assignable_to_role = false;
+        g.members.clear();
+        g.owners = vec![sole_owner];
+        t.groups.push(g);
+    }
+    let (gi, ri, pi, di, oi) = (base, base + 1, base + 2, base + 3, base + 4);
+    t.groups[ri].is_assignable_to_role = true;
+    t.groups[di].membership_rule = Some("user.department -eq \"Sales\"".into());
+    t.groups[oi].on_premises_sync_enabled = true;
+    let apps: Vec<usize> = (0..t.service_principals.len())
+        .filter(|&i| {
+            let s = &t.service_principals[i];
+            s.kind == SpKind::Application && s.publisher == Publisher::Tenant
+        })
+        .collect();
+    assert!(apps.len() >= 2, "two tenant enterprise apps");
+    let (ai, si) = (apps[0], apps[1]);
+    let app = t.service_principals[ai].id;
+    let (role_user, role_app) = (Uuid::from_u128(0x5157_0001), Uuid::from_u128(0x5157_0002));
+    let mk = |id: Uuid, v: &str, m: &str| AppRole {
+        id,
+        value: Some(v.into()),
+        display_name: v.into(),
+        description: None,
+        allowed_member_types: vec![m.into()],
+        is_enabled: true,
+    };
+    t.service_principals[ai]
+        .app_roles
+        .push(mk(role_user, "Steward.User", "User"));
+    t.service_principals[ai]
+        .app_roles
+        .push(mk(role_app, "Steward.App", "Application"));
+    t.service_principals[ai].owners.clear();
+    t.app_role_assignments.retain(|a| a.resource_id != app);
+    let mi = match t
+        .service_principals
+        .iter()
+        .find(|s| s.kind == SpKind::ManagedIdentity)
+    {
+        Some(s) => s.id,
+        None => {
+            let mut s = t.service_principals[si].clone();
+            s.id = Uuid::from_u128(0x5157_0003);
+            s.app_id = Uuid::from_u128(0x5157_0004);
+            s.kind = SpKind::ManagedIdentity;
+            s.display_name = "mi-steward-test".into();
+            t.service_principals.push(s);
+            Uuid::from_u128(0x5157_0003)
+        }
+    };
+    let role = t.role_definitions[1].id;
+    t.role_assignments.retain(|a| a.role_definition_id != role);
+    t.role_eligibilities.retain(|a| a.role_definition_id != role);
+    t.has_p2 = true;
+    Fixture {
+        group: t.groups[gi].id,
+        sole_owner,
+        rgroup: t.groups[ri].id,
+        plain_group: t.groups[pi].id,
+        dynamic: t.groups[di].id,
+        on_prem: t.groups[oi].id,
+        user,
+        app,
+        role_user,
+        role_app,
+        sp: t.service_principals[si].id,
+        mi,
+        role,
+    }
+}
+
+/// How many times the emulator holds `entitlement` for `principal` (0 or 1; 2 would be a duplicate).
+fn held(s: &Sim, entitlement: &str, principal: Uuid) -> usize {
+    let st = s.r.sim.read();
+    let t = &st.tenant;
+    let mut it = entitlement.splitn(3, ':');
+    let (rt, rid, slug) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    let rid: Uuid = rid.parse().unwrap();
+    let n = |v: &[Uuid]| v.iter().filter(|x| **x == principal).count();
+    match (rt, slug) {
+        ("group", "member") => n(&t.groups.iter().find(|g| g.id == rid).unwrap().members),
+        ("group", "owner") => n(&t.groups.iter().find(|g| g.id == rid).unwrap().owners),
+        ("enterprise_application", "owner") => {
+            n(&t.service_principals.iter().find(|g| g.id == rid).unwrap().owners)
+        }
+        ("enterprise_application", a) => {
+            let role: Uuid = a.strip_prefix("assignment:").unwrap().parse().unwrap();
+            t.app_role_assignments
+                .iter()
+                .filter(|x| x.resource_id == rid && x.principal_id == principal && x.app_role_id == role)
+                .count()
+        }
+        ("role", "assigned") => t
+            .role_assignments
+            .iter()
+            .filter(|x| x.role_definition_id == rid && x.principal_id == principal)
+            .count(),
+        ("role", "eligible") => t
+            .role_eligibilities
+            .iter()
+            .filter(|x| x.role_definition_id == rid && x.principal_id == principal)
+            .count(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn prov_config(s: &Sim) -> EntraConfig {
+    let mut c = connector_config(s);
+    c.provisioning = true;
+    c
+}
+
+/// Every entitlement kind × every principal type it takes.
+fn cases(f: &Fixture) -> Vec<(String, ResourceId)> {
+    let user = ResourceId::new("user", f.user.to_string());
+    let group = ResourceId::new("group", f.rgroup.to_string());
+    let sp = ResourceId::new("enterprise_application", f.sp.to_string());
+    let mi = ResourceId::new("managed_identity", f.mi.to_string());
+    let nil = Uuid::nil();
+    let (g, a, r) = (f.group, f.app, f.role);
+    vec![
+        (format!("group:{g}:member"), user.clone()),
+        (format!("group:{g}:member"), group.clone()),
+        (format!("group:{g}:member"), sp.clone()),
+        (format!("group:{g}:member"), mi.clone()),
+        (format!("group:{g}:owner"), user.clone()),
+        (format!("group:{g}:owner"), sp.clone()),
+        (format!("group:{g}:owner"), mi.clone()),
+        (
+            format!("enterprise_application:{a}:assignment:{}", f.role_user),
+            user.clone(),
+        ),
+        (
+            format!("enterprise_application:{a}:assignment:{}", f.role_user),
+            group.clone(),
+        ),
+        (
+            format!("enterprise_application:{a}:assignment:{}", f.role_app),
+            sp.clone(),
+        ),
+        (
+            format!("enterprise_application:{a}:assignment:{}", f.role_app),
+            mi.clone(),
+        ),
+        (
+            format!("enterprise_application:{a}:assignment:{nil}"),
+            user.clone(),
+        ),
+        (
+            format!("enterprise_application:{a}:assignment:{nil}"),
+            group.clone(),
+        ),
+        (format!("enterprise_application:{a}:assignment:{nil}"), sp.clone()),
+        (format!("enterprise_application:{a}:owner"), user.clone()),
+        (format!("enterprise_application:{a}:owner"), sp.clone()),
+        (format!("enterprise_application:{a}:owner"), mi.clone()),
+        (format!("role:{r}:assigned"), user.clone()),
+        (format!("role:{r}:assigned"), group.clone()),
+        (format!("role:{r}:assigned"), sp.clone()),
+        (format!("role:{r}:assigned"), mi.clone()),
+        (format!("role:{r}:eligible"), user),
+        (format!("role:{r}:eligible"), group),
+    ]
+}
+
+fn uuid_of(p: &ResourceId) -> Uuid {
+    p.resource.parse().unwrap()
+}
+
+/// The grants of the newest partial sync in `path`.
+fn partial_has(path: &Path, grant_id: &str) -> bool {
+    let mut r = C1zReader::open(path).unwrap();
+    let run = r
+        .latest_finished_sync(Some(steward_c1z::SyncType::Partial))
+        .unwrap()
+        .expect("a finished partial sync");
+    r.select_sync(&run.sync_id).unwrap();
+    r.grant(grant_id).unwrap().is_some()
+}
+
+#[tokio::test]
+async fn provisioning_every_kind_and_principal_type_is_idempotent_and_updates_the_file() {
+    let mut t = generate(Size::named("tiny").unwrap(), 11);
+    let f = fixture(&mut t);
+    let s = sim(t, Settings::default()).await;
+    let (path, e) = sync(&s, prov_config(&s), "prov.c1z").await.unwrap();
+    let opts = GrantOptions::default();
+    for (ent, p) in cases(&f) {
+        let pid = uuid_of(&p);
+        assert_eq!(held(&s, &ent, pid), 0, "{ent} {p} not held at first");
+        let c = e
+            .grant_entitlement(&ent, &p, &opts)
+            .await
+            .unwrap_or_else(|x| panic!("{ent} {p}: {x}"));
+        assert_eq!(c.outcome, Outcome::Granted, "{ent} {p}");
+        assert_eq!(held(&s, &ent, pid), 1, "{ent} {p} granted");
+        assert_eq!(c.grant_id, format!("{ent}:{p}"));
+        let again = e.grant_entitlement(&ent, &p, &opts).await.unwrap();
+        assert_eq!(again.outcome, Outcome::AlreadyHeld, "{ent} {p}");
+        assert_eq!(held(&s, &ent, pid), 1, "{ent} {p} no duplicate");
+        // The sync file follows the tenant.
+        let plan = SyncPlan::Partial {
+            resources: vec![c.resource()],
+        };
+        run_sync(e.clone(), &path, plan.clone(), SyncOptions::default(), None)
+            .await
+            .unwrap();
+        assert!(
+            partial_has(&path, &c.grant_id),
+            "{} in the file after the grant",
+            c.grant_id
+        );
+        let r = e
+            .revoke_grant(&c.grant_id)
+            .await
+            .unwrap_or_else(|x| panic!("revoke {ent} {p}: {x}"));
+        assert_eq!(r.outcome, Outcome::Revoked, "{ent} {p}");
+        assert_eq!(held(&s, &ent, pid), 0, "{ent} {p} revoked");
+        let r2 = e.revoke_grant(&c.grant_id).await.unwrap();
+        assert_eq!(r2.outcome, Outcome::AlreadyAbsent, "{ent} {p}");
+        run_sync(e.clone(), &path, plan, SyncOptions::default(), None)
+            .await
+            .unwrap();
+        assert!(
+            !partial_has(&path, &c.grant_id),
+            "{} gone from the file after the revoke",
+            c.grant_id
+        );
+    }
+    // Through the Connector trait too.
+    let rdr = C1zReader::open(&path).unwrap();
+    let ent = rdr
+        .entitlement(&format!("group:{}:member", f.group))
+        .unwrap()
+        .unwrap();
+    let principal = rdr
+        .resource(&ResourceId::new("user", f.user.to_string()))
+        .unwrap()
+        .unwrap();
+    drop(rdr);
+    let grants = steward_sync::Connector::grant(e.as_ref(), &principal, &ent)
+        .await
+        .unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(held(&s, &ent.id, f.user), 1);
+    steward_sync::Connector::revoke(e.as_ref(), &grants[0])
+        .await
+        .unwrap();
+    assert_eq!(held(&s, &ent.id, f.user), 0);
+}
+
+#[tokio::test]
+async fn provisioning_refusals_change_nothing_and_say_why() {
+    let mut t = generate(Size::named("tiny").unwrap(), 12);
+    let f = fixture(&mut t);
+    let s = sim(t, Settings::default()).await;
+    let before = serde_json::to_string(&s.r.sim.read().tenant).unwrap();
+    let user = ResourceId::new("user", f.user.to_string());
+    let opts = GrantOptions::default();
+    let refused = |r: Result<steward_entra::Change, steward_entra::EntraError>, words: &[&str]| {
+        let err = r.unwrap_err().to_string();
+        for w in words {
+            assert!(err.contains(w), "'{w}' in: {err}");
+        }
+    };
+    // Not enabled.
+    let off = Entra::new(connector_config(&s)).unwrap();
+    refused(
+        off.grant_entitlement(&format!("group:{}:member", f.group), &user, &opts)
+            .await,
+        &["--provisioning", "BATON_PROVISIONING"],
+    );
+    refused(
+        off.revoke_grant(&format!("group:{}:member:user:{}", f.group, f.user))
+            .await,
+        &["not enabled"],
+    );
+    let e = Entra::new(prov_config(&s)).unwrap();
+    refused(
+        e.grant_entitlement(&format!("group:{}:member", f.dynamic), &user, &opts)
+            .await,
+        &["dynamic membership", "nothing was changed"],
+    );
+    refused(
+        e.grant_entitlement(&format!("group:{}:member", f.on_prem), &user, &opts)
+            .await,
+        &["on-premises"],
+    );
+    refused(
+        e.revoke_grant(&format!("group:{}:member:user:{}", f.on_prem, f.user))
+            .await,
+        &["on-premises"],
+    );
+    let g = ResourceId::new("group", f.rgroup.to_string());
+    refused(
+        e.grant_entitlement(&format!("group:{}:owner", f.group), &g, &opts)
+            .await,
+        &[
+            "cannot be granted to a group",
+            "user, enterprise_application, managed_identity",
+        ],
+    );
+    let sp = ResourceId::new("enterprise_application", f.sp.to_string());
+    refused(
+        e.grant_entitlement(&format!("role:{}:eligible", f.role), &sp, &opts)
+            .await,
+        &["cannot be granted to a enterprise_application"],
+    );
+    refused(
+        e.grant_entitlement(
+            &format!("enterprise_application:{}:assignment:{}", f.app, f.role_user),
+            &sp,
+            &opts,
+        )
+        .await,
+        &["allowedMemberTypes"],
+    );
+    refused(
+        e.grant_entitlement(
+            &format!("enterprise_application:{}:assignment:{}", f.app, f.role_app),
+            &user,
+            &opts,
+        )
+        .await,
+        &["cannot be assigned to a user"],
+    );
+    refused(
+        e.grant_entitlement(
+            &format!(
+                "enterprise_application:{}:assignment:{}",
+                f.app,
+                Uuid::from_u128(7)
+            ),
+            &user,
+            &opts,
+        )
+        .await,
+        &["defines no app role"],
+    );
+    let plain = ResourceId::new("group", f.plain_group.to_string());
+    refused(
+        e.grant_entitlement(&format!("role:{}:assigned", f.role), &plain, &opts)
+            .await,
+        &["not role-assignable"],
+    );
+    // A user's id given as a group, and a service principal given as a managed identity.
+    let wrong = ResourceId::new("group", f.user.to_string());
+    refused(
+        e.grant_entitlement(&format!("group:{}:member", f.group), &wrong, &opts)
+            .await,
+        &["does not exist"],
+    );
+    let not_mi = ResourceId::new("managed_identity", f.sp.to_string());
+    refused(
+        e.grant_entitlement(&format!("group:{}:member", f.group), &not_mi, &opts)
+            .await,
+        &["not a managed identity"],
+    );
+    refused(
+        e.grant_entitlement(&format!("license:{}:assigned", Uuid::nil()), &user, &opts)
+            .await,
+        &["licenses are not provisioned"],
+    );
+    // The last owner of a group stays.
+    refused(
+        e.revoke_grant(&format!("group:{}:owner:user:{}", f.group, f.sole_owner))
+            .await,
+        &["last owner", "add another owner first"],
+    );
+    assert_eq!(held(&s, &format!("group:{}:owner", f.group), f.sole_owner), 1);
+    // An end time in the past.
+    let past = GrantOptions {
+        end: Some("2001-01-01T00:00:00Z".into()),
+        ..Default::default()
+    };
+    refused(
+        e.grant_entitlement(&format!("role:{}:eligible", f.role), &user, &past)
+            .await,
+        &["in the past"],
+    );
+    // Without write permission: the reader app is told which permission to ask for.
+    let mut rc = config(
+        &s,
+        s.r.ready.reader_client_id.as_deref().unwrap(),
+        s.r.ready.reader_client_secret.as_deref().unwrap(),
+    );
+    rc.provisioning = true;
+    let reader = Entra::new(rc).unwrap();
+    for (ent, p, perm) in [
+        (
+            format!("group:{}:member", f.group),
+            &user,
+            "GroupMember.ReadWrite.All",
+        ),
+        (
+            format!("enterprise_application:{}:assignment:{}", f.app, f.role_user),
+            &user,
+            "AppRoleAssignment.ReadWrite.All",
+        ),
+        (
+            format!("role:{}:assigned", f.role),
+            &user,
+            "RoleManagement.ReadWrite.Directory",
+        ),
+        (
+            format!("role:{}:eligible", f.role),
+            &user,
+            "RoleManagement.ReadWrite.Directory",
+        ),
+    ] {
+        refused(
+            reader.grant_entitlement(&ent, p, &opts).await,
+            &["missing permission", perm],
+        );
+    }
+    let after = serde_json::to_string(&s.r.sim.read().tenant).unwrap();
+    assert!(before == after, "refusals changed nothing in the tenant");
+}
+
+#[tokio::test]
+async fn time_bound_roles_carry_their_end_time_into_the_tenant() {
+    let mut t = generate(Size::named("tiny").unwrap(), 13);
+    let f = fixture(&mut t);
+    let s = sim(t, Settings::default()).await;
+    let e = Entra::new(prov_config(&s)).unwrap();
+    let user = ResourceId::new("user", f.user.to_string());
+    let end = "2031-06-30T17:00:00Z".to_string();
+    let opts = GrantOptions {
+        end: Some(end.clone()),
+        justification: Some("ticket 42".into()),
+    };
+    let c = e
+        .grant_entitlement(&format!("role:{}:eligible", f.role), &user, &opts)
+        .await
+        .unwrap();
+    assert_eq!((c.outcome, c.end_in_tenant), (Outcome::Granted, true));
+    assert!(c.to_string().contains("enforced by Microsoft"), "{c}");
+    {
+        let st = s.r.sim.read();
+        let el: Vec<_> = st
+            .tenant
+            .role_eligibilities
+            .iter()
+            .filter(|x| x.role_definition_id == f.role && x.principal_id == f.user)
+            .collect();
+        assert_eq!(el.len(), 1);
+        assert_eq!(el[0].end.as_deref(), Some(end.as_str()));
+    }
+    // Visible through Graph with its end time.
+    let v = e
+        .graph()
+        .get_all(
+            "/v1.0/roleManagement/directory/roleEligibilitySchedules?$top=999",
+            false,
+        )
+        .await
+        .unwrap();
+    let mine = v
+        .iter()
+        .find(|x| x["principalId"] == f.user.to_string() && x["roleDefinitionId"] == f.role.to_string())
+        .unwrap();
+    assert!(mine.to_string().contains(&end[..16]), "{mine}");
+    // An active, time-bound assignment goes through a PIM assignment schedule request.
+    let c = e
+        .grant_entitlement(&format!("role:{}:assigned", f.role), &user, &opts)
+        .await
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Granted);
+    {
+        let st = s.r.sim.read();
+        let a: Vec<_> = st
+            .tenant
+            .role_assignments
+            .iter()
+            .filter(|x| x.role_definition_id == f.role && x.principal_id == f.user)
+            .collect();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].end.as_deref(), Some(end.as_str()));
+    }
+    // Group membership has no native expiry: said so.
+    let c = e
+        .grant_entitlement(&format!("group:{}:member", f.group), &user, &opts)
+        .await
+        .unwrap();
+    assert!(!c.end_in_tenant);
+    assert!(c.to_string().contains("the platform revokes it"), "{c}");
+    for id in [
+        format!("role:{}:eligible:user:{}", f.role, f.user),
+        format!("role:{}:assigned:user:{}", f.role, f.user),
+        format!("group:{}:member:user:{}", f.group, f.user),
+    ] {
+        assert_eq!(
+            e.revoke_grant(&id).await.unwrap().outcome,
+            Outcome::Revoked,
+            "{id}"
+        );
+    }
+    assert_eq!(held(&s, &format!("role:{}:eligible", f.role), f.user), 0);
+    assert_eq!(held(&s, &format!("role:{}:assigned", f.role), f.user), 0);
+}
+
+#[tokio::test]
+async fn provisioning_through_faults_never_double_applies() {
+    let mut t = generate(Size::named("tiny").unwrap(), 14);
+    let f = fixture(&mut t);
+    let settings = Settings {
+        faults: Some("0.2:500,502,503,504,reset,truncate".parse().unwrap()),
+        ..Settings::default()
+    };
+    let s = sim(t, settings).await;
+    let e = Entra::new(prov_config(&s)).unwrap();
+    let opts = GrantOptions::default();
+    for round in 0..1 {
+        for (ent, p) in cases(&f) {
+            let pid = uuid_of(&p);
+            let c = e
+                .grant_entitlement(&ent, &p, &opts)
+                .await
+                .unwrap_or_else(|x| panic!("{ent} {p}: {x}"));
+            assert_eq!(c.outcome, Outcome::Granted, "round {round} {ent} {p}");
+            assert_eq!(held(&s, &ent, pid), 1, "{ent} {p}");
+            let r = e.revoke_grant(&c.grant_id).await.unwrap();
+            assert_eq!(r.outcome, Outcome::Revoked, "round {round} {ent} {p}");
+            assert_eq!(held(&s, &ent, pid), 0, "{ent} {p}");
+        }
+    }
+    let faults = s.r.sim.stats.faults.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(faults > 10, "faults were injected: {faults}");
+}

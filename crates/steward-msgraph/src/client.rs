@@ -2,7 +2,9 @@
 //! URL, a token scope, a throttle [`Budget`], a concurrency bound and statistics.
 //!
 //! Invariants: every request takes its estimated cost from the budget before it is sent and holds a
-//! concurrency permit while in flight (never while sleeping); only GETs (and `$batch` of GETs) are retried;
+//! concurrency permit while in flight (never while sleeping); only GETs (and `$batch` of GETs) are retried
+//! blindly — a write is resent only when it certainly did not apply (429, 401, no connection), otherwise
+//! [`Client::write`] answers [`Written::Unconfirmed`] and the caller reads back;
 //! `@odata.nextLink` / `nextLink` are followed verbatim with the same headers; a 401 refreshes the token
 //! and retries; errors become [`Error`] variants that say what to do.
 
@@ -17,7 +19,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{Credential, TokenProvider};
 use crate::budget::{Budget, graph_cost};
 use crate::cloud::Endpoints;
-use crate::error::{Error, Result, graph_permission_for};
+use crate::error::{Error, Result, graph_permission_for, graph_write_permission_for};
 use crate::retry::{RetryPolicy, backoff};
 
 /// Which API a client talks to (decides costs, budgets and error shapes).
@@ -105,6 +107,37 @@ pub struct ODataPage {
     pub next_link: Option<String>,
     /// `@odata.deltaLink` (delta queries).
     pub delta_link: Option<String>,
+}
+
+/// The HTTP method of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMethod {
+    /// `POST`.
+    Post,
+    /// `PATCH`.
+    Patch,
+    /// `DELETE`.
+    Delete,
+}
+
+impl WriteMethod {
+    /// The method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMethod::Post => "POST",
+            WriteMethod::Patch => "PATCH",
+            WriteMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// What is known after one write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    /// The service answered 2xx: applied (the body, or `Null` when empty or cut off).
+    Done(Value),
+    /// The request may or may not have applied (reset, timeout, 5xx after sending): read back to know.
+    Unconfirmed(String),
 }
 
 /// Builds HTTP clients for one app: shared connection pool and token cache.
@@ -465,6 +498,127 @@ impl Client {
         }
     }
 
+    /// Sends one write (`POST`, `PATCH` or `DELETE` of `path_or_url`, with an optional JSON body) and says
+    /// whether it is known to have applied.
+    ///
+    /// Writes are not idempotent, so this never resends a request that may have reached the service:
+    /// it resends only what certainly did not apply — a 429 (after `Retry-After`), a 401 (with a fresh
+    /// token), a connection that could not be opened. A reset, a timeout or a 5xx after the request was
+    /// sent give [`Written::Unconfirmed`]: the caller reads back to find out and decides. A 2xx whose body
+    /// is cut off is still [`Written::Done`] (with `Value::Null`): the status says it applied.
+    pub async fn write(
+        &self,
+        method: WriteMethod,
+        path_or_url: &str,
+        body: Option<&Value>,
+    ) -> Result<Written> {
+        let url = self.url(path_or_url);
+        let what = format!("{} {}", method.as_str(), self.path_of(&url));
+        let (mut connect, mut throttled, mut reauth) = (0u32, 0u32, 0u32);
+        let inner = &self.inner;
+        loop {
+            // Every write costs 1 RU plus a write (specs §3).
+            inner.budget.acquire(2.0).await;
+            let token = match inner.tokens.token(&inner.scope).await {
+                Ok(t) => t,
+                Err(e) if e.is_transient() && connect + 1 < inner.retry.transient_attempts => {
+                    connect += 1;
+                    tokio::time::sleep(backoff(connect)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let permit = inner.sem.acquire().await;
+            if permit.is_err() {
+                return Err(Error::Config("the client was shut down".into()));
+            }
+            let mut req = match method {
+                WriteMethod::Post => inner.http.post(&url),
+                WriteMethod::Patch => inner.http.patch(&url),
+                WriteMethod::Delete => inner.http.delete(&url),
+            }
+            .bearer_auth(token.expose());
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if e.is_connect() && connect + 1 < inner.retry.transient_attempts => {
+                    // Never reached the service: safe to send again.
+                    drop(permit);
+                    connect += 1;
+                    inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff(connect)).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Ok(Written::Unconfirmed(format!("{what}: request failed: {e}")));
+                }
+            };
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let hdr = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            if let Some(ru) = hdr("x-ms-resource-unit").and_then(|v| v.parse::<f64>().ok()) {
+                inner.stats.resource_units.fetch_add(ru as u64, Ordering::Relaxed);
+                inner.budget.reconcile(2.0, ru);
+            }
+            let bytes = resp.bytes().await;
+            drop(permit);
+            if (200..300).contains(&status) {
+                let v = match &bytes {
+                    Ok(b) if !b.is_empty() => serde_json::from_slice(b).unwrap_or(Value::Null),
+                    _ => Value::Null,
+                };
+                return Ok(Written::Done(v));
+            }
+            let Ok(bytes) = bytes else {
+                return Ok(Written::Unconfirmed(format!(
+                    "{what}: HTTP {status}, and the answer was cut off"
+                )));
+            };
+            let (code, message) = error_of(&bytes);
+            match status {
+                429 => {
+                    inner.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    let wait = hdr("retry-after")
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .map(Duration::from_secs_f64)
+                        .unwrap_or(Duration::from_secs(5));
+                    throttled += 1;
+                    if throttled >= inner.retry.throttled_attempts {
+                        return Err(Error::Throttled {
+                            what,
+                            attempts: throttled,
+                            retry_after: wait,
+                        });
+                    }
+                    // A 429 is refused before it is applied: wait for the whole client, then resend.
+                    inner.budget.throttled(wait);
+                    tracing::debug!(%what, ?wait, "write throttled");
+                }
+                401 => {
+                    reauth += 1;
+                    inner.tokens.invalidate(&inner.scope, &token).await;
+                    if reauth > 3 {
+                        return Err(Error::Http {
+                            what,
+                            status,
+                            code: "InvalidAuthenticationToken".into(),
+                            message: "fresh tokens keep being refused".into(),
+                        });
+                    }
+                }
+                500..=504 => {
+                    return Ok(Written::Unconfirmed(format!(
+                        "{what}: HTTP {status} {code}: {message}"
+                    )));
+                }
+                _ => return Err(map_error(inner.api, status, code, message, &what)),
+            }
+        }
+    }
+
     /// GETs one page of a collection.
     pub async fn get_page(&self, path_or_url: &str, eventual: bool) -> Result<ODataPage> {
         let v = self.get_json(path_or_url, eventual).await?;
@@ -722,7 +876,11 @@ fn map_error(api: Api, status: u16, code: String, message: String, what: &str) -
     let path = what.split_whitespace().nth(1).unwrap_or("");
     match (status, code.as_str()) {
         (403, "Authorization_RequestDenied") | (403, "Forbidden") | (403, "") if api == Api::Graph => {
-            let p = graph_permission_for(path);
+            let p = if what.starts_with("GET ") {
+                graph_permission_for(path)
+            } else {
+                graph_write_permission_for(path)
+            };
             Error::MissingPermission {
                 permission: p.to_owned(),
                 what: what.to_owned(),

@@ -45,7 +45,7 @@ pub enum Error {
         message: String,
     },
     /// The app lacks an application permission (Graph 403 Authorization_RequestDenied, ARM AuthorizationFailed).
-    #[error("missing permission {permission} while reading {what}: {hint}")]
+    #[error("missing permission {permission} for {what}: {hint}")]
     MissingPermission {
         /// The least-privileged permission that allows the call.
         permission: String,
@@ -144,6 +144,27 @@ pub fn graph_permission_for(path: &str) -> &'static str {
     }
 }
 
+/// The least-privileged Graph application permission for a write (`POST`/`PATCH`/`DELETE`) of `path`.
+pub fn graph_write_permission_for(path: &str) -> &'static str {
+    let p = path.split('?').next().unwrap_or(path);
+    let segs: Vec<&str> = p
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != "v1.0" && *s != "beta")
+        .collect();
+    match segs.as_slice() {
+        ["groups", _, "members", ..] => "GroupMember.ReadWrite.All",
+        ["groups", _, "owners", ..] => "Group.ReadWrite.All",
+        [_, _, "appRoleAssignedTo", ..] | [_, _, "appRoleAssignments", ..] => {
+            "AppRoleAssignment.ReadWrite.All"
+        }
+        ["servicePrincipals", ..] | ["applications", ..] => "Application.ReadWrite.All",
+        ["roleManagement", ..] | ["directoryRoles", ..] => "RoleManagement.ReadWrite.Directory",
+        ["groups", ..] => "Group.ReadWrite.All",
+        ["users", ..] => "User.ReadWrite.All",
+        _ => "Directory.ReadWrite.All",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +187,18 @@ mod tests {
         assert_eq!(
             graph_permission_for("/v1.0/roleManagement/directory/roleEligibilitySchedules"),
             "RoleEligibilitySchedule.Read.Directory"
+        );
+        assert_eq!(
+            graph_write_permission_for("/v1.0/groups/g/members/$ref"),
+            "GroupMember.ReadWrite.All"
+        );
+        assert_eq!(
+            graph_write_permission_for("/v1.0/servicePrincipals/s/appRoleAssignedTo"),
+            "AppRoleAssignment.ReadWrite.All"
+        );
+        assert_eq!(
+            graph_write_permission_for("/v1.0/roleManagement/directory/roleEligibilityScheduleRequests"),
+            "RoleManagement.ReadWrite.Directory"
         );
         assert_eq!(
             graph_permission_for("/v1.0/subscribedSkus"),

@@ -6,7 +6,8 @@
 //! * [`budget`]: one resource-unit budget per app and tenant, shaped like Graph's, adapting to 429s and
 //!   `x-ms-throttle-limit-percentage`.
 //! * [`client`]: GETs with retries (jitter, 5xx, resets, timeouts, cut-off bodies), `@odata.nextLink`
-//!   paging, `$batch` (20 per call, inner 429s retried), delta queries; bounded concurrency.
+//!   paging, `$batch` (20 per call, inner 429s retried), delta queries; bounded concurrency; writes
+//!   ([`Client::write`]) resent only when they certainly did not apply, otherwise reported unconfirmed.
 //! * [`error`]: one error type whose variants say what to do; [`secret`]: redacted secrets.
 //!
 //! ```no_run
@@ -30,8 +31,8 @@ pub mod secret;
 
 pub use auth::{Credential, TokenProvider};
 pub use budget::Budget;
-pub use client::{Api, Client, Config, Microsoft, ODataPage, StatsSnapshot};
+pub use client::{Api, Client, Config, Microsoft, ODataPage, StatsSnapshot, WriteMethod, Written};
 pub use cloud::{Cloud, Endpoints};
-pub use error::{Error, Result, graph_permission_for};
+pub use error::{Error, Result, graph_permission_for, graph_write_permission_for};
 pub use retry::RetryPolicy;
 pub use secret::Secret;
