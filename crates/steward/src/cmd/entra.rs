@@ -3,7 +3,9 @@
 //! Settings are flags that are also read from the `BATON_*` environment variables of ConductorOne's
 //! documentation. One-shot mode (the default) syncs the tenant into `--file`; progress goes to stderr
 //! (a rewritten status line on a terminal, a line every few seconds otherwise) and a summary follows.
-//! `--log-level` is steward's global flag (env STEWARD_LOG).
+//! `--log-level` is steward's global flag (env STEWARD_LOG). With `--provisioning`, `--grant-entitlement ID
+//! --grant-principal ID --grant-principal-type TYPE` (optionally `--grant-end`) or `--revoke-grant ID` make one
+//! change, print it, and partially sync the affected resource into `--file`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -89,6 +91,13 @@ pub struct Settings {
     /// One-shot provisioning: the grant to revoke.
     #[arg(long, env = "BATON_REVOKE_GRANT")]
     pub revoke_grant: Option<String>,
+    /// One-shot provisioning: when the granted access ends (RFC 3339). Enforced by Microsoft for directory
+    /// roles (PIM schedules); for other entitlements the platform revokes on time.
+    #[arg(long, env = "BATON_GRANT_END", requires = "grant_entitlement")]
+    pub grant_end: Option<String>,
+    /// One-shot provisioning: justification recorded with PIM requests.
+    #[arg(long, env = "BATON_GRANT_JUSTIFICATION", requires = "grant_entitlement")]
+    pub grant_justification: Option<String>,
     /// Log format: console or json (the level is the global --log-level / STEWARD_LOG).
     #[arg(long, env = "BATON_LOG_FORMAT", default_value = "console")]
     pub log_format: String,
@@ -142,6 +151,7 @@ impl Settings {
         c.skip_p2 = self.skip_p2_features;
         c.exclude_microsoft_apps = self.exclude_microsoft_apps;
         c.concurrency = self.concurrency;
+        c.provisioning = self.provisioning;
         Ok(c)
     }
 }
@@ -159,7 +169,13 @@ pub fn run(a: EntraArgs) -> anyhow::Result<()> {
         Some(EntraCommand::Capabilities) => {
             let caps: Vec<serde_json::Value> = steward_entra::types::all()
                 .iter()
-                .map(|t| serde_json::json!({"resource_type": t.id, "sync": true, "provision": false}))
+                .map(|t| {
+                    let provision = matches!(
+                        t.id.as_str(),
+                        steward_entra::types::GROUP | steward_entra::types::APP | steward_entra::types::ROLE
+                    );
+                    serde_json::json!({"resource_type": t.id, "sync": true, "provision": provision})
+                })
                 .collect();
             println!("{}", serde_json::to_string_pretty(&caps)?);
             return Ok(());
@@ -175,13 +191,11 @@ pub fn run(a: EntraArgs) -> anyhow::Result<()> {
             "service mode (--client-id/--client-secret, BATON_CLIENT_ID/BATON_CLIENT_SECRET) is not available yet: unset them to run a one-shot sync into --file"
         );
     }
-    if s.grant_entitlement.is_some() || s.revoke_grant.is_some() || s.provisioning {
-        bail!(
-            "provisioning through the Entra ID connector (--provisioning, --grant-entitlement, --revoke-grant) is not available yet (issue 5); this build syncs only"
-        );
-    }
     if s.log_format != "console" && s.log_format != "json" {
         bail!("--log-format must be console or json");
+    }
+    if s.grant_entitlement.is_some() || s.revoke_grant.is_some() {
+        return provision(&s);
     }
     let cfg = s.config()?;
     runtime()?.block_on(async move {
@@ -198,6 +212,120 @@ pub fn run(a: EntraArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// One-shot `--grant-entitlement` / `--revoke-grant`: ids are looked up in the sync file (`-f`), the change
+/// is made (or found already made), printed, and followed by a partial sync of the affected resource so that
+/// the file records what the tenant now holds.
+fn provision(s: &Settings) -> anyhow::Result<()> {
+    if !s.provisioning {
+        bail!("{}", steward_entra::EntraError::ProvisioningDisabled);
+    }
+    if s.grant_entitlement.is_some() && s.revoke_grant.is_some() {
+        bail!("give either --grant-entitlement or --revoke-grant, not both");
+    }
+    if !s.file.exists() {
+        bail!(
+            "{} does not exist: run a sync first (steward entra -f {} …), then provision by the ids it holds",
+            s.file.display(),
+            s.file.display()
+        );
+    }
+    let json = s.log_format == "json";
+    let cfg = s.config()?;
+    runtime()?.block_on(async move {
+        let entra = Arc::new(Entra::new(cfg)?);
+        let change = if let Some(ent_id) = &s.grant_entitlement {
+            let (Some(pid), Some(ptype)) = (&s.grant_principal, &s.grant_principal_type) else {
+                bail!("--grant-entitlement needs --grant-principal ID and --grant-principal-type TYPE (user, group, enterprise_application, managed_identity)");
+            };
+            let principal = steward_model::ResourceId::new(ptype.as_str(), pid.as_str());
+            {
+                let r = steward_c1z::C1zReader::open(&s.file)
+                    .with_context(|| format!("reading {}", s.file.display()))?;
+                if r.entitlement(ent_id)?.is_none() {
+                    bail!("entitlement {ent_id} is not in {}; run a full sync first", s.file.display());
+                }
+                if r.resource(&principal)?.is_none() {
+                    bail!("principal {principal} is not in {}; run a full sync first", s.file.display());
+                }
+            }
+            let opts = steward_entra::GrantOptions {
+                end: s.grant_end.clone(),
+                justification: s.grant_justification.clone(),
+            };
+            entra.grant_entitlement(ent_id, &principal, &opts).await?
+        } else {
+            let grant_id = s.revoke_grant.clone().unwrap_or_default();
+            let (ent_id, principal) = steward_entra::provision::split_grant_id(&grant_id)?;
+            let (resource, _) = steward_entra::provision::Target::parse(&ent_id)?;
+            match file_holds(&s.file, &resource, &grant_id)? {
+                Some((true, _)) => {}
+                Some((false, sync_id)) => eprintln!(
+                    "note: {} (sync {sync_id}) records no grant {grant_id}; checking the tenant anyway",
+                    s.file.display()
+                ),
+                None => bail!(
+                    "{resource} (of grant {grant_id}) is not in {}; run a full sync first",
+                    s.file.display()
+                ),
+            }
+            let _ = principal;
+            entra.revoke_grant(&grant_id).await?
+        };
+        if json {
+            println!("{}", serde_json::to_string(&change)?);
+        } else {
+            println!("{change}");
+        }
+        let opts = SyncOptions {
+            concurrency: 16,
+            ..SyncOptions::default()
+        };
+        let plan = SyncPlan::Partial {
+            resources: vec![change.resource()],
+        };
+        let summary = run_sync(entra.clone(), &s.file, plan, opts, None)
+            .await
+            .with_context(|| {
+                format!(
+                    "the change is made, but the partial sync of {} into {} failed; run a sync to update the file",
+                    change.resource(),
+                    s.file.display()
+                )
+            })?;
+        eprintln!(
+            "updated {}: partial sync {} of {} ({} grants)",
+            s.file.display(),
+            summary.sync_id,
+            change.resource(),
+            summary.grants
+        );
+        Ok(())
+    })
+}
+
+/// Whether the newest finished sync in `file` that holds `resource` (a full sync, or a later partial sync of
+/// that resource) records `grant_id`; with that sync's id. `None` when no sync holds the resource.
+fn file_holds(
+    file: &Path,
+    resource: &steward_model::ResourceId,
+    grant_id: &str,
+) -> anyhow::Result<Option<(bool, String)>> {
+    let mut r = steward_c1z::C1zReader::open(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut runs: Vec<_> = r
+        .sync_runs()?
+        .into_iter()
+        .filter(|x| x.ended_at.is_some())
+        .collect();
+    runs.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+    for run in runs {
+        r.select_sync(&run.sync_id)?;
+        if r.resource(resource)?.is_some() {
+            return Ok(Some((r.grant(grant_id)?.is_some(), run.sync_id)));
+        }
+    }
+    Ok(None)
 }
 
 async fn sync_with_progress(entra: Arc<Entra>, file: &Path, json: bool) -> anyhow::Result<SyncSummary> {
@@ -302,7 +430,7 @@ fn config_schema() -> serde_json::Value {
         f("skip-ad-groups", "BATON_SKIP_AD_GROUPS", "bool", false.into(), "Leave out on-premises synced groups"),
         f("skip-p2-features", "BATON_SKIP_P2_FEATURES", "bool", false.into(), "Do not read PIM eligibility"),
         f("exclude-microsoft-apps", "BATON_EXCLUDE_MICROSOFT_APPS", "bool", false.into(), "Leave out Microsoft first-party service principals"),
-        f("provisioning", "BATON_PROVISIONING", "bool", false.into(), "Enable grant/revoke (not available yet)"),
+        f("provisioning", "BATON_PROVISIONING", "bool", false.into(), "Enable grant/revoke (--grant-entitlement/--grant-principal/--grant-principal-type, --revoke-grant)"),
         f("file", "BATON_FILE", "path", "sync.c1z".into(), "Output c1z"),
         f("login-endpoint", "BATON_LOGIN_ENDPOINT", "url", serde_json::Value::Null, "Login base URL override"),
         f("graph-endpoint", "BATON_GRAPH_ENDPOINT", "url", serde_json::Value::Null, "Graph base URL override"),
