@@ -1,0 +1,549 @@
+//! Full syncs and provisioning against the emulated tenant over real HTTP, read back from the c1z and
+//! compared with the emulator's manifest and raw tenant: every resource type, every direct role grant by
+//! scope kind and principal type, inherited grants with their path, each option, grant and revoke at every
+//! scope (repeated, refused, forbidden), throttling and faults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use steward_azure::{Azure, AzureConfig, scope};
+use steward_c1z::{C1zReader, GrantFilter, PageRequest, ResourceFilter};
+use steward_model::{AnnotationsExt, Grant, GrantImmutable, ResourceId};
+use steward_msgraph::{Credential, Secret};
+use steward_sim::ctx::Settings;
+use steward_sim::model::*;
+use steward_sim::{Manifest, Options, Running, Size, generate, start};
+use steward_sync::{Connector, SyncOptions, SyncPlan, run_sync};
+
+struct Sim {
+    r: Running,
+    dir: tempfile::TempDir,
+}
+
+async fn sim_with(t: Tenant, settings: Settings) -> Sim {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(Options {
+        tenant: t,
+        settings,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: false,
+        proxy: None,
+        state_dir: dir.path().to_owned(),
+    })
+    .await
+    .unwrap();
+    Sim { r, dir }
+}
+
+/// A tenant with a resource group of the same name in two subscriptions.
+fn tenant(size: &str, seed: u64) -> Tenant {
+    let mut t = generate(Size::named(size).unwrap(), seed);
+    let subs: Vec<_> = t.azure.subscriptions.iter().map(|s| s.subscription_id).collect();
+    assert!(subs.len() >= 2, "the tenant has two subscriptions");
+    for s in &subs[..2] {
+        if !t
+            .azure
+            .resource_groups
+            .iter()
+            .any(|g| g.subscription_id == *s && g.name == "rg-shared")
+        {
+            t.azure.resource_groups.push(ResourceGroup {
+                subscription_id: *s,
+                name: "rg-shared".into(),
+                location: "westeurope".into(),
+            });
+        }
+    }
+    t
+}
+
+async fn sim(size: &str) -> Sim {
+    sim_with(tenant(size, 7), Settings::default()).await
+}
+
+fn config_as(s: &Sim, client_id: &str, secret: &str) -> AzureConfig {
+    let mut c = AzureConfig::new(
+        &s.r.ready.tenant_id,
+        client_id,
+        Credential::Secret(Secret::new(secret)),
+    );
+    c.entra.login_endpoint = Some(s.r.ready.login.clone());
+    c.entra.graph_endpoint = Some(s.r.ready.graph.clone());
+    c.entra.arm_endpoint = Some(s.r.ready.arm.clone());
+    c
+}
+
+fn config(s: &Sim) -> AzureConfig {
+    config_as(s, &s.r.ready.client_id, &s.r.ready.client_secret)
+}
+
+async fn sync(s: &Sim, cfg: AzureConfig, name: &str) -> (PathBuf, Arc<Azure>) {
+    let path = s.dir.path().join(name);
+    let a = Arc::new(Azure::new(cfg).unwrap());
+    let opts = SyncOptions {
+        concurrency: 32,
+        ..SyncOptions::default()
+    };
+    let summary = run_sync(a.clone(), &path, SyncPlan::Full, opts, None)
+        .await
+        .unwrap();
+    let end = &summary.end;
+    assert_eq!(
+        (
+            end.dropped_resources,
+            end.dropped_entitlements,
+            end.dropped_grants,
+            end.duplicates_removed
+        ),
+        (0, 0, 0, 0),
+        "the connector emitted only intact, unique rows"
+    );
+    (path, a)
+}
+
+/// What a sync file holds, summarised.
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    resources: BTreeMap<String, usize>,
+    /// (scope resource type, eligible, principal type) → direct role grants.
+    direct: BTreeMap<(String, bool, String), usize>,
+    /// (scope resource type, eligible) → inheritance grants (principal = the parent scope).
+    inherited: BTreeMap<(String, bool), usize>,
+    direct_ids: BTreeSet<String>,
+    other_grants: usize,
+}
+
+impl Seen {
+    fn direct_by_scope(&self, eligible: bool) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for ((rt, el, _), n) in &self.direct {
+            if *el == eligible {
+                *m.entry(rt.clone()).or_default() += n;
+            }
+        }
+        m
+    }
+    fn direct_by_principal(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for ((_, el, pt), n) in &self.direct {
+            if !*el {
+                *m.entry(pt.clone()).or_default() += n;
+            }
+        }
+        m
+    }
+}
+
+fn read(path: &PathBuf) -> Seen {
+    let r = C1zReader::open(path).unwrap();
+    let stats = r.stats().unwrap();
+    let mut seen = Seen {
+        resources: stats
+            .resources_by_type
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as usize))
+            .collect(),
+        ..Seen::default()
+    };
+    r.for_each_grant(&GrantFilter::default(), |g: Grant| {
+        let ent = g.entitlement.as_ref().unwrap();
+        let ert = ent
+            .resource
+            .as_ref()
+            .unwrap()
+            .id
+            .as_ref()
+            .unwrap()
+            .resource_type
+            .clone();
+        let pt = g
+            .principal
+            .as_ref()
+            .unwrap()
+            .id
+            .as_ref()
+            .unwrap()
+            .resource_type
+            .clone();
+        let eligible = ent.id.ends_with(":eligible");
+        if !steward_azure::types::SCOPES.contains(&ert.as_str()) {
+            seen.other_grants += 1;
+        } else if steward_azure::types::SCOPES.contains(&pt.as_str()) {
+            *seen.inherited.entry((ert, eligible)).or_default() += 1;
+        } else if !g.annotations.contains::<GrantImmutable>() {
+            *seen.direct.entry((ert, eligible, pt)).or_default() += 1;
+            seen.direct_ids.insert(g.id.clone());
+        }
+        Ok(())
+    })
+    .unwrap();
+    seen
+}
+
+fn kind_of(scope: &str) -> &'static str {
+    steward_sim::manifest::scope_kind(scope)
+}
+
+/// Role definitions listed per subscription: built-ins plus custom roles assignable there.
+fn expected_roles(t: &Tenant) -> usize {
+    t.azure
+        .subscriptions
+        .iter()
+        .map(|s| {
+            let sc = format!("/subscriptions/{}", s.subscription_id);
+            t.azure.builtin_roles.len()
+                + t.azure
+                    .custom_roles
+                    .iter()
+                    .filter(|d| {
+                        d.assignable_scopes
+                            .iter()
+                            .any(|a| scope::covers(a, &sc) || scope::covers(&sc, a))
+                    })
+                    .count()
+        })
+        .sum()
+}
+
+fn ptype(p: PrincipalType, t: &Tenant, id: &uuid::Uuid) -> &'static str {
+    match p {
+        PrincipalType::User => "user",
+        PrincipalType::Group => "group",
+        PrincipalType::ServicePrincipal => {
+            match t.service_principals.iter().find(|s| s.id == *id).map(|s| s.kind) {
+                Some(SpKind::ManagedIdentity) => "managed_identity",
+                _ => "enterprise_application",
+            }
+        }
+    }
+}
+
+fn check_full(s: &Sim, seen: &Seen) {
+    let (m, t) = {
+        let st = s.r.sim.read();
+        (Manifest::of(&st.tenant), st.tenant.clone())
+    };
+    let mi = m
+        .service_principals_by_kind
+        .get("managed_identity")
+        .copied()
+        .unwrap_or(0);
+    let want: BTreeMap<String, usize> = [
+        ("tenant", 1),
+        ("subscription", m.subscriptions),
+        ("resource_group", m.resource_groups),
+        ("role", expected_roles(&t)),
+        ("storage_account", m.storage_accounts),
+        ("container", m.blob_containers),
+        ("managed_identity", mi),
+        ("user", m.users),
+        ("group", m.groups),
+        ("enterprise_application", m.service_principals - mi),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(seen.resources, want);
+    assert_eq!(
+        seen.direct_by_scope(false),
+        m.azure_role_assignments_by_scope_kind
+    );
+    assert_eq!(
+        seen.direct_by_scope(true).values().sum::<usize>(),
+        m.azure_role_eligibilities
+    );
+    // By principal type, service principals split into managed identities and enterprise apps.
+    let mut by_p: BTreeMap<String, usize> = BTreeMap::new();
+    for a in &t.azure.role_assignments {
+        *by_p
+            .entry(ptype(a.principal_type, &t, &a.principal_id).into())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.direct_by_principal(), by_p);
+    assert!(
+        by_p.len() == 4,
+        "users, groups, managed identities and apps hold roles: {by_p:?}"
+    );
+    // Every assignment is there with its exact scope, role and principal.
+    for a in &t.azure.role_assignments {
+        let kind = kind_of(&a.scope);
+        let id = if kind == "subscription" {
+            a.scope.trim_start_matches("/subscriptions/").to_owned()
+        } else {
+            a.scope.clone()
+        };
+        let gid = format!(
+            "{kind}:{id}:role:{}:{}:{}",
+            a.role_definition,
+            ptype(a.principal_type, &t, &a.principal_id),
+            a.principal_id
+        );
+        assert!(seen.direct_ids.contains(&gid), "missing {gid}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_tenant_matches_the_manifest() {
+    let s = sim("small").await;
+    let (path, a) = sync(&s, config(&s), "small.c1z").await;
+    let seen = read(&path);
+    check_full(&s, &seen);
+    assert!(seen.inherited.values().sum::<usize>() > 0);
+    assert!(
+        seen.other_grants > 0,
+        "group memberships and app assignments from the Entra code"
+    );
+    assert_eq!(a.left_out(), 0);
+    // Equal resource group names in two subscriptions are two resources.
+    let r = C1zReader::open(&path).unwrap();
+    let rgs = r
+        .resources(
+            &ResourceFilter {
+                resource_type: Some("resource_group".into()),
+                parent: None,
+            },
+            &PageRequest::first(10_000),
+        )
+        .unwrap();
+    assert_eq!(
+        rgs.items.iter().filter(|g| g.display_name == "rg-shared").count(),
+        2
+    );
+    // An inherited grant: a user assigned at a subscription holds the role on its resource groups,
+    // through the subscription's entitlement (the path says where it was assigned).
+    let t = s.r.sim.read().tenant.clone();
+    let a0 = t
+        .azure
+        .role_assignments
+        .iter()
+        .find(|a| kind_of(&a.scope) == "subscription" && a.principal_type == PrincipalType::User)
+        .unwrap();
+    let sub = a0.scope.trim_start_matches("/subscriptions/");
+    let rg = t
+        .azure
+        .resource_groups
+        .iter()
+        .find(|g| g.subscription_id.to_string() == sub)
+        .unwrap();
+    let access = r
+        .access(&ResourceId::new("user", a0.principal_id.to_string()))
+        .unwrap();
+    let want = format!("resource_group:{}:role:{}", rg.arm_id(), a0.role_definition);
+    let e = access
+        .iter()
+        .find(|e| e.grant.entitlement.as_ref().unwrap().id == want)
+        .unwrap_or_else(|| panic!("{want} is not inherited"));
+    assert_eq!(
+        e.path.first().unwrap(),
+        &format!("subscription:{sub}:role:{}", a0.role_definition),
+        "the path starts where the role is assigned"
+    );
+}
+
+fn scope_resource(kind: &str, scope: &str) -> steward_model::Resource {
+    let id = if kind == "subscription" {
+        scope.trim_start_matches("/subscriptions/").to_owned()
+    } else {
+        scope.to_owned()
+    };
+    steward_model::builders::ResourceBuilder::new(kind, &id, &id).build()
+}
+
+fn role_ent(kind: &str, scope: &str, role: &str, eligible: bool) -> steward_model::Entitlement {
+    let r = scope_resource(kind, scope);
+    steward_model::builders::entitlement(
+        &r,
+        &scope::slug(role, eligible),
+        role,
+        steward_model::pb::entitlement::PurposeValue::Assignment,
+        &[],
+    )
+}
+
+fn assigned(s: &Sim, scope: &str, role: &str, principal: &str) -> usize {
+    s.r.sim
+        .read()
+        .tenant
+        .azure
+        .role_assignments
+        .iter()
+        .filter(|a| {
+            a.scope.eq_ignore_ascii_case(scope)
+                && a.role_definition.to_string() == role
+                && a.principal_id.to_string() == principal
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provisioning_at_every_scope() {
+    let s = sim("small").await;
+    let mut cfg = config(&s);
+    cfg.provisioning = true;
+    let a = Azure::new(cfg).unwrap();
+    let t = s.r.sim.read().tenant.clone();
+    let reader = t
+        .azure
+        .builtin_roles
+        .iter()
+        .find(|d| d.role_name == "Reader")
+        .unwrap()
+        .name
+        .to_string();
+    let sub = format!("/subscriptions/{}", t.azure.subscriptions[0].subscription_id);
+    let rg = t
+        .azure
+        .resource_groups
+        .iter()
+        .find(|g| g.subscription_id == t.azure.subscriptions[0].subscription_id)
+        .unwrap()
+        .arm_id();
+    let sa = t.azure.storage_accounts[0].arm_id();
+    let c = t.azure.containers[0].arm_id();
+    let scopes = [
+        ("subscription", sub.clone()),
+        ("resource_group", rg),
+        ("storage_account", sa),
+        ("container", c),
+    ];
+    for (i, (kind, sc)) in scopes.iter().enumerate() {
+        // A user with no Reader assignment at or above this scope.
+        let u = t
+            .users
+            .iter()
+            .skip(i * 3)
+            .find(|u| {
+                !t.azure.role_assignments.iter().any(|x| {
+                    x.principal_id == u.id
+                        && x.role_definition.to_string() == reader
+                        && scope::covers(&x.scope, sc)
+                })
+            })
+            .unwrap();
+        let uid = u.id.to_string();
+        let principal = steward_model::builders::ResourceBuilder::new("user", &uid, "u").build();
+        let ent = role_ent(kind, sc, &reader, false);
+        let g = a.grant(&principal, &ent).await.unwrap();
+        assert_eq!(g[0].id, format!("{}:user:{uid}", ent.id));
+        assert_eq!(assigned(&s, sc, &reader, &uid), 1, "granted at exactly {sc}");
+        // Again: 409 RoleAssignmentExists = already held, nothing changes.
+        a.grant(&principal, &ent).await.unwrap();
+        assert_eq!(assigned(&s, sc, &reader, &uid), 1);
+        a.revoke(&g[0]).await.unwrap();
+        assert_eq!(assigned(&s, sc, &reader, &uid), 0, "revoked at {sc}");
+        // Again: nothing to revoke.
+        a.revoke(&g[0]).await.unwrap();
+    }
+    // A group, a managed identity and an app as principals.
+    for (rt, id) in [
+        ("group", t.groups[0].id),
+        (
+            "managed_identity",
+            t.service_principals
+                .iter()
+                .find(|p| p.kind == SpKind::ManagedIdentity)
+                .unwrap()
+                .id,
+        ),
+        (
+            "enterprise_application",
+            t.service_principals
+                .iter()
+                .find(|p| p.kind == SpKind::Application)
+                .unwrap()
+                .id,
+        ),
+    ] {
+        let p = steward_model::builders::ResourceBuilder::new(rt, &id.to_string(), "p").build();
+        let ent = role_ent("container", &scopes[3].1, &reader, false);
+        let g = a.grant(&p, &ent).await.unwrap();
+        assert_eq!(assigned(&s, &scopes[3].1, &reader, &id.to_string()), 1, "{rt}");
+        a.revoke(&g[0]).await.unwrap();
+        assert_eq!(assigned(&s, &scopes[3].1, &reader, &id.to_string()), 0, "{rt}");
+    }
+    // An inherited grant cannot be revoked at a child scope: the error names where it is assigned.
+    let inh = t
+        .azure
+        .role_assignments
+        .iter()
+        .find(|x| kind_of(&x.scope) == "subscription" && x.principal_type == PrincipalType::User)
+        .unwrap();
+    let child = t
+        .azure
+        .resource_groups
+        .iter()
+        .find(|g| scope::covers(&inh.scope, &g.arm_id()))
+        .unwrap()
+        .arm_id();
+    let ent = role_ent("resource_group", &child, &inh.role_definition.to_string(), false);
+    let principal =
+        steward_model::builders::ResourceBuilder::new("user", &inh.principal_id.to_string(), "u").build();
+    let g = steward_model::builders::grant(&ent, &principal);
+    let e = a.revoke(&g).await.unwrap_err().to_string();
+    assert!(e.contains("inherited") && e.contains(&inh.scope), "{e}");
+    let before = t.azure.role_assignments.len();
+    assert_eq!(s.r.sim.read().tenant.azure.role_assignments.len(), before);
+    // The inheritance grant itself (principal = the parent scope) is refused too.
+    let parent = scope_resource("subscription", &inh.scope);
+    let e = a
+        .revoke(&steward_model::builders::grant(&ent, &parent))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inherited"), "{e}");
+    // PIM-eligible entitlements are not granted here.
+    let e = a
+        .grant(&principal, &role_ent("subscription", &sub, &reader, true))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, steward_sync::ConnectorError::Unsupported(_)), "{e}");
+    // Without --provisioning nothing is written.
+    let off = Azure::new(config(&s)).unwrap();
+    let e = off
+        .grant(&principal, &role_ent("subscription", &sub, &reader, false))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--provisioning"), "{e}");
+    // The reader app (Reader on every subscription) is told what it needs.
+    let ready = &s.r.ready;
+    let mut rc = config_as(
+        &s,
+        ready.reader_client_id.as_deref().unwrap(),
+        ready.reader_client_secret.as_deref().unwrap(),
+    );
+    rc.provisioning = true;
+    let ro = Azure::new(rc).unwrap();
+    let e = ro
+        .grant(&principal, &role_ent("subscription", &sub, &reader, false))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, steward_sync::ConnectorError::Fatal(_)));
+    assert!(
+        e.to_string().contains("Owner or User Access Administrator"),
+        "{e}"
+    );
+    let e = ro
+        .revoke(&steward_model::builders::grant(
+            &role_ent(
+                "subscription",
+                &inh.scope,
+                &inh.role_definition.to_string(),
+                false,
+            ),
+            &principal,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("Owner or User Access Administrator"),
+        "{e}"
+    );
+    assert_eq!(
+        s.r.sim.read().tenant.azure.role_assignments.len(),
+        before,
+        "nothing changed"
+    );
+}
