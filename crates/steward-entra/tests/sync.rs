@@ -973,3 +973,167 @@ async fn provisioning_through_faults_never_double_applies() {
     let faults = s.r.sim.stats.faults.load(std::sync::atomic::Ordering::Relaxed);
     assert!(faults > 10, "faults were injected: {faults}");
 }
+
+/// A TCP proxy in front of the emulator's Graph listener that loses the answers of the first `lose`
+/// writes: the write reaches the emulator and applies, then the connection is cut before the answer
+/// (the case a blind retry would double-apply).
+async fn answer_losing_proxy(upstream: &str, lose: u32) -> (String, Arc<std::sync::atomic::AtomicU32>) {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let left = Arc::new(AtomicU32::new(lose));
+    let lost = Arc::new(AtomicU32::new(0));
+    let (left2, lost2) = (left.clone(), lost.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(server) = tokio::net::TcpStream::connect(&up).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let losing = Arc::new(AtomicBool::new(false));
+            let (l1, l2) = (losing.clone(), losing);
+            let (left, lost) = (left2.clone(), lost2.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let head = &buf[..n.min(8)];
+                    let is_write = head.starts_with(b"POST ") || head.starts_with(b"DELETE ");
+                    let is_batch = buf[..n].windows(6).any(|w| w == b"$batch");
+                    if is_write
+                        && !is_batch
+                        && left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| x.checked_sub(1))
+                            .is_ok()
+                    {
+                        l1.store(true, Ordering::SeqCst);
+                        lost.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if l2.load(Ordering::SeqCst) {
+                        // The emulator answered: the write applied. Cut the connection instead.
+                        let _ = cw.shutdown().await;
+                        return;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), lost)
+}
+
+#[tokio::test]
+async fn lost_answers_are_read_back_not_resent_and_429s_are_waited_out() {
+    let mut t = generate(Size::named("tiny").unwrap(), 15);
+    let f = fixture(&mut t);
+    let s = sim(t, Settings::default()).await;
+    // Every write's answer is lost once: the write applied, the client cannot know without reading back.
+    let n = cases(&f).len() as u32;
+    let (proxy, lost) = answer_losing_proxy(&s.r.ready.graph, 2 * n).await;
+    let mut cfg = prov_config(&s);
+    cfg.graph_endpoint = Some(proxy);
+    let e = Entra::new(cfg).unwrap();
+    for (ent, p) in cases(&f) {
+        let pid = uuid_of(&p);
+        let c = e
+            .grant_entitlement(&ent, &p, &GrantOptions::default())
+            .await
+            .unwrap_or_else(|x| panic!("{ent} {p}: {x}"));
+        assert_eq!((c.outcome, c.read_back), (Outcome::Granted, true), "{ent} {p}");
+        assert_eq!(held(&s, &ent, pid), 1, "{ent} {p}: applied once");
+        let r = e.revoke_grant(&c.grant_id).await.unwrap();
+        assert_eq!((r.outcome, r.read_back), (Outcome::Revoked, true), "{ent} {p}");
+        assert_eq!(held(&s, &ent, pid), 0, "{ent} {p}");
+    }
+    assert_eq!(
+        lost.load(std::sync::atomic::Ordering::SeqCst),
+        2 * n,
+        "every answer was lost once"
+    );
+
+    // Microsoft's throttling while another client of the same app floods the budget: writes wait for
+    // Retry-After and are resent (a 429 is refused before it applies), reads retry; nothing is doubled.
+    let mut t = generate(Size::named("tiny").unwrap(), 16);
+    let f = fixture(&mut t);
+    let s = sim(
+        t,
+        Settings {
+            throttle: true,
+            ..Settings::default()
+        },
+    )
+    .await;
+    // Each flood request gets a fresh client (its own budget), so the flood never paces itself.
+    let ep = steward_msgraph::Endpoints::new(
+        "graph.microsoft.com",
+        Some(&s.r.ready.login),
+        Some(&s.r.ready.graph),
+        None,
+    )
+    .unwrap();
+    let mut fc = steward_msgraph::Config::new(
+        ep,
+        &s.r.ready.tenant_id,
+        &s.r.ready.client_id,
+        Credential::Secret(Secret::new(&s.r.ready.client_secret)),
+    );
+    fc.retry.throttled_attempts = 1;
+    let flood = steward_msgraph::Microsoft::new(fc).unwrap();
+    let g = f.group;
+    let flooding = tokio::spawn(async move {
+        let path = format!("/v1.0/groups/{g}/transitiveMembers");
+        loop {
+            let reqs = (0..32).map(|_| {
+                let c = flood.graph();
+                let path = path.clone();
+                async move { c.get_json(&path, false).await }
+            });
+            let _ = futures::future::join_all(reqs).await;
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let e = Entra::new(prov_config(&s)).unwrap();
+    for (ent, p) in cases(&f).into_iter().step_by(3) {
+        let pid = uuid_of(&p);
+        let c = e
+            .grant_entitlement(&ent, &p, &GrantOptions::default())
+            .await
+            .unwrap_or_else(|x| panic!("{ent} {p}: {x}"));
+        assert_eq!(c.outcome, Outcome::Granted, "{ent} {p}");
+        assert_eq!(held(&s, &ent, pid), 1, "{ent} {p}");
+        assert_eq!(
+            e.revoke_grant(&c.grant_id).await.unwrap().outcome,
+            Outcome::Revoked
+        );
+        assert_eq!(held(&s, &ent, pid), 0, "{ent} {p}");
+    }
+    flooding.abort();
+    eprintln!(
+        "emulator throttled {} requests",
+        s.r.sim.stats.throttled.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(e.stats().throttled > 0, "provisioning met 429s: {:?}", e.stats());
+}

@@ -564,3 +564,135 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        entra: EntraArgs,
+    }
+
+    /// The "Done when": a one-shot grant of group membership to a user against the emulator adds
+    /// the member (seen in the tenant and in the file), a revoke removes it; both are safe to repeat.
+    #[test]
+    fn one_shot_grant_and_revoke_against_the_emulator() {
+        let rt = runtime().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = steward_sim::load_tenant("tiny", 21).unwrap();
+        let running = rt
+            .block_on(steward_sim::start(steward_sim::Options {
+                tenant,
+                settings: Default::default(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tls: false,
+                proxy: None,
+                state_dir: dir.path().to_owned(),
+            }))
+            .unwrap();
+        let (group, user) = {
+            let st = running.sim.read();
+            let t = &st.tenant;
+            let g = t
+                .groups
+                .iter()
+                .find(|g| g.membership_rule.is_none() && !g.on_premises_sync_enabled)
+                .unwrap();
+            let u = t.users.iter().find(|u| !g.members.contains(&u.id)).unwrap();
+            (g.id, u.id)
+        };
+        let is_member = || {
+            running
+                .sim
+                .read()
+                .tenant
+                .groups
+                .iter()
+                .find(|g| g.id == group)
+                .unwrap()
+                .members
+                .contains(&user)
+        };
+        let file = dir.path().join("sync.c1z");
+        let r = &running.ready;
+        let base: Vec<String> = [
+            "steward",
+            "-f",
+            file.to_str().unwrap(),
+            "--entra-tenant-id",
+            &r.tenant_id,
+            "--entra-client-id",
+            &r.client_id,
+            "--entra-client-secret",
+            &r.client_secret,
+            "--login-endpoint",
+            &r.login,
+            "--graph-endpoint",
+            &r.graph,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let go = |extra: &[&str]| {
+            let mut args = base.clone();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            run(Cli::try_parse_from(args).unwrap().entra)
+        };
+        go(&[]).unwrap();
+        let ent = format!("group:{group}:member");
+        let uid = user.to_string();
+        let grant = [
+            "--grant-entitlement",
+            ent.as_str(),
+            "--grant-principal",
+            uid.as_str(),
+            "--grant-principal-type",
+            "user",
+        ];
+        let err = go(&grant).unwrap_err().to_string();
+        assert!(err.contains("--provisioning"), "{err}");
+        assert!(!is_member());
+        let mut with = vec!["--provisioning"];
+        with.extend(grant);
+        go(&with).unwrap();
+        assert!(is_member(), "granted");
+        let grant_id = format!("{ent}:user:{user}");
+        assert_eq!(
+            file_holds(
+                &file,
+                &steward_model::ResourceId::new("group", group.to_string()),
+                &grant_id
+            )
+            .unwrap()
+            .map(|x| x.0),
+            Some(true),
+            "the file records the grant"
+        );
+        go(&with).unwrap();
+        assert!(is_member(), "granting again changes nothing");
+        go(&["--provisioning", "--revoke-grant", &grant_id]).unwrap();
+        assert!(!is_member(), "revoked");
+        assert_eq!(
+            file_holds(
+                &file,
+                &steward_model::ResourceId::new("group", group.to_string()),
+                &grant_id
+            )
+            .unwrap()
+            .map(|x| x.0),
+            Some(false),
+            "the file no longer records it"
+        );
+        go(&["--provisioning", "--revoke-grant", &grant_id]).unwrap();
+        assert!(!is_member());
+        let err = go(&["--provisioning", "--revoke-grant", "group:nope"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a grant id"), "{err}");
+        rt.block_on(running.stop());
+    }
+}
