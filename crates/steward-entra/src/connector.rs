@@ -384,6 +384,62 @@ impl Entra {
         }
     }
 
+    /// One resource by id, read directly (partial syncs after a change): `None` when it does not exist or
+    /// is not synced (an on-premises group under `skip_ad_groups`, an excluded Microsoft app).
+    async fn one_resource(&self, id: &ResourceId) -> Result<Option<Resource>, EntraError> {
+        let rid = id.resource.as_str();
+        let found = |r: Result<Value, GraphError>| match r {
+            Ok(v) => Ok(Some(v)),
+            Err(GraphError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(EntraError::from(e)),
+        };
+        match id.resource_type.as_str() {
+            types::GROUP => {
+                self.size().await?;
+                let path = format!("/v1.0/groups/{rid}?$select={}", groups::GROUP_SELECT);
+                let v = found(self.graph.get_json(&path, false).await)?;
+                Ok(v.filter(|g| !(self.cfg.skip_ad_groups && index::is_on_prem(g)))
+                    .as_ref()
+                    .and_then(groups::group))
+            }
+            types::APP | types::MANAGED_IDENTITY => {
+                let ix = self.index().await?;
+                let mi = id.resource_type == types::MANAGED_IDENTITY;
+                let list = if mi { &ix.managed_identities } else { &ix.apps };
+                let v = list.iter().find(|a| a["id"].as_str() == Some(rid));
+                Ok(if mi {
+                    v.and_then(users::managed_identity)
+                } else {
+                    v.and_then(apps::app)
+                })
+            }
+            types::ROLE => {
+                self.size().await?;
+                // Role holders first, so that the role's entitlements agree on PIM.
+                self.role_holders().await?;
+                let path = format!(
+                    "/v1.0/roleManagement/directory/roleDefinitions/{rid}?$select=id,displayName,description,isBuiltIn,isEnabled,templateId"
+                );
+                let v = found(self.graph.get_json(&path, false).await)?;
+                Ok(v.as_ref().and_then(roles::role))
+            }
+            rt => {
+                // Users and licenses: scan their listing (users have no grants to re-sync; licenses are few).
+                let mut token = String::new();
+                loop {
+                    let page = self.resources(rt, &token).await?;
+                    if let Some(r) = page.items.into_iter().find(|r| r.id.as_ref() == Some(id)) {
+                        return Ok(Some(r));
+                    }
+                    if page.next_page_token.is_empty() {
+                        return Ok(None);
+                    }
+                    token = page.next_page_token;
+                }
+            }
+        }
+    }
+
     async fn entitlements(&self, r: &Resource) -> Result<Vec<Entitlement>, EntraError> {
         let rt =
             r.id.as_ref()
@@ -466,6 +522,10 @@ impl Connector for Entra {
         page_token: &str,
     ) -> Result<Page<Resource>, ConnectorError> {
         Ok(self.resources(resource_type, page_token).await?)
+    }
+
+    async fn get_resource(&self, id: &ResourceId) -> Result<Option<Resource>, ConnectorError> {
+        Ok(self.one_resource(id).await?)
     }
 
     async fn list_entitlements(

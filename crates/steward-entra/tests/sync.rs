@@ -1137,3 +1137,44 @@ async fn lost_answers_are_read_back_not_resent_and_429s_are_waited_out() {
     );
     assert!(e.stats().throttled > 0, "provisioning met 429s: {:?}", e.stats());
 }
+
+#[tokio::test]
+async fn get_resource_reads_one_resource_as_the_sync_wrote_it() {
+    let t = generate(Size::named("tiny").unwrap(), 17);
+    let s = sim(t, Settings::default()).await;
+    let (path, e) = sync(&s, connector_config(&s), "one.c1z").await.unwrap();
+    let r = C1zReader::open(&path).unwrap();
+    for rt in [
+        "user",
+        "group",
+        "enterprise_application",
+        "managed_identity",
+        "role",
+        "license",
+    ] {
+        let page = r
+            .resources(
+                &ResourceFilter {
+                    resource_type: Some(rt.into()),
+                    ..Default::default()
+                },
+                &PageRequest::first(3),
+            )
+            .unwrap();
+        for want in page.items {
+            let id = want.id.clone().unwrap();
+            let got = steward_sync::Connector::get_resource(e.as_ref(), &id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{id} found"));
+            assert_eq!(got, want, "{id}");
+        }
+    }
+    let missing = ResourceId::new("group", Uuid::from_u128(99).to_string());
+    assert!(
+        steward_sync::Connector::get_resource(e.as_ref(), &missing)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -216,3 +216,91 @@ async fn batch_under_throttling_faults_and_token_expiry() {
     assert_eq!(users.len(), r.sim.read().tenant.users.len());
     assert!(ms.tokens().fetched() >= 2, "tokens were refreshed");
 }
+
+#[tokio::test]
+async fn writes_are_sent_once_and_lost_answers_are_unconfirmed() {
+    let t = tenant("tiny");
+    let g = t
+        .groups
+        .iter()
+        .find(|g| g.membership_rule.is_none() && !g.on_premises_sync_enabled)
+        .unwrap()
+        .clone();
+    let u = t.users.iter().find(|u| !g.members.contains(&u.id)).unwrap().id;
+    let body =
+        serde_json::json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{u}")});
+    let add = format!("/v1.0/groups/{}/members/$ref", g.id);
+    let remove = format!("/v1.0/groups/{}/members/{u}/$ref", g.id);
+    let members = |r: &Running| {
+        r.sim
+            .read()
+            .tenant
+            .groups
+            .iter()
+            .find(|x| x.id == g.id)
+            .unwrap()
+            .members
+            .iter()
+            .filter(|m| **m == u)
+            .count()
+    };
+    // Clean: 204 Done; the duplicate and the absent answers are errors the caller classifies.
+    let (r, _d) = sim(t.clone(), Settings::default(), false).await;
+    let ms = Microsoft::new(config(
+        &r,
+        &r.ready.client_id,
+        Credential::Secret(Secret::new(r.ready.client_secret.clone())),
+    ))
+    .unwrap();
+    let c = ms.graph();
+    assert_eq!(
+        c.write(WriteMethod::Post, &add, Some(&body)).await.unwrap(),
+        Written::Done(serde_json::Value::Null)
+    );
+    assert_eq!(members(&r), 1);
+    let dup = c.write(WriteMethod::Post, &add, Some(&body)).await.unwrap_err();
+    assert!(dup.to_string().contains("already exist"), "{dup}");
+    assert_eq!(members(&r), 1);
+    assert!(matches!(
+        c.write(WriteMethod::Delete, &remove, None).await.unwrap(),
+        Written::Done(_)
+    ));
+    let gone = c.write(WriteMethod::Delete, &remove, None).await.unwrap_err();
+    assert!(matches!(gone, Error::NotFound { .. }), "{gone}");
+    // Without the permission: its name.
+    let reader = Microsoft::new(config(
+        &r,
+        r.ready.reader_client_id.as_deref().unwrap(),
+        Credential::Secret(Secret::new(r.ready.reader_client_secret.clone().unwrap())),
+    ))
+    .unwrap();
+    match reader
+        .graph()
+        .write(WriteMethod::Post, &add, Some(&body))
+        .await
+        .unwrap_err()
+    {
+        Error::MissingPermission { permission, .. } => assert_eq!(permission, "GroupMember.ReadWrite.All"),
+        other => panic!("{other}"),
+    }
+    assert_eq!(members(&r), 0);
+    // Every answer lost (connection reset, 503): sent once, reported unconfirmed, never resent.
+    for fault in ["1.0:reset", "1.0:503"] {
+        let settings = Settings {
+            faults: Some(fault.parse().unwrap()),
+            ..Settings::default()
+        };
+        let (r, _d) = sim(t.clone(), settings, false).await;
+        let ms = Microsoft::new(config(
+            &r,
+            &r.ready.client_id,
+            Credential::Secret(Secret::new(r.ready.client_secret.clone())),
+        ))
+        .unwrap();
+        let c = ms.graph();
+        let w = c.write(WriteMethod::Post, &add, Some(&body)).await.unwrap();
+        assert!(matches!(w, Written::Unconfirmed(_)), "{fault}: {w:?}");
+        assert_eq!(c.stats().requests, 1, "{fault}: not resent");
+        assert_eq!(members(&r), 0, "{fault}: the emulator refused before applying");
+    }
+}
