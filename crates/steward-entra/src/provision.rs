@@ -464,7 +464,7 @@ impl Entra {
                     .graph()
                     .get_json(
                         &format!(
-                            "/v1.0/groups/{g}?$select=id,displayName,groupTypes,membershipRule,onPremisesSyncEnabled"
+                            "/v1.0/groups/{g}?$select=id,displayName,groupTypes,membershipRule,onPremisesSyncEnabled,isAssignableToRole"
                         ),
                         false,
                     )
@@ -484,7 +484,22 @@ impl Entra {
                     .as_array()
                     .is_some_and(|t| t.iter().any(|x| x.as_str() == Some("DynamicMembership")))
                     || v["membershipRule"].as_str().is_some_and(|r| !r.is_empty());
-                if dynamic && matches!(target, Target::GroupMember(_)) {
+                let member = matches!(target, Target::GroupMember(_));
+                if member && granting && kind == Kind::Group && pid == g {
+                    return Err(EntraError::Refused(format!(
+                        "group '{name}' ({g}) cannot be a member of itself"
+                    )));
+                }
+                if member
+                    && granting
+                    && kind == Kind::Group
+                    && v["isAssignableToRole"].as_bool() == Some(true)
+                {
+                    return Err(EntraError::Refused(format!(
+                        "group '{name}' ({g}) is role-assignable: Entra ID does not allow groups as members of role-assignable groups"
+                    )));
+                }
+                if dynamic && member {
                     return Err(EntraError::Refused(format!(
                         "group '{name}' ({g}) has dynamic membership (rule: {}): Entra ID computes its members; change the rule or the principal's attributes instead",
                         v["membershipRule"].as_str().unwrap_or("?")

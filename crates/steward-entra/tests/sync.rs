@@ -746,6 +746,17 @@ async fn provisioning_refusals_change_nothing_and_say_why() {
             "user, enterprise_application, managed_identity",
         ],
     );
+    refused(
+        e.grant_entitlement(&format!("group:{}:member", f.rgroup), &g, &opts)
+            .await,
+        &["cannot be a member of itself"],
+    );
+    let plain_g = ResourceId::new("group", f.plain_group.to_string());
+    refused(
+        e.grant_entitlement(&format!("group:{}:member", f.rgroup), &plain_g, &opts)
+            .await,
+        &["role-assignable"],
+    );
     let sp = ResourceId::new("enterprise_application", f.sp.to_string());
     refused(
         e.grant_entitlement(&format!("role:{}:eligible", f.role), &sp, &opts)
