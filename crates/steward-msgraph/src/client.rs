@@ -225,6 +225,7 @@ impl Microsoft {
                 base,
                 scope,
                 budget,
+                writes: Budget::new(3_000.0, 3_000.0 / 150.0),
                 sem: Semaphore::new(self.cfg.concurrency.max(1)),
                 stats: Stats::default(),
                 retry: self.cfg.retry,
@@ -258,6 +259,8 @@ struct Inner {
     base: String,
     scope: String,
     budget: Budget,
+    /// Graph's write limit per app and tenant: 3,000 writes per 150 s (specs §3).
+    writes: Budget,
     sem: Semaphore,
     stats: Stats,
     retry: RetryPolicy,
@@ -517,7 +520,8 @@ impl Client {
         let (mut connect, mut throttled, mut reauth) = (0u32, 0u32, 0u32);
         let inner = &self.inner;
         loop {
-            // Every write costs 1 RU plus a write (specs §3).
+            // Every write takes one of the app's writes and 1 RU plus 1 for the write (specs §3).
+            inner.writes.acquire(1.0).await;
             inner.budget.acquire(2.0).await;
             let token = match inner.tokens.token(&inner.scope).await {
                 Ok(t) => t,
