@@ -92,19 +92,21 @@ impl Db {
     pub async fn migrate(&self) -> Result<Vec<u32>> {
         let mut applied = Vec::new();
         with_db!(self, p => {
-            sqlx::query("CREATE TABLE IF NOT EXISTS steward_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
-                .execute(p)
-                .await?;
+            // One connection throughout: the PostgreSQL advisory lock belongs to the session.
+            let mut conn = p.acquire().await?;
             if let Db::Postgres(_) = self {
                 // Two servers starting at once: one migrates, the other waits.
-                sqlx::query("SELECT pg_advisory_lock(7201)").execute(p).await?;
+                sqlx::query("SELECT pg_advisory_lock(7201)").execute(&mut *conn).await?;
             }
-            let done: Vec<(i64,)> = sqlx::query_as("SELECT version FROM steward_migrations").fetch_all(p).await?;
+            sqlx::query("CREATE TABLE IF NOT EXISTS steward_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+                .execute(&mut *conn)
+                .await?;
+            let done: Vec<(i64,)> = sqlx::query_as("SELECT version FROM steward_migrations").fetch_all(&mut *conn).await?;
             for m in MIGRATIONS {
                 if done.iter().any(|(v,)| *v == i64::from(m.version)) {
                     continue;
                 }
-                let mut tx = p.begin().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                 let sql = match self { Db::Sqlite(_) => m.sqlite, Db::Postgres(_) => m.postgres };
                 for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                     sqlx::query(stmt).execute(&mut *tx).await?;
@@ -119,7 +121,7 @@ impl Db {
                 applied.push(m.version);
             }
             if let Db::Postgres(_) = self {
-                sqlx::query("SELECT pg_advisory_unlock(7201)").execute(p).await?;
+                sqlx::query("SELECT pg_advisory_unlock(7201)").execute(&mut *conn).await?;
             }
         });
         Ok(applied)
@@ -146,9 +148,9 @@ CREATE TABLE connectors (id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT 
   secrets TEXT NOT NULL, secret_names TEXT NOT NULL, owners TEXT NOT NULL, identity_source BOOLEAN NOT NULL,
   app_id TEXT, sync_interval_secs BIGINT, status TEXT NOT NULL, status_reason TEXT, last_sync_at TEXT,
   current_sync_id TEXT, created_at TEXT NOT NULL);
-CREATE TABLE syncs (id TEXT PRIMARY KEY, connector_id TEXT NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
+CREATE TABLE syncs (id TEXT PRIMARY KEY, seq BIGINT NOT NULL, connector_id TEXT NOT NULL, source TEXT NOT NULL, status TEXT NOT NULL,
   started_at TEXT NOT NULL, ended_at TEXT, error TEXT, stats TEXT, log TEXT NOT NULL);
-CREATE INDEX syncs_connector ON syncs (connector_id, started_at);
+CREATE INDEX syncs_connector ON syncs (connector_id, seq);
 CREATE TABLE resources (connector_id TEXT NOT NULL, resource_type TEXT NOT NULL, resource_id TEXT NOT NULL,
   display_name TEXT NOT NULL, parent TEXT, login TEXT, email TEXT, profile TEXT NOT NULL);
 CREATE INDEX resources_key ON resources (connector_id, resource_type, resource_id);

@@ -227,10 +227,7 @@ impl Platform {
         }
         if c.kind == "entra" {
             for k in ["entra_tenant_id", "entra_client_id"] {
-                if !settings
-                    .get(k)
-                    .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-                {
+                if settings.get(k).and_then(|v| v.as_str()).is_none_or(str::is_empty) {
                     return Err(PlatformError::Invalid(format!(
                         "an entra connector needs the setting {k}"
                     )));
@@ -569,12 +566,11 @@ impl Platform {
             .into_iter()
             .map(|(app, c, r)| ((c, r), app))
             .collect();
-        let by_ent: HashMap<(&str, &str), &(String, store::GrantRow, String, String, String)> = grants
+        let by_ent: HashMap<(&str, &str), &store::HeldGrant> = grants
             .iter()
             .map(|g| ((g.0.as_str(), g.1.entitlement_id.as_str()), g))
             .collect();
-        let mut vr_cache: HashMap<String, Vec<(String, String, Option<String>, Option<String>)>> =
-            HashMap::new();
+        let mut vr_cache: HashMap<String, Vec<store::Binding>> = HashMap::new();
         let mut out = Vec::with_capacity(grants.len());
         for g in &grants {
             let (cid, row) = (&g.0, &g.1);

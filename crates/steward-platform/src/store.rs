@@ -1,4 +1,5 @@
 //! Storage behind the [`Store`] trait; [`SqlStore`] implements it on SQLite and on PostgreSQL.
+#![allow(clippy::too_many_arguments)]
 
 use async_trait::async_trait;
 use sqlx::AssertSqlSafe;
@@ -7,6 +8,11 @@ use tokio::sync::mpsc;
 use crate::db::{Db, with_db};
 use crate::error::{PlatformError, Result};
 use crate::model::*;
+
+/// A binding: (app or IdP entitlement id, action, virtual role name, app entitlement id).
+pub type Binding = (String, String, Option<String>, Option<String>);
+/// A grant held by an identity: (connector, grant, entitlement name, resource type, resource id).
+pub type HeldGrant = (String, GrantRow, String, String, String);
 
 /// A resource row of a snapshot.
 #[derive(Debug, Clone)]
@@ -130,10 +136,7 @@ pub trait Store: Send + Sync + 'static {
     /// One identity by id or UPN.
     async fn identity(&self, id_or_upn: &str) -> Result<Option<Identity>>;
     /// Everything an identity's accounts hold: (connector, grant, entitlement name, resource type, resource id).
-    async fn grants_of_identity(
-        &self,
-        identity_id: &str,
-    ) -> Result<Vec<(String, GrantRow, String, String, String)>>;
+    async fn grants_of_identity(&self, identity_id: &str) -> Result<Vec<HeldGrant>>;
     /// Apps.
     async fn apps(&self, managed: Option<bool>, q: &ListQuery) -> Result<Page<App>>;
     /// One app.
@@ -164,7 +167,7 @@ pub trait Store: Send + Sync + 'static {
         app_resource_id: &str,
     ) -> Result<Vec<(String, String, Vec<String>, i64)>>;
     /// Bindings of an app: (idp entitlement, action, name, app entitlement).
-    async fn links(&self, app_id: &str) -> Result<Vec<(String, String, Option<String>, Option<String>)>>;
+    async fn links(&self, app_id: &str) -> Result<Vec<Binding>>;
     /// Stores a binding (replacing the previous one; drops the virtual role it replaces).
     async fn upsert_link(
         &self,
@@ -177,10 +180,7 @@ pub trait Store: Send + Sync + 'static {
         now: &str,
     ) -> Result<()>;
     /// Bindings of an IdP entitlement across apps: (app id, action, name, app entitlement).
-    async fn links_of_idp_entitlement(
-        &self,
-        idp: &str,
-    ) -> Result<Vec<(String, String, Option<String>, Option<String>)>>;
+    async fn links_of_idp_entitlement(&self, idp: &str) -> Result<Vec<Binding>>;
     /// Holders of an entitlement.
     async fn holders(&self, connector_id: &str, entitlement_id: &str, q: &ListQuery) -> Result<Page<Holder>>;
     /// Display name of a resource.
@@ -670,7 +670,7 @@ impl Store for SqlStore {
 
     async fn insert_sync(&self, s: &SyncRecord) -> Result<()> {
         with_db!(&self.db, p => {
-            sqlx::query("INSERT INTO syncs (id, connector_id, source, status, started_at, ended_at, error, stats, log) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)")
+            sqlx::query("INSERT INTO syncs (id, seq, connector_id, source, status, started_at, ended_at, error, stats, log) VALUES ($1, (SELECT coalesce(max(seq), 0) + 1 FROM syncs), $2,$3,$4,$5,$6,$7,$8,$9)")
                 .bind(&s.id).bind(&s.connector_id).bind(&s.source).bind(&s.status).bind(&s.started_at)
                 .bind(&s.ended_at).bind(&s.error).bind(s.stats.as_ref().map(json)).bind(s.log.join("\n"))
                 .execute(p).await?;
@@ -690,7 +690,7 @@ impl Store for SqlStore {
     async fn syncs(&self, connector_id: &str, q: &ListQuery) -> Result<Page<SyncRecord>> {
         let (limit, offset) = q.window()?;
         let rows: Vec<SyncTuple> = with_db!(&self.db, p => {
-            sqlx::query_as("SELECT id, connector_id, source, status, started_at, ended_at, error, stats, log FROM syncs WHERE connector_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2 OFFSET $3")
+            sqlx::query_as("SELECT id, connector_id, source, status, started_at, ended_at, error, stats, log FROM syncs WHERE connector_id = $1 ORDER BY seq DESC LIMIT $2 OFFSET $3")
                 .bind(connector_id).bind(limit + 1).bind(offset).fetch_all(p).await?
         });
         Ok(page_of(rows.into_iter().map(sync_from).collect(), limit, offset))
@@ -730,10 +730,7 @@ impl Store for SqlStore {
         Ok(row.map(identity_from))
     }
 
-    async fn grants_of_identity(
-        &self,
-        identity_id: &str,
-    ) -> Result<Vec<(String, GrantRow, String, String, String)>> {
+    async fn grants_of_identity(&self, identity_id: &str) -> Result<Vec<HeldGrant>> {
         type T = (
             String,
             String,
@@ -912,7 +909,7 @@ impl Store for SqlStore {
         Ok(out)
     }
 
-    async fn links(&self, app_id: &str) -> Result<Vec<(String, String, Option<String>, Option<String>)>> {
+    async fn links(&self, app_id: &str) -> Result<Vec<Binding>> {
         Ok(with_db!(&self.db, p => {
             sqlx::query_as("SELECT idp_entitlement_id, action, name, app_entitlement_id FROM linked_entitlements WHERE app_id = $1 ORDER BY idp_entitlement_id")
                 .bind(app_id).fetch_all(p).await?
@@ -938,8 +935,10 @@ impl Store for SqlStore {
                 sqlx::query("DELETE FROM app_entitlements WHERE app_id = $1 AND id = $2 AND kind = 'virtual_role'")
                     .bind(app_id).bind(pe).execute(&mut *tx).await?;
             }
-            if action == "virtual_role" {
-                if let (Some(e), Some(n)) = (app_ent, name) {
+            if action == "virtual_role"
+                && let (Some(e), Some(n)) = (app_ent, name)
+            {
+                {
                     sqlx::query("INSERT INTO app_entitlements (app_id, id, name, kind, connector_id, idp_entitlement_id) VALUES ($1,$2,$3,'virtual_role',$4,$5) ON CONFLICT (app_id, id) DO UPDATE SET name = excluded.name")
                         .bind(app_id).bind(e).bind(n).bind(connector_id).bind(idp).execute(&mut *tx).await?;
                 }
@@ -951,10 +950,7 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn links_of_idp_entitlement(
-        &self,
-        idp: &str,
-    ) -> Result<Vec<(String, String, Option<String>, Option<String>)>> {
+    async fn links_of_idp_entitlement(&self, idp: &str) -> Result<Vec<Binding>> {
         Ok(with_db!(&self.db, p => {
             sqlx::query_as("SELECT app_id, action, name, app_entitlement_id FROM linked_entitlements WHERE idp_entitlement_id = $1 ORDER BY app_id")
                 .bind(idp).fetch_all(p).await?

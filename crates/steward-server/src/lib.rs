@@ -31,9 +31,12 @@ pub struct AppState {
     metrics: Arc<Metrics>,
 }
 
+/// (method, route, status) → (count, seconds).
+type RequestCounts = BTreeMap<(String, String, u16), (u64, f64)>;
+
 #[derive(Default)]
 struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), (u64, f64)>>,
+    requests: Mutex<RequestCounts>,
 }
 
 /// An API error: the one place where errors become HTTP.
@@ -308,7 +311,9 @@ async fn manage_app(
     let m: ManageApp = if body.iter().all(|b| b.is_ascii_whitespace()) {
         ManageApp::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| PlatformError::Invalid(format!("bad JSON body: {e}")))?
+        serde_json::from_slice::<Option<ManageApp>>(&body)
+            .map_err(|e| PlatformError::Invalid(format!("bad JSON body: {e}")))?
+            .unwrap_or_default()
     };
     ok(s.platform.manage_app(&a, &id, m).await?)
 }
