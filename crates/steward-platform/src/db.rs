@@ -8,6 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -43,7 +44,7 @@ impl Db {
     pub async fn connect(url: Option<&str>, data_dir: Option<&Path>) -> Result<Db> {
         match url {
             Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                let opts = PgConnectOptions::from_str(u)?;
+                let opts = PgConnectOptions::from_str(u)?.disable_statement_logging();
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(30))
@@ -72,7 +73,8 @@ impl Db {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false)
             .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
