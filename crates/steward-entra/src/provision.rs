@@ -385,7 +385,18 @@ impl Entra {
             }
         }
         let req = self.revoke_request(&target, pid, &held_id);
-        let (changed, read_back) = self.confirmed(&req, &target, kind, pid, false).await?;
+        let (changed, read_back) = match self.confirmed(&req, &target, kind, pid, false).await {
+            // Without Entra ID P2 there is no PIM: remove the assignment object itself.
+            Err(EntraError::Refused(m)) if matches!(target, Target::RoleAssigned(_)) && m.contains("P2") => {
+                let del = Req {
+                    method: WriteMethod::Delete,
+                    path: format!("/v1.0/roleManagement/directory/roleAssignments/{held_id}"),
+                    body: None,
+                };
+                self.confirmed(&del, &target, kind, pid, false).await?
+            }
+            r => r?,
+        };
         change.outcome = if changed {
             Outcome::Revoked
         } else {
@@ -716,9 +727,16 @@ impl Entra {
             Target::AppAssignment { sp, .. } => delete(format!(
                 "/v1.0/servicePrincipals/{sp}/appRoleAssignedTo/{held_id}"
             )),
-            Target::RoleAssigned(_) => delete(format!(
-                "/v1.0/roleManagement/directory/roleAssignments/{held_id}"
-            )),
+            // Through PIM, so that assignments PIM manages (time-bound ones included) end cleanly; without
+            // P2 the caller falls back to deleting the assignment.
+            Target::RoleAssigned(r) => Req {
+                method: WriteMethod::Post,
+                path: "/v1.0/roleManagement/directory/roleAssignmentScheduleRequests".into(),
+                body: Some(json!({
+                    "action": "adminRemove", "justification": "Revoked by Steward", "roleDefinitionId": r,
+                    "directoryScopeId": "/", "principalId": pid,
+                })),
+            },
             Target::RoleEligible(r) => Req {
                 method: WriteMethod::Post,
                 path: "/v1.0/roleManagement/directory/roleEligibilityScheduleRequests".into(),
@@ -775,7 +793,7 @@ impl Entra {
                 "the tenant has no Microsoft Entra ID P2 (or ID Governance) license: PIM schedule requests ({}) need one: {message}",
                 match target {
                     Target::RoleEligible(_) => "eligible roles",
-                    _ => "time-bound active roles",
+                    _ => "time-bound or PIM-managed active roles",
                 }
             )),
             GraphError::Http {

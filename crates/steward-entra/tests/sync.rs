@@ -1189,3 +1189,44 @@ async fn get_resource_reads_one_resource_as_the_sync_wrote_it() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn roles_without_p2_assign_actively_and_refuse_pim() {
+    let mut t = generate(Size::named("tiny").unwrap(), 18);
+    let f = fixture(&mut t);
+    t.has_p2 = false;
+    let s = sim(t, Settings::default()).await;
+    let e = Entra::new(prov_config(&s)).unwrap();
+    let user = ResourceId::new("user", f.user.to_string());
+    let ent = format!("role:{}:assigned", f.role);
+    let c = e
+        .grant_entitlement(&ent, &user, &GrantOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(c.outcome, Outcome::Granted);
+    assert_eq!(held(&s, &ent, f.user), 1);
+    let r = e.revoke_grant(&c.grant_id).await.unwrap();
+    assert_eq!(r.outcome, Outcome::Revoked, "deleted without PIM");
+    assert_eq!(held(&s, &ent, f.user), 0);
+    let timed = GrantOptions {
+        end: Some("2031-01-01T00:00:00Z".into()),
+        ..Default::default()
+    };
+    let err = e
+        .grant_entitlement(&ent, &user, &timed)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("P2"), "{err}");
+    let err = e
+        .grant_entitlement(
+            &format!("role:{}:eligible", f.role),
+            &user,
+            &GrantOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("P2"), "{err}");
+    assert_eq!(held(&s, &ent, f.user), 0);
+}
