@@ -1,6 +1,9 @@
 //! Full syncs of emulated tenants over real HTTP, read back from the c1z and compared with the emulator's
 //! manifest: every resource, every direct grant by kind and principal type, referential integrity, the
 //! options (skip AD groups, mailbox settings, Microsoft apps, no P2), refusals, throttling and faults.
+//! Provisioning: every entitlement kind × principal type granted, granted again, revoked, revoked again
+//! (checked in the emulator and in the file's partial syncs), refusals that change nothing, answers lost
+//! after the write applied, 429s and faults during writes, time-bound roles, tenants without P2.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
