@@ -130,6 +130,20 @@ impl Azure {
         s
     }
 
+    /// ARM requests sent per subscription (tenant-level calls under `""`).
+    pub fn arm_requests_by_subscription(&self) -> BTreeMap<String, u64> {
+        let subs = match self.arm_subs.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let mut out: BTreeMap<String, u64> = subs
+            .iter()
+            .map(|(k, c)| (k.clone(), c.stats().requests))
+            .collect();
+        out.insert(String::new(), self.arm_root.stats().requests);
+        out
+    }
+
     /// Role-assignment principals left out because the sync does not emit them.
     pub fn left_out(&self) -> u64 {
         self.left_out.load(Ordering::Relaxed) + self.entra.left_out()

@@ -547,3 +547,225 @@ async fn provisioning_at_every_scope() {
         "nothing changed"
     );
 }
+
+fn without(m: &BTreeMap<String, usize>, k: &str) -> BTreeMap<String, usize> {
+    m.iter()
+        .filter(|(x, _)| *x != k)
+        .map(|(a, b)| (a.clone(), *b))
+        .collect()
+}
+
+fn active_direct(seen: &Seen) -> BTreeMap<(String, bool, String), usize> {
+    seen.direct
+        .iter()
+        .filter(|(k, _)| !k.1)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn options_change_exactly_what_they_should() {
+    let s = sim("small").await;
+    let t = s.r.sim.read().tenant.clone();
+    let (base_path, _) = sync(&s, config(&s), "base.c1z").await;
+    let base = read(&base_path);
+    check_full(&s, &base);
+
+    // --skip-unused-roles: only roles assigned somewhere in (or above) their subscription.
+    let mut c = config(&s);
+    c.skip_unused_roles = true;
+    let seen = read(&sync(&s, c, "unused.c1z").await.0);
+    let used: usize = t
+        .azure
+        .subscriptions
+        .iter()
+        .map(|sub| {
+            let sc = format!("/subscriptions/{}", sub.subscription_id);
+            t.azure
+                .role_assignments
+                .iter()
+                .chain(&t.azure.role_eligibilities)
+                .filter(|a| scope::covers(&a.scope, &sc) || scope::covers(&sc, &a.scope))
+                .map(|a| a.role_definition)
+                .collect::<BTreeSet<_>>()
+                .len()
+        })
+        .sum();
+    assert!(used > 0 && used < base.resources["role"]);
+    assert_eq!(seen.resources["role"], used);
+    assert_eq!(without(&seen.resources, "role"), without(&base.resources, "role"));
+    assert_eq!(seen.direct, base.direct);
+
+    // --skip-storage-containers: no containers and no container-scope grants; the rest unchanged.
+    let mut c = config(&s);
+    c.skip_storage_containers = true;
+    let seen = read(&sync(&s, c, "nocontainers.c1z").await.0);
+    assert!(!seen.resources.contains_key("container"));
+    assert_eq!(
+        without(&seen.resources, "container"),
+        without(&base.resources, "container")
+    );
+    let base_nc: BTreeMap<_, _> = base
+        .direct
+        .iter()
+        .filter(|(k, _)| k.0 != "container")
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(seen.direct, base_nc);
+
+    // --skip-p2-features: no eligible entitlements or grants; active ones unchanged.
+    let mut c = config(&s);
+    c.entra.skip_p2 = true;
+    let (p, a) = sync(&s, c, "nop2.c1z").await;
+    let seen = read(&p);
+    assert!(seen.direct.keys().all(|k| !k.1) && seen.inherited.keys().all(|k| !k.1));
+    assert_eq!(seen.direct, active_direct(&base));
+    assert_eq!(seen.resources, base.resources);
+    assert!(!a.p2_missing());
+
+    // --skip-ad-groups: on-premises groups and their role grants are left out, counted.
+    let mut c = config(&s);
+    c.entra.skip_ad_groups = true;
+    let (p, a) = sync(&s, c, "noad.c1z").await;
+    let seen = read(&p);
+    let on_prem: BTreeSet<_> = t
+        .groups
+        .iter()
+        .filter(|g| g.on_premises_sync_enabled)
+        .map(|g| g.id)
+        .collect();
+    assert!(!on_prem.is_empty());
+    assert_eq!(seen.resources["group"], base.resources["group"] - on_prem.len());
+    let to_on_prem = t
+        .azure
+        .role_assignments
+        .iter()
+        .chain(&t.azure.role_eligibilities)
+        .filter(|x| on_prem.contains(&x.principal_id))
+        .count();
+    let total = |m: &Seen| m.direct.values().sum::<usize>();
+    assert_eq!(total(&seen), total(&base) - to_on_prem);
+    assert_eq!(
+        without(&seen.resources, "group"),
+        without(&base.resources, "group")
+    );
+    assert!(a.left_out() as usize >= to_on_prem);
+
+    // --mailbox-settings: room, equipment and shared mailboxes become service accounts; counts unchanged.
+    let mut c = config(&s);
+    c.entra.mailbox_settings = true;
+    let p = sync(&s, c, "mailbox.c1z").await.0;
+    let seen = read(&p);
+    assert_eq!(seen.resources, base.resources);
+    assert_eq!(seen.direct, base.direct);
+    let service = |p: &PathBuf| {
+        let r = C1zReader::open(p).unwrap();
+        let users = r
+            .resources(
+                &ResourceFilter {
+                    resource_type: Some("user".into()),
+                    parent: None,
+                },
+                &PageRequest::first(100_000),
+            )
+            .unwrap();
+        users
+            .items
+            .iter()
+            .filter(|u| {
+                let t: steward_model::UserTrait = u.annotations.find().unwrap().unwrap();
+                t.account_type == steward_model::pb::user_trait::AccountType::Service as i32
+            })
+            .count()
+    };
+    let m = Manifest::of(&t);
+    let rooms: usize = ["room", "equipment", "shared"]
+        .iter()
+        .filter_map(|k| m.users_by_mailbox_purpose.get(*k))
+        .sum();
+    assert_eq!(service(&p), service(&base_path) + rooms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn external_resource_file_replaces_graph() {
+    let s = sim("small").await;
+    let (base_path, _) = sync(&s, config(&s), "base.c1z").await;
+    let base = read(&base_path);
+    // The Entra ID connector's own sync file.
+    let entra_file = s.dir.path().join("entra.c1z");
+    let e = Arc::new(steward_entra::Entra::new(config(&s).entra).unwrap());
+    run_sync(e, &entra_file, SyncPlan::Full, SyncOptions::default(), None)
+        .await
+        .unwrap();
+    let mut c = config(&s);
+    c.external_resource_c1z = Some(entra_file);
+    let (p, a) = sync(&s, c, "external.c1z").await;
+    let seen = read(&p);
+    assert_eq!(seen.resources, base.resources);
+    assert_eq!(seen.direct, base.direct);
+    assert_eq!(seen.inherited, base.inherited);
+    let st = a.stats();
+    assert_eq!(
+        st.graph.requests + st.entra.requests,
+        0,
+        "no Graph request: identities come from the file"
+    );
+    assert!(st.arm.requests > 0);
+    // Expansion through groups still works: same number of grants overall.
+    let n = |p: &PathBuf| C1zReader::open(p).unwrap().stats().unwrap().grants;
+    assert_eq!(n(&p), n(&base_path));
+    // A file without identities is refused with a message.
+    let mut c = config(&s);
+    c.external_resource_c1z = Some(s.dir.path().join("missing.c1z"));
+    assert!(
+        Azure::new(c)
+            .unwrap_err()
+            .to_string()
+            .contains("external resource file")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenant_without_p2_is_detected() {
+    let mut t = tenant("small", 7);
+    t.has_p2 = false;
+    let s = sim_with(t, Settings::default()).await;
+    let (p, a) = sync(&s, config(&s), "nop2.c1z").await;
+    assert!(a.p2_missing(), "the missing P2 license is reported");
+    let seen = read(&p);
+    assert!(seen.direct.keys().all(|k| !k.1));
+    let m = Manifest::of(&s.r.sim.read().tenant);
+    assert_eq!(
+        seen.direct_by_scope(false),
+        m.azure_role_assignments_by_scope_kind
+    );
+    // With the flag nothing is asked and nothing reported.
+    let mut c = config(&s);
+    c.entra.skip_p2 = true;
+    let (_, a) = sync(&s, c, "flag.c1z").await;
+    assert!(!a.p2_missing());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttling_and_faults_leave_the_result_unchanged() {
+    let s = sim("small").await;
+    let base = read(&sync(&s, config(&s), "base.c1z").await.0);
+    let settings = Settings {
+        throttle: true,
+        faults: Some("0.05:500,503,reset,truncate".parse().unwrap()),
+        ..Settings::default()
+    };
+    let rough = sim_with(tenant("small", 7), settings).await;
+    let (p, a) = sync(&rough, config(&rough), "rough.c1z").await;
+    let seen = read(&p);
+    assert_eq!(seen, base);
+    assert!(a.stats().arm.retries > 0, "faults were met and retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn medium_tenant_matches_the_manifest() {
+    let s = sim("medium").await;
+    let (p, a) = sync(&s, config(&s), "medium.c1z").await;
+    check_full(&s, &read(&p));
+    assert_eq!(a.left_out(), 0);
+}
