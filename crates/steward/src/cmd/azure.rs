@@ -29,7 +29,12 @@ pub struct AzureArgs {
     #[arg(long, env = "BATON_AZURE_CLIENT_ID", default_value = "")]
     pub azure_client_id: String,
     /// Client secret of that app.
-    #[arg(long, env = "BATON_AZURE_CLIENT_SECRET", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "BATON_AZURE_CLIENT_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub azure_client_secret: String,
     /// Certificate (PEM) registered on the app, instead of a secret.
     #[arg(long, env = "BATON_AZURE_CERTIFICATE")]
@@ -135,7 +140,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn run(a: AzureArgs) -> anyhow::Result<()> {
     if a.azure_tenant_id.is_empty() || a.azure_client_id.is_empty() {
-        bail!("--azure-tenant-id and --azure-client-id (BATON_AZURE_TENANT_ID, BATON_AZURE_CLIENT_ID) are required");
+        bail!(
+            "--azure-tenant-id and --azure-client-id (BATON_AZURE_TENANT_ID, BATON_AZURE_CLIENT_ID) are required"
+        );
     }
     let cfg = a.config()?;
     runtime()?.block_on(async move {
@@ -197,7 +204,9 @@ async fn provision(a: &AzureArgs, az: &Arc<Azure>) -> anyhow::Result<()> {
     }
     if let Some(ent) = &a.grant_entitlement {
         let (Some(pid), Some(pt)) = (&a.grant_principal, &a.grant_principal_type) else {
-            bail!("--grant-entitlement needs --grant-principal ID and --grant-principal-type TYPE (user, group, managed_identity, enterprise_application)");
+            bail!(
+                "--grant-entitlement needs --grant-principal ID and --grant-principal-type TYPE (user, group, managed_identity, enterprise_application)"
+            );
         };
         let grants = steward_sync::provision::grant_by_ids(az.as_ref(), &a.file, ent, pt, pid).await?;
         for g in grants {
