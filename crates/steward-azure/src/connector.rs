@@ -7,15 +7,19 @@
 //!   from Graph (mapped by the Entra ID connector's code), or from the external file.
 //! * Scope resources (subscription, resource group, storage account, container) carry one entitlement per
 //!   role assigned at or above them (`role:<guid>`, and `role:<guid>:eligible` for PIM). An assignment at
-//!   exactly that scope is a grant to its principal (groups expandable to their members). Assignments
-//!   above it are one grant per role to the parent scope resource, expandable from the parent's entitlement
-//!   of the same role: the writer's expansion gives every holder above the grant here, with the parent's
-//!   entitlement as its source — so the path says where it was assigned. Assignments above a
-//!   subscription (management groups, root) are grants on the subscription's entitlement.
+//!   exactly that scope is a grant to its principal (groups expandable to their members). An assignment
+//!   above it becomes one grant per (role, ancestor scope where it is assigned) to that ancestor scope
+//!   resource, `GrantExpandable` *shallow* from the ancestor's entitlement of the same role: the writer's
+//!   expansion gives each principal assigned there the grant here, with the ancestor's entitlement as its
+//!   source — so the path says where it was assigned. Shallow keeps the file linear in assignments × scopes:
+//!   a group assigned at a subscription holds the role on every resource group below it, and its members
+//!   hold it at the subscription (group expansion), but members × child scopes are not materialised.
+//!   Assignments above a subscription (management groups, root) are grants on the subscription's
+//!   entitlement.
 //! * Principals of assignments resolve through the directory index (one listing per sync); an id the sync
 //!   does not emit (deleted principal, device, on-prem group under `--skip-ad-groups`) is left out and counted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,8 +28,8 @@ use steward_entra::index::{Index, Kind};
 use steward_entra::{Entra, grants as entra_grants, users as entra_users};
 use steward_model::pb::entitlement::PurposeValue;
 use steward_model::{
-    ChildResourceType, Entitlement, Grant, Resource, ResourceId, ResourceType, builders, ids, pack_any,
-    profile,
+    AnnotationsExt, ChildResourceType, Entitlement, Grant, GrantExpandable, Resource, ResourceId,
+    ResourceType, builders, ids, pack_any, profile,
 };
 use steward_msgraph::{Client, Microsoft, StatsSnapshot};
 use steward_sync::{Capabilities, Connector, ConnectorError, Page, ResourceTypeCapability};
@@ -565,7 +569,8 @@ impl Azure {
         let sc = scope::of(&rt, &id).ok_or_else(|| AzureError::Foreign(id.clone()))?;
         let (d, ents) = self.scope_entitlements(r).await?;
         let mut out = Vec::new();
-        let mut inherited: BTreeMap<(String, bool), ()> = BTreeMap::new();
+        // (role, eligible) → ancestor scopes (type, id) where it is assigned directly.
+        let mut inherited: BTreeMap<(String, bool), BTreeSet<(String, String)>> = BTreeMap::new();
         for a in d.at_or_above(&sc) {
             let key = (a.role.clone(), a.eligible);
             let Some(ent) = ents.get(&key) else { continue };
@@ -578,28 +583,47 @@ impl Azure {
                         self.left_out.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+            } else if let Some(ak) = scope::kind(&a.scope) {
+                // Assigned above the subscription: held directly at the subscription, so inherited from it.
+                let from = if scope::subscription_of(&a.scope).is_none() {
+                    (
+                        types::SUBSCRIPTION.to_owned(),
+                        scope::subscription_of(&sc).unwrap_or_default().to_owned(),
+                    )
+                } else if ak == types::SUBSCRIPTION {
+                    (
+                        ak.to_owned(),
+                        scope::subscription_of(&a.scope).unwrap_or_default().to_owned(),
+                    )
+                } else {
+                    (ak.to_owned(), a.scope.clone())
+                };
+                inherited.entry(key).or_default().insert(from);
             } else {
-                inherited.insert(key, ());
+                let from = (
+                    types::SUBSCRIPTION.to_owned(),
+                    scope::subscription_of(&sc).unwrap_or_default().to_owned(),
+                );
+                inherited.entry(key).or_default().insert(from);
             }
         }
-        if let Some(parent) = r.parent_resource_id.as_ref() {
-            for (role, eligible) in inherited.keys() {
-                let Some(ent) = ents.get(&(role.clone(), *eligible)) else {
-                    continue;
-                };
-                let from = ids::entitlement_id(
-                    &parent.resource_type,
-                    &parent.resource,
-                    &scope::slug(role, *eligible),
-                );
+        for ((role, eligible), froms) in &inherited {
+            let Some(ent) = ents.get(&(role.clone(), *eligible)) else {
+                continue;
+            };
+            for (fty, fid) in froms {
+                let from = ids::entitlement_id(fty, fid, &scope::slug(role, *eligible));
                 let principal = Resource {
-                    id: Some(parent.clone()),
+                    id: Some(ResourceId::new(fty.clone(), fid.clone())),
                     ..Default::default()
                 };
-                out.push(builders::expandable(
-                    builders::grant(ent, &principal),
-                    &[from.as_str()],
-                ));
+                let mut g = builders::grant(ent, &principal);
+                g.annotations.push_msg(&GrantExpandable {
+                    entitlement_ids: vec![from],
+                    shallow: true,
+                    resource_type_ids: Vec::new(),
+                });
+                out.push(g);
             }
         }
         Ok(out)

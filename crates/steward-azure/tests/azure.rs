@@ -341,6 +341,34 @@ async fn small_tenant_matches_the_manifest() {
         &format!("subscription:{sub}:role:{}", a0.role_definition),
         "the path starts where the role is assigned"
     );
+    // A group assigned at a subscription holds the role on the resource groups below it, inherited.
+    if let Some(ga) = t
+        .azure
+        .role_assignments
+        .iter()
+        .find(|a| kind_of(&a.scope) == "subscription" && a.principal_type == PrincipalType::Group)
+    {
+        let sub = ga.scope.trim_start_matches("/subscriptions/");
+        let rg = t
+            .azure
+            .resource_groups
+            .iter()
+            .find(|g| g.subscription_id.to_string() == sub)
+            .unwrap();
+        let access = r
+            .access(&ResourceId::new("group", ga.principal_id.to_string()))
+            .unwrap();
+        let want = format!("resource_group:{}:role:{}", rg.arm_id(), ga.role_definition);
+        let e = access
+            .iter()
+            .find(|e| e.grant.entitlement.as_ref().unwrap().id == want)
+            .unwrap_or_else(|| panic!("{want} is not inherited by the group"));
+        assert!(e.grant.annotations.contains::<GrantImmutable>());
+        assert_eq!(
+            e.path.first().unwrap(),
+            &format!("subscription:{sub}:role:{}", ga.role_definition)
+        );
+    }
 }
 
 fn scope_resource(kind: &str, scope: &str) -> steward_model::Resource {
