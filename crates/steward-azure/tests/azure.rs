@@ -797,3 +797,56 @@ async fn medium_tenant_matches_the_manifest() {
     check_full(&s, &read(&p));
     assert_eq!(a.left_out(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_with_a_ca_file_and_endpoint_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(Options {
+        tenant: tenant("small", 7),
+        settings: Settings::default(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: true,
+        proxy: None,
+        state_dir: dir.path().to_owned(),
+    })
+    .await
+    .unwrap();
+    let s = Sim { r, dir };
+    assert!(s.r.ready.arm.starts_with("https://"));
+    // Without the emulator's CA the connection is refused.
+    let a = Azure::new(config(&s)).unwrap();
+    assert!(a.validate().await.is_err());
+    let mut c = config(&s);
+    c.entra.ca_file = Some(PathBuf::from(s.r.ready.ca_file.clone().unwrap()));
+    c.provisioning = true;
+    let (p, a) = sync(&s, c.clone(), "tls.c1z").await;
+    check_full(&s, &read(&p));
+    assert!(a.stats().arm.requests > 0);
+    // The grant's own PUT uses the CA file too.
+    let t = s.r.sim.read().tenant.clone();
+    let reader = t
+        .azure
+        .builtin_roles
+        .iter()
+        .find(|d| d.role_name == "Reader")
+        .unwrap()
+        .name
+        .to_string();
+    let sc = t.azure.storage_accounts[0].arm_id();
+    let u = t
+        .users
+        .iter()
+        .find(|u| {
+            !t.azure.role_assignments.iter().any(|x| {
+                x.principal_id == u.id
+                    && x.role_definition.to_string() == reader
+                    && scope::covers(&x.scope, &sc)
+            })
+        })
+        .unwrap();
+    let principal = steward_model::builders::ResourceBuilder::new("user", &u.id.to_string(), "u").build();
+    a.grant(&principal, &role_ent("storage_account", &sc, &reader, false))
+        .await
+        .unwrap();
+    assert_eq!(assigned(&s, &sc, &reader, &u.id.to_string()), 1);
+}
