@@ -358,8 +358,8 @@ macro_rules! finish_ingest {
     }};
 }
 
-/// Rows per multi-row INSERT on SQLite (7 columns × 4000 stays under SQLite's 32766 variables).
-const SQLITE_CHUNK: usize = 4000;
+/// Rows per multi-row INSERT on SQLite (binding cost grows faster than linearly with the statement size).
+const SQLITE_CHUNK: usize = 256;
 
 async fn sqlite_insert<'c, T>(
     tx: &mut sqlx::Transaction<'c, sqlx::Sqlite>,
