@@ -213,11 +213,42 @@ async fn provision(a: &AzureArgs, az: &Arc<Azure>) -> anyhow::Result<()> {
             println!("granted {}", g.id);
         }
     } else if let Some(id) = &a.revoke_grant {
-        steward_sync::provision::revoke_by_id(az.as_ref(), &a.file, id).await?;
+        match steward_sync::provision::revoke_by_id(az.as_ref(), &a.file, id).await {
+            Ok(()) => {}
+            // Not in the file (e.g. granted after the last sync): the id says everything needed.
+            Err(steward_sync::SyncError::NotFound(_)) => {
+                let g = grant_from_id(id)?;
+                az.revoke(&g).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         println!("revoked {id}");
     }
     eprintln!("run a sync to record the change in {}", a.file.display());
     Ok(())
+}
+
+/// A grant rebuilt from its id `<type>:<id>:role:<guid>[:eligible]:<principal type>:<principal id>` (ARM ids
+/// hold no `:`).
+fn grant_from_id(id: &str) -> anyhow::Result<steward_model::Grant> {
+    let mut parts = id.rsplitn(3, ':');
+    let (Some(pid), Some(pt), Some(ent)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("{id} is not a grant id of this connector");
+    };
+    let (rt, rest) = ent.split_once(':').unwrap_or_default();
+    let Some(i) = rest.find(":role:") else {
+        bail!("{id} is not an Azure role grant id (<type>:<id>:role:<guid>:<principal type>:<principal id>)");
+    };
+    let resource = steward_model::builders::ResourceBuilder::new(rt, &rest[..i], &rest[..i]).build();
+    let e = steward_model::builders::entitlement(
+        &resource,
+        &rest[i + 1..],
+        ent,
+        steward_model::pb::entitlement::PurposeValue::Assignment,
+        &[],
+    );
+    let principal = steward_model::builders::ResourceBuilder::new(pt, pid, pid).build();
+    Ok(steward_model::builders::grant(&e, &principal))
 }
 
 /// `steward bench azure`.
