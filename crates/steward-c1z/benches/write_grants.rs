@@ -8,7 +8,9 @@
 //! `STEWARD_BENCH_SHAPE=baton` embeds only the principal's id in each grant (what baton-sdk's `NewGrant`
 //! writes); the default `full` embeds the whole principal (profile, UserTrait), as the spec prefers.
 //!
-//! Run: `cargo bench -p steward-c1z --bench write_grants` (set `STEWARD_BENCH_DIR` to choose the disk).
+//! Run: `cargo bench -p steward-c1z --bench write_grants` (set `STEWARD_BENCH_DIR` to choose the disk;
+//! `STEWARD_BENCH_ZSTD_LEVEL` to try another zstd level; `STEWARD_BENCH_CRASH_SAFE=1` for the crash-safe
+//! WAL working database the sync engine uses).
 
 use std::time::Instant;
 
@@ -68,6 +70,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         wopts.cache_kib = mib * 1024;
     }
+    if let Some(level) = std::env::var("STEWARD_BENCH_ZSTD_LEVEL")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    {
+        wopts.compress.level = level;
+    }
+    wopts.crash_safe = std::env::var("STEWARD_BENCH_CRASH_SAFE").is_ok_and(|v| v == "1");
     let mut w = C1zWriter::create_with(&path, wopts)?;
     w.begin_sync(SyncType::Full)?;
     w.put_resource_type(&ut)?;

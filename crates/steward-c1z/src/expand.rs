@@ -14,20 +14,30 @@
 //!   an existing non-direct S is upgraded to direct.
 //!
 //! A principal is never given membership of itself (a group in a cycle with its own member groups).
-//! Memory: edges and entitlement ids are held in memory; holders are streamed in pages by row id.
+//!
+//! How it stays fast: an edge is applied a page of holders at a time (holders are read in principal order
+//! from the `(entitlement_id, principal)` index), and the grants of D for the same principal range are
+//! read with one range scan and merged against them, instead of one lookup per holder. Nothing is fully
+//! decoded on the common path: a holder's embedded principal and its `sources` are located by scanning
+//! the top-level protobuf fields, and a new grant's bytes are assembled from parts encoded once per edge
+//! (the target entitlement, the `GrantImmutable` annotation, the two possible `sources` values) plus the
+//! holder's principal bytes. The result is byte-for-byte what encoding the `Grant` message would give.
+//! Memory: edges, entitlement ids and one page of holders and of existing grants.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use steward_model::pb::grant_sources::GrantSource;
-use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, GrantImmutable, GrantSources, ids};
+use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, GrantImmutable, GrantSources};
 
 use crate::error::{C1zError, Result};
 
 /// Baton's maximum expansion depth.
 pub const DEFAULT_MAX_DEPTH: usize = 20;
-const PAGE: i64 = 5000;
+/// Holders read per page.
+const PAGE: i64 = 8192;
 
 /// What an expansion did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,12 +62,12 @@ struct EdgeAttr {
 
 /// Expands the grants of `sync_id` in place. Needs the grant indexes to exist.
 pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Result<ExpandStats> {
-    let mut stats = ExpandStats::default();
     let edges = load_edges(conn, sync_id)?;
     if edges.is_empty() {
-        return Ok(stats);
+        return Ok(ExpandStats::default());
     }
-    stats.edges = edges.len() as u64;
+    let mut x = Expander::new(conn, sync_id)?;
+    x.stats.edges = edges.len() as u64;
 
     // Node numbering (sorted, so that runs are deterministic).
     let names: Vec<&String> = edges
@@ -91,7 +101,7 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
             }
         }
     }
-    stats.cycles = (0..ncomp).filter(|&c| members[c] > 1 || self_loop[c]).count() as u64;
+    x.stats.cycles = (0..ncomp).filter(|&c| members[c] > 1 || self_loop[c]).count() as u64;
     let mut depth = vec![0usize; ncomp];
     let mut order = Vec::with_capacity(ncomp);
     let mut ready: Vec<usize> = (0..ncomp).filter(|&c| indeg[c] == 0).collect();
@@ -118,35 +128,34 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
             incoming[cd].push((s, d, a))
         }
     }
-    let mut ents = EntitlementCache::default();
     for c in order {
         if depth[c] > max_depth {
-            stats.edges_over_depth += (incoming[c].len() + inner[c].len()) as u64;
+            x.stats.edges_over_depth += (incoming[c].len() + inner[c].len()) as u64;
             continue;
         }
         for (s, d, a) in &incoming[c] {
-            apply_edge(conn, sync_id, s, d, a, &mut ents, &mut stats)?;
+            x.apply_edge(s, d, a)?;
         }
         // Inside a cycle, repeat until nothing changes: everyone ends up holding every member.
         for _ in 0..=members[c] {
             let mut changed = false;
             for (s, d, a) in &inner[c] {
-                changed |= apply_edge(conn, sync_id, s, d, a, &mut ents, &mut stats)?;
+                changed |= x.apply_edge(s, d, a)?;
             }
             if !changed {
                 break;
             }
         }
     }
-    if stats.edges_over_depth > 0 {
+    if x.stats.edges_over_depth > 0 {
         tracing::warn!(
             sync_id,
-            edges = stats.edges_over_depth,
+            edges = x.stats.edges_over_depth,
             max_depth,
             "grant expansion stopped at the depth limit"
         );
     }
-    Ok(stats)
+    Ok(x.stats)
 }
 
 fn load_edges(conn: &Connection, sync_id: &str) -> Result<BTreeMap<(String, String), EdgeAttr>> {
@@ -242,43 +251,88 @@ fn tarjan(adj: &[Vec<usize>]) -> Vec<usize> {
     comp
 }
 
-#[derive(Default)]
-struct EntitlementCache {
-    map: HashMap<String, Option<Entitlement>>,
+// ---- protobuf plumbing on encoded grants -------------------------------------------------------------
+
+fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
 }
 
-impl EntitlementCache {
-    /// The entitlement `id` from `v1_entitlements`, else as embedded in one of its grants.
-    fn get(&mut self, conn: &Connection, sync_id: &str, id: &str) -> Result<Option<Entitlement>> {
-        if let Some(e) = self.map.get(id) {
-            return Ok(e.clone());
-        }
-        let bytes: Option<Vec<u8>> = conn
-            .prepare_cached("SELECT data FROM v1_entitlements WHERE sync_id = ?1 AND external_id = ?2")?
-            .query_row(params![sync_id, id], |r| r.get(0))
-            .optional()?;
-        let ent = match bytes {
-            Some(b) => Some(
-                Entitlement::decode(b.as_slice()).map_err(|source| C1zError::Decode {
-                    table: "v1_entitlements",
-                    external_id: id.to_owned(),
-                    source,
-                })?,
-            ),
-            None => {
-                let g: Option<Vec<u8>> = conn
-                    .prepare_cached(
-                        "SELECT data FROM v1_grants WHERE sync_id = ?1 AND entitlement_id = ?2 LIMIT 1",
-                    )?
-                    .query_row(params![sync_id, id], |r| r.get(0))
-                    .optional()?;
-                g.and_then(|b| Grant::decode(b.as_slice()).ok())
-                    .and_then(|g| g.entitlement)
-            }
-        };
-        self.map.insert(id.to_owned(), ent.clone());
-        Ok(ent)
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
     }
+    out.push(v as u8);
+}
+
+/// Appends a length-delimited field.
+fn put_len_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_varint(out, (u64::from(field) << 3) | 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Where the fields expansion needs sit in an encoded `Grant`.
+#[derive(Default)]
+struct GrantParts<'a> {
+    /// Field 2 (the embedded principal), without its key and length.
+    principal: Option<&'a [u8]>,
+    /// Field 5 (`sources`), without its key and length.
+    sources: Option<&'a [u8]>,
+    /// Offset where field 5 starts (its key); the length of the bytes when absent.
+    sources_at: usize,
+}
+
+/// Scans the top-level fields of an encoded `Grant`. `None` when the bytes are not in the canonical shape
+/// this module relies on (a field 2 or 5 that repeats, field 5 not last, malformed bytes): the caller then
+/// falls back to a full decode.
+fn scan_grant(b: &[u8]) -> Option<GrantParts<'_>> {
+    let mut parts = GrantParts {
+        sources_at: b.len(),
+        ..Default::default()
+    };
+    let mut pos = 0;
+    while pos < b.len() {
+        let start = pos;
+        let key = read_varint(b, &mut pos)?;
+        let (field, wire) = (key >> 3, key & 7);
+        if parts.sources.is_some() {
+            return None; // something after field 5
+        }
+        match wire {
+            0 => {
+                read_varint(b, &mut pos)?;
+            }
+            1 => pos = pos.checked_add(8)?,
+            5 => pos = pos.checked_add(4)?,
+            2 => {
+                let len = usize::try_from(read_varint(b, &mut pos)?).ok()?;
+                let end = pos.checked_add(len)?;
+                let body = b.get(pos..end)?;
+                match field {
+                    2 if parts.principal.is_some() => return None,
+                    2 => parts.principal = Some(body),
+                    5 => {
+                        parts.sources = Some(body);
+                        parts.sources_at = start;
+                    }
+                    _ => {}
+                }
+                pos = end;
+            }
+            _ => return None,
+        }
+    }
+    (pos == b.len()).then_some(parts)
 }
 
 fn decode_grant(bytes: &[u8], id: &str) -> Result<Grant> {
@@ -289,131 +343,348 @@ fn decode_grant(bytes: &[u8], id: &str) -> Result<Grant> {
     })
 }
 
-/// Applies S→D to every holder of S. Returns whether any grant was created or changed.
-fn apply_edge(
-    conn: &Connection,
-    sync_id: &str,
-    s: &str,
-    d: &str,
-    attr: &EdgeAttr,
-    ents: &mut EntitlementCache,
-    stats: &mut ExpandStats,
-) -> Result<bool> {
-    let Some(dst) = ents.get(conn, sync_id, d)? else {
-        return Ok(false);
-    };
-    let dst_resource = dst
-        .resource
-        .as_ref()
-        .and_then(|r| r.id.clone())
-        .unwrap_or_default();
-    let mut changed = false;
-    let mut cursor = 0i64;
-    loop {
-        let page: Vec<(i64, String, String, String, Vec<u8>)> = {
-            let mut st = conn.prepare_cached(
-                "SELECT id, external_id, principal_resource_type_id, principal_resource_id, data FROM v1_grants
-                 WHERE sync_id = ?1 AND entitlement_id = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
-            )?;
-            st.query_map(params![sync_id, s, cursor, PAGE], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?
+fn decode_sources(bytes: &[u8], id: &str) -> Result<GrantSources> {
+    GrantSources::decode(bytes).map_err(|source| C1zError::Decode {
+        table: "v1_grants",
+        external_id: id.to_owned(),
+        source,
+    })
+}
+
+/// Whether a grant with these sources holds entitlement `s` directly: no sources, or `s` among them.
+fn is_direct(sources: Option<&GrantSources>, s: &str) -> bool {
+    sources.is_none_or(|x| x.sources.is_empty() || x.sources.contains_key(s))
+}
+
+/// Adds `s` to the sources of a grant on `d` (after `d: direct` when they were empty) and upgrades a
+/// non-direct `s`. Returns whether anything changed.
+fn add_source(srcs: &mut GrantSources, d: &str, s: &str, direct: bool) -> bool {
+    let srcs = &mut srcs.sources;
+    let mut dirty = false;
+    if srcs.is_empty() {
+        srcs.insert(d.to_owned(), GrantSource { is_direct: true });
+        dirty = true;
+    }
+    match srcs.get_mut(s) {
+        None => {
+            srcs.insert(s.to_owned(), GrantSource { is_direct: direct });
+            dirty = true;
+        }
+        Some(src) if direct && !src.is_direct => {
+            src.is_direct = true;
+            dirty = true;
+        }
+        Some(_) => {}
+    }
+    dirty
+}
+
+/// The new bytes of grant `bytes` (id `id`, on `d`) with `s` added to its sources, or `None` when they
+/// already say so.
+fn with_source(bytes: &[u8], id: &str, d: &str, s: &str, direct: bool) -> Result<Option<Vec<u8>>> {
+    if let Some(parts) = scan_grant(bytes) {
+        let mut srcs = match parts.sources {
+            Some(b) => decode_sources(b, id)?,
+            None => GrantSources::default(),
         };
-        let Some(last) = page.last() else { break };
-        cursor = last.0;
-        for (_, gid, ptype, pid, data) in page {
-            if !attr.resource_type_ids.is_empty() && !attr.resource_type_ids.contains(&ptype) {
-                continue;
-            }
-            if ptype == dst_resource.resource_type && pid == dst_resource.resource {
-                continue;
-            }
-            let holder = decode_grant(&data, &gid)?;
-            let direct = holder
-                .sources
-                .as_ref()
-                .is_none_or(|x| x.sources.is_empty() || x.sources.contains_key(s));
-            if attr.shallow && !direct {
-                continue;
-            }
-            let existing: Option<(i64, String, Vec<u8>)> = conn
-                .prepare_cached(
-                    "SELECT id, external_id, data FROM v1_grants WHERE sync_id = ?1 AND entitlement_id = ?2
-                       AND principal_resource_type_id = ?3 AND principal_resource_id = ?4 LIMIT 1",
-                )?
-                .query_row(params![sync_id, d, ptype, pid], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
-            match existing {
-                Some((row, eid, bytes)) => {
-                    let mut g = decode_grant(&bytes, &eid)?;
-                    let srcs = &mut g.sources.get_or_insert_with(GrantSources::default).sources;
-                    let mut dirty = false;
-                    if srcs.is_empty() {
-                        srcs.insert(d.to_owned(), GrantSource { is_direct: true });
-                        dirty = true;
-                    }
-                    match srcs.get_mut(s) {
-                        None => {
-                            srcs.insert(s.to_owned(), GrantSource { is_direct: direct });
-                            dirty = true;
-                        }
-                        Some(src) if direct && !src.is_direct => {
-                            src.is_direct = true;
-                            dirty = true;
-                        }
-                        Some(_) => {}
-                    }
-                    if dirty {
-                        conn.prepare_cached("UPDATE v1_grants SET data = ?1 WHERE id = ?2")?
-                            .execute(params![g.encode_to_vec(), row])?;
-                        stats.grants_updated += 1;
-                        changed = true;
-                    }
-                }
-                None => {
-                    let mut g = Grant {
-                        entitlement: Some(dst.clone()),
-                        principal: holder.principal,
-                        id: ids::grant_id(d, &ptype, &pid),
-                        annotations: Vec::new(),
-                        sources: Some(GrantSources {
-                            sources: [(s.to_owned(), GrantSource { is_direct: direct })].into(),
-                        }),
-                    };
-                    g.annotations.push_msg(&GrantImmutable::default());
-                    // One row with VALUES (not INSERT … SELECT, which SQLite treats as a multi-row write
-                    // and gives a statement journal: a pwrite per touched page per row).
-                    conn.prepare_cached(
-                        "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
-                           principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8,
-                                 (SELECT started_at FROM v1_sync_runs WHERE sync_id = ?8))",
+        if !add_source(&mut srcs, d, s, direct) {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(bytes.len() + 64);
+        out.extend_from_slice(&bytes[..parts.sources_at]);
+        put_len_field(&mut out, 5, &srcs.encode_to_vec());
+        return Ok(Some(out));
+    }
+    let mut g = decode_grant(bytes, id)?;
+    if !add_source(g.sources.get_or_insert_with(GrantSources::default), d, s, direct) {
+        return Ok(None);
+    }
+    Ok(Some(g.encode_to_vec()))
+}
+
+/// A target entitlement, encoded once.
+struct Target {
+    /// `Entitlement` bytes.
+    bytes: Vec<u8>,
+    resource_type: String,
+    resource: String,
+}
+
+/// One grant read from the database: its principal, row id, external id and bytes.
+struct Row {
+    ptype: String,
+    pid: String,
+    id: i64,
+    external_id: String,
+    data: Vec<u8>,
+}
+
+struct Expander<'c> {
+    conn: &'c Connection,
+    sync_id: &'c str,
+    discovered_at: String,
+    targets: HashMap<String, Option<Rc<Target>>>,
+    /// Field 4 of a derived grant: one `Any` holding an empty `GrantImmutable`.
+    immutable: Vec<u8>,
+    stats: ExpandStats,
+    buf: Vec<u8>,
+    existing: Vec<Row>,
+}
+
+impl<'c> Expander<'c> {
+    fn new(conn: &'c Connection, sync_id: &'c str) -> Result<Self> {
+        let discovered_at: String = conn
+            .query_row(
+                "SELECT started_at FROM v1_sync_runs WHERE sync_id = ?1",
+                [sync_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| C1zError::NoSync(format!("sync {sync_id} is not in the file")))?;
+        let mut tmpl = Grant::default();
+        tmpl.annotations.push_msg(&GrantImmutable::default());
+        Ok(Self {
+            conn,
+            sync_id,
+            discovered_at,
+            targets: HashMap::new(),
+            immutable: tmpl.encode_to_vec(),
+            stats: ExpandStats::default(),
+            buf: Vec::with_capacity(4096),
+            existing: Vec::new(),
+        })
+    }
+
+    /// The entitlement `id` from `v1_entitlements`, else as embedded in one of its grants.
+    fn target(&mut self, id: &str) -> Result<Option<Rc<Target>>> {
+        if let Some(t) = self.targets.get(id) {
+            return Ok(t.clone());
+        }
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT data FROM v1_entitlements WHERE sync_id = ?1 AND external_id = ?2")?
+            .query_row(params![self.sync_id, id], |r| r.get(0))
+            .optional()?;
+        let ent = match bytes {
+            Some(b) => Some(
+                Entitlement::decode(b.as_slice()).map_err(|source| C1zError::Decode {
+                    table: "v1_entitlements",
+                    external_id: id.to_owned(),
+                    source,
+                })?,
+            ),
+            None => {
+                let g: Option<Vec<u8>> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT data FROM v1_grants WHERE entitlement_id = ?2 AND sync_id = ?1 LIMIT 1",
                     )?
-                    .execute(params![
-                        dst_resource.resource_type,
-                        dst_resource.resource,
-                        d,
-                        ptype,
-                        pid,
-                        g.id,
-                        g.encode_to_vec(),
-                        sync_id
-                    ])?;
-                    stats.grants_created += 1;
-                    changed = true;
+                    .query_row(params![self.sync_id, id], |r| r.get(0))
+                    .optional()?;
+                g.and_then(|b| Grant::decode(b.as_slice()).ok())
+                    .and_then(|g| g.entitlement)
+            }
+        };
+        let t = ent.map(|e| {
+            let rid = e.resource.as_ref().and_then(|r| r.id.clone()).unwrap_or_default();
+            Rc::new(Target {
+                bytes: e.encode_to_vec(),
+                resource_type: rid.resource_type,
+                resource: rid.resource,
+            })
+        });
+        self.targets.insert(id.to_owned(), t.clone());
+        Ok(t)
+    }
+
+    /// Grants of `ent` in principal order after `after` (type, id, row id), at most `limit`; or, with
+    /// `upto`, all of them up to and including that principal.
+    fn read_grants(
+        &self,
+        ent: &str,
+        after: (&str, &str, i64),
+        upto: Option<(&str, &str)>,
+        out: &mut Vec<Row>,
+    ) -> Result<()> {
+        out.clear();
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
+            Ok(Row {
+                ptype: r.get(0)?,
+                pid: r.get(1)?,
+                id: r.get(2)?,
+                external_id: r.get(3)?,
+                data: r.get(4)?,
+            })
+        };
+        const COLS: &str = "SELECT principal_resource_type_id, principal_resource_id, id, external_id, data
+             FROM v1_grants WHERE entitlement_id = ?1 AND sync_id = ?2
+               AND (principal_resource_type_id, principal_resource_id, id) > (?3, ?4, ?5)";
+        match upto {
+            None => {
+                let mut st = self.conn.prepare_cached(&format!(
+                    "{COLS} ORDER BY principal_resource_type_id, principal_resource_id, id LIMIT ?6"
+                ))?;
+                for r in st.query_map(params![ent, self.sync_id, after.0, after.1, after.2, PAGE], map)? {
+                    out.push(r?);
+                }
+            }
+            Some((t, p)) => {
+                let mut st = self.conn.prepare_cached(&format!(
+                    "{COLS} AND (principal_resource_type_id, principal_resource_id) <= (?6, ?7)
+                     ORDER BY principal_resource_type_id, principal_resource_id, id"
+                ))?;
+                for r in st.query_map(params![ent, self.sync_id, after.0, after.1, after.2, t, p], map)? {
+                    out.push(r?);
                 }
             }
         }
+        Ok(())
     }
-    Ok(changed)
+
+    /// Applies S→D to every holder of S. Returns whether any grant was created or changed.
+    fn apply_edge(&mut self, s: &str, d: &str, attr: &EdgeAttr) -> Result<bool> {
+        let Some(dst) = self.target(d)? else {
+            return Ok(false);
+        };
+        // The two possible `sources` fields of a new grant, encoded once.
+        let sources_field = |direct: bool| {
+            let srcs = GrantSources {
+                sources: [(s.to_owned(), GrantSource { is_direct: direct })].into(),
+            };
+            let mut f = Vec::new();
+            put_len_field(&mut f, 5, &srcs.encode_to_vec());
+            f
+        };
+        let (src_direct, src_indirect) = (sources_field(true), sources_field(false));
+        let mut changed = false;
+        let mut holders = Vec::new();
+        let mut existing = std::mem::take(&mut self.existing);
+        let mut cursor = (String::new(), String::new(), 0i64);
+        loop {
+            self.read_grants(s, (&cursor.0, &cursor.1, cursor.2), None, &mut holders)?;
+            let Some(last) = holders.last() else { break };
+            let (first, last_key) = (&holders[0], (last.ptype.clone(), last.pid.clone()));
+            // D's grants for the same principal range, merged against the holders below.
+            self.read_grants(
+                d,
+                (&first.ptype, &first.pid, -1),
+                Some((&last_key.0, &last_key.1)),
+                &mut existing,
+            )?;
+            let mut ex = existing.iter_mut().peekable();
+            // The grant created for the previous holder: two holder rows of one principal (duplicates under
+            // different ids) must not create two grants.
+            let mut fresh: Option<Row> = None;
+            for h in &holders {
+                if !attr.resource_type_ids.is_empty() && !attr.resource_type_ids.contains(&h.ptype) {
+                    continue;
+                }
+                if h.ptype == dst.resource_type && h.pid == dst.resource {
+                    continue;
+                }
+                let parts = scan_grant(&h.data);
+                let direct = match parts.as_ref() {
+                    Some(p) => match p.sources {
+                        None => true,
+                        Some(b) => is_direct(Some(&decode_sources(b, &h.external_id)?), s),
+                    },
+                    None => is_direct(decode_grant(&h.data, &h.external_id)?.sources.as_ref(), s),
+                };
+                if attr.shallow && !direct {
+                    continue;
+                }
+                // Advance the existing grants of D to this holder's principal.
+                while ex
+                    .peek()
+                    .is_some_and(|e| (e.ptype.as_str(), e.pid.as_str()) < (h.ptype.as_str(), h.pid.as_str()))
+                {
+                    ex.next();
+                }
+                let hit = match fresh.as_mut() {
+                    Some(f) if f.ptype == h.ptype && f.pid == h.pid => Some(f),
+                    _ => ex
+                        .peek_mut()
+                        .map(|e| &mut **e)
+                        .filter(|e| e.ptype == h.ptype && e.pid == h.pid),
+                };
+                match hit {
+                    Some(e) => {
+                        if let Some(new) = with_source(&e.data, &e.external_id, d, s, direct)? {
+                            self.conn
+                                .prepare_cached("UPDATE v1_grants SET data = ?1 WHERE id = ?2")?
+                                .execute(params![new, e.id])?;
+                            e.data = new; // a later holder row for the same principal sees it
+                            self.stats.grants_updated += 1;
+                            changed = true;
+                        }
+                    }
+                    None => {
+                        let gid = steward_model::ids::grant_id(d, &h.ptype, &h.pid);
+                        self.buf.clear();
+                        put_len_field(&mut self.buf, 1, &dst.bytes);
+                        match parts.as_ref() {
+                            Some(p) => {
+                                if let Some(pr) = p.principal {
+                                    put_len_field(&mut self.buf, 2, pr);
+                                }
+                            }
+                            None => {
+                                if let Some(pr) = decode_grant(&h.data, &h.external_id)?.principal {
+                                    put_len_field(&mut self.buf, 2, &pr.encode_to_vec());
+                                }
+                            }
+                        }
+                        put_len_field(&mut self.buf, 3, gid.as_bytes());
+                        self.buf.extend_from_slice(&self.immutable);
+                        self.buf
+                            .extend_from_slice(if direct { &src_direct } else { &src_indirect });
+                        self.conn
+                            .prepare_cached(
+                                "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id,
+                                   principal_resource_type_id, principal_resource_id, external_id, expansion,
+                                   needs_expansion, data, sync_id, discovered_at)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8, ?9)",
+                            )?
+                            .execute(params![
+                                dst.resource_type,
+                                dst.resource,
+                                d,
+                                h.ptype,
+                                h.pid,
+                                gid,
+                                self.buf,
+                                self.sync_id,
+                                self.discovered_at
+                            ])?;
+                        self.stats.grants_created += 1;
+                        changed = true;
+                        fresh = Some(Row {
+                            ptype: h.ptype.clone(),
+                            pid: h.pid.clone(),
+                            id: self.conn.last_insert_rowid(),
+                            external_id: gid,
+                            data: self.buf.clone(),
+                        });
+                    }
+                }
+            }
+            if holders.len() < PAGE as usize {
+                break;
+            }
+            let l = &holders[holders.len() - 1];
+            cursor = (l.ptype.clone(), l.pid.clone(), l.id);
+        }
+        self.existing = existing;
+        Ok(changed)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tarjan;
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use steward_model::builders::{self, ResourceBuilder};
+    use steward_model::pb::entitlement::PurposeValue;
 
     #[test]
     fn tarjan_finds_cycles() {
@@ -424,5 +695,70 @@ mod tests {
         assert_eq!(c[1], c[2]);
         assert_ne!(c[2], c[3]);
         assert_ne!(c[3], c[4]);
+    }
+
+    fn sample() -> (Entitlement, Grant) {
+        let g = ResourceBuilder::new("group", "g1", "G1").group().build();
+        let u = ResourceBuilder::new("user", "u1", "U1").build();
+        let e = builders::entitlement(&g, "member", "Member", PurposeValue::Assignment, &[]);
+        let grant = builders::grant(&e, &u);
+        (e, grant)
+    }
+
+    #[test]
+    fn assembled_grant_equals_encoded_message() {
+        let (e, holder) = sample();
+        let hb = holder.encode_to_vec();
+        let parts = scan_grant(&hb).unwrap();
+        let mut expect = Grant {
+            entitlement: Some(e.clone()),
+            principal: holder.principal.clone(),
+            id: "x:user:u1".into(),
+            annotations: Vec::new(),
+            sources: Some(GrantSources {
+                sources: [("s".to_owned(), GrantSource { is_direct: false })].into(),
+            }),
+        };
+        expect.annotations.push_msg(&GrantImmutable::default());
+        let mut tmpl = Grant::default();
+        tmpl.annotations.push_msg(&GrantImmutable::default());
+        let mut got = Vec::new();
+        put_len_field(&mut got, 1, &e.encode_to_vec());
+        put_len_field(&mut got, 2, parts.principal.unwrap());
+        put_len_field(&mut got, 3, b"x:user:u1");
+        got.extend_from_slice(&tmpl.encode_to_vec());
+        let srcs = expect.sources.clone().unwrap();
+        put_len_field(&mut got, 5, &srcs.encode_to_vec());
+        assert_eq!(got, expect.encode_to_vec());
+    }
+
+    #[test]
+    fn with_source_matches_full_decode() {
+        let (_, mut g) = sample();
+        // No sources: D first, then S.
+        let b = with_source(&g.encode_to_vec(), "id", "D", "S", false)
+            .unwrap()
+            .unwrap();
+        let got = Grant::decode(b.as_slice()).unwrap();
+        g.sources = Some(GrantSources {
+            sources: [
+                ("D".to_owned(), GrantSource { is_direct: true }),
+                ("S".to_owned(), GrantSource { is_direct: false }),
+            ]
+            .into(),
+        });
+        assert_eq!(got, g);
+        assert_eq!(b, g.encode_to_vec());
+        // Same again: nothing to change; upgrade to direct changes it.
+        assert!(with_source(&b, "id", "D", "S", false).unwrap().is_none());
+        let up = with_source(&b, "id", "D", "S", true).unwrap().unwrap();
+        let got = Grant::decode(up.as_slice()).unwrap();
+        assert!(got.sources.unwrap().sources["S"].is_direct);
+        // A non-canonical encoding (field 5 before field 3) takes the decode path and gives the same result.
+        let mut odd = Vec::new();
+        put_len_field(&mut odd, 5, &GrantSources::default().encode_to_vec());
+        odd.extend_from_slice(&sample().1.encode_to_vec());
+        assert!(scan_grant(&odd).is_none());
+        assert!(with_source(&odd, "id", "D", "S", false).unwrap().is_some());
     }
 }

@@ -2,9 +2,26 @@
 //!
 //! The database is unpacked into a private temporary directory that is removed when the reader is dropped
 //! (also on error paths: the `TempDir` owns it). Each reader has its own copy, so any number of readers
-//! may open the same file at once. Queries address one sync: by default the latest finished full sync
-//! (by `ended_at`), else the latest finished sync of any type; [`C1zReader::select_sync`] picks another.
-//! Listing queries are paged by row id: a page token is the last row id of the previous page.
+//! may open the same file at once. Listing queries are paged by row id: a page token is the last row id of
+//! the previous page.
+//!
+//! # Which rows a query sees
+//!
+//! * **Default view** (after [`C1zReader::open`]): the latest finished full sync (by `ended_at`) — the
+//!   *base* — overlaid with every finished `partial` sync that ended after it, oldest first. A partial
+//!   sync (what the CLI writes after provisioning to confirm a change) lists a few resources again with
+//!   their entitlements and grants; for each resource it lists, the resource row, its entitlements and
+//!   the grants on its entitlements come from the newest such partial sync and those of the base are
+//!   hidden. Everything else (other resources, resource types) comes from the base unchanged.
+//!   `partial_upserts`, `partial_deletions` and `resources_only` syncs are not overlaid. Expansion is not
+//!   recomputed across the overlay: a grant derived in the base through a resource the partial sync
+//!   changed (e.g. membership of a group nested in the changed group) stays as the base recorded it until
+//!   the next full sync.
+//! * Without a finished full sync, the latest finished sync of any type, alone.
+//! * **An explicit sync** ([`C1zReader::select_sync`]): exactly that sync's rows, no overlay.
+//!
+//! [`C1zReader::sync_id`] is the base sync (or the selected one); [`C1zReader::overlay_sync_ids`] lists
+//! the partial syncs laid over it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -119,8 +136,14 @@ pub struct C1zReader {
     db: PathBuf,
     conn: Connection,
     sync_id: Option<String>,
+    /// Partial syncs laid over `sync_id`, oldest first (empty: the sync alone).
+    overlay: Vec<String>,
     _dir: tempfile::TempDir,
 }
+
+/// The temp table mapping each resource a partial sync of the overlay lists (`type:id`) to the newest
+/// such sync.
+const COVER: &str = "temp.steward_overlay_cover";
 
 impl std::fmt::Debug for C1zReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,19 +196,74 @@ impl C1zReader {
                 )));
             }
         }
-        conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -32768;")?;
+        conn.execute_batch("PRAGMA cache_size = -32768;")?;
         let mut r = Self {
             path,
             db,
             conn,
             sync_id: None,
+            overlay: Vec::new(),
             _dir: dir,
         };
-        r.sync_id = r
-            .latest_finished_sync(Some(SyncType::Full))?
-            .or(r.latest_finished_sync(None)?)
-            .map(|s| s.sync_id);
+        match r.latest_finished_sync(Some(SyncType::Full))? {
+            Some(base) => {
+                r.sync_id = Some(base.sync_id.clone());
+                r.overlay = r.build_overlay(&base)?;
+            }
+            None => r.sync_id = r.latest_finished_sync(None)?.map(|s| s.sync_id),
+        }
+        r.conn.execute_batch("PRAGMA query_only = ON;")?;
         Ok(r)
+    }
+
+    /// Finds the finished partial syncs newer than `base` and records, for each resource they list, the
+    /// newest one (in a temp table of this reader's own connection).
+    fn build_overlay(&self, base: &SyncRun) -> Result<Vec<String>> {
+        let mut partials: Vec<SyncRun> = self
+            .sync_runs()?
+            .into_iter()
+            .filter(|r| SyncType::parse(&r.sync_type) == Some(SyncType::Partial))
+            .filter(|r| r.ended_at.is_some() && r.ended_at > base.ended_at)
+            .collect();
+        if partials.is_empty() {
+            return Ok(Vec::new());
+        }
+        partials.sort_by(|a, b| a.ended_at.cmp(&b.ended_at));
+        self.conn.execute_batch(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS steward_overlay_cover (k TEXT PRIMARY KEY, sync_id TEXT NOT NULL) WITHOUT ROWID;
+             DELETE FROM {COVER};"
+        ))?;
+        let mut st = self.conn.prepare(&format!(
+            "INSERT OR REPLACE INTO {COVER} (k, sync_id) SELECT external_id, sync_id FROM v1_resources WHERE sync_id = ?1"
+        ))?;
+        for p in &partials {
+            st.execute([&p.sync_id])?;
+        }
+        Ok(partials.into_iter().map(|p| p.sync_id).collect())
+    }
+
+    /// The partial syncs laid over [`sync_id`](Self::sync_id) in the default view, oldest first; empty
+    /// after [`select_sync`](Self::select_sync) or when there are none.
+    pub fn overlay_sync_ids(&self) -> &[String] {
+        &self.overlay
+    }
+
+    /// The SQL condition selecting the visible rows of `table` (aliased `t`), with the base sync id as
+    /// parameter `?1`.
+    fn visible(&self, table: &str) -> String {
+        if self.overlay.is_empty() || table == "v1_resource_types" {
+            return "t.sync_id = ?1".to_owned();
+        }
+        let key = if table == "v1_resources" {
+            "t.external_id"
+        } else {
+            "t.resource_type_id || ':' || t.resource_id"
+        };
+        format!(
+            "(CASE WHEN EXISTS (SELECT 1 FROM {COVER} c WHERE c.k = {key})
+                   THEN t.sync_id = (SELECT c.sync_id FROM {COVER} c WHERE c.k = {key})
+                   ELSE t.sync_id = ?1 END)"
+        )
     }
 
     /// The c1z file.
@@ -212,6 +290,7 @@ impl C1zReader {
             )));
         }
         self.sync_id = Some(sync_id.to_owned());
+        self.overlay.clear();
         Ok(())
     }
 
@@ -255,7 +334,10 @@ impl C1zReader {
                 .parse()
                 .map_err(|_| C1zError::NoSync(format!("invalid page token {:?}", page.token)))?
         };
-        let mut sql = format!("SELECT id, external_id, data FROM {table} WHERE sync_id = ?1 AND id > ?2");
+        let mut sql = format!(
+            "SELECT id, external_id, data FROM {table} t WHERE {} AND id > ?2",
+            self.visible(table)
+        );
         let mut args: Vec<SqlValue> = vec![SqlValue::Text(self.sid()?.to_owned()), SqlValue::Integer(after)];
         for (col, v) in filters {
             args.push(v.clone());
@@ -360,7 +442,8 @@ impl C1zReader {
         let bytes: Option<Vec<u8>> = self
             .conn
             .prepare_cached(&format!(
-                "SELECT data FROM {table} WHERE sync_id = ?1 AND external_id = ?2"
+                "SELECT data FROM {table} t WHERE external_id = ?2 AND {} LIMIT 1",
+                self.visible(table)
             ))?
             .query_row(params![self.sid()?, external_id], |r| r.get(0))
             .optional()?;
@@ -400,14 +483,15 @@ impl C1zReader {
         let sid = self.sid()?;
         let count = |t: &str| -> Result<u64> {
             Ok(self.conn.query_row(
-                &format!("SELECT count(*) FROM {t} WHERE sync_id = ?1"),
+                &format!("SELECT count(*) FROM {t} t WHERE {}", self.visible(t)),
                 [sid],
                 |r| r.get::<_, i64>(0),
             )? as u64)
         };
-        let mut st = self
-            .conn
-            .prepare("SELECT resource_type_id, count(*) FROM v1_resources WHERE sync_id = ?1 GROUP BY resource_type_id")?;
+        let mut st = self.conn.prepare(&format!(
+            "SELECT resource_type_id, count(*) FROM v1_resources t WHERE {} GROUP BY resource_type_id",
+            self.visible("v1_resources")
+        ))?;
         let by_type = st
             .query_map([sid], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))

@@ -3,7 +3,9 @@
 //! the widely installed `baton` CLI (SDK v0.7.27) knows and nothing more.
 //!
 //! Secondary indexes of the bulk tables are dropped while a sync loads and rebuilt at its end
-//! ([`BULK_INDEXES`]); the small tables keep theirs.
+//! ([`BULK_INDEXES`]); the small tables keep theirs, and so do the two partial indexes of `v1_grants`
+//! (only expandable grants enter them, so keeping them costs nothing during the load, while building
+//! them afterwards would cost a scan of the whole table each).
 
 /// Tables, and the indexes that always exist.
 pub const TABLES: &str = "
@@ -23,6 +25,8 @@ CREATE TABLE IF NOT EXISTS v1_grants (
   entitlement_id text not null, principal_resource_type_id text not null, principal_resource_id text not null,
   external_id text not null, expansion blob, needs_expansion integer not null default 0, data blob not null,
   sync_id text not null, discovered_at datetime not null);
+CREATE INDEX IF NOT EXISTS idx_grants_sync_expansion_v1 ON v1_grants (sync_id) WHERE expansion IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_grants_sync_needs_expansion_v1 ON v1_grants (sync_id) WHERE needs_expansion = 1;
 CREATE TABLE IF NOT EXISTS v1_sync_runs (
   id integer primary key, sync_id text not null, started_at datetime not null, ended_at datetime,
   sync_token text not null, sync_type text not null default 'full', parent_sync_id text not null default '',
@@ -104,17 +108,5 @@ pub const BULK_INDEXES: &[BulkIndex] = &[
         table: "v1_grants",
         unique: false,
         ddl: "CREATE INDEX IF NOT EXISTS idx_grants_entitlement_id_principal_id_v1 ON v1_grants (entitlement_id, principal_resource_type_id, principal_resource_id)",
-    },
-    BulkIndex {
-        name: "idx_grants_sync_expansion_v1",
-        table: "v1_grants",
-        unique: false,
-        ddl: "CREATE INDEX IF NOT EXISTS idx_grants_sync_expansion_v1 ON v1_grants (sync_id) WHERE expansion IS NOT NULL",
-    },
-    BulkIndex {
-        name: "idx_grants_sync_needs_expansion_v1",
-        table: "v1_grants",
-        unique: false,
-        ddl: "CREATE INDEX IF NOT EXISTS idx_grants_sync_needs_expansion_v1 ON v1_grants (sync_id) WHERE needs_expansion = 1",
     },
 ];

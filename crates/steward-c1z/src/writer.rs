@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use prost::Message;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, Resource, ResourceType};
 
@@ -90,6 +91,54 @@ struct Active {
     sync_type: SyncType,
 }
 
+/// Grant rows per multi-row `INSERT` (9 bound values each, plus the shared sync id and timestamp).
+const GRANT_BATCH: usize = 64;
+
+/// Grants waiting for their multi-row `INSERT`: every column's bytes in one buffer (no allocation per
+/// row), each row as the end offsets of its columns.
+#[derive(Default)]
+struct GrantBatch {
+    bytes: Vec<u8>,
+    rows: Vec<BatchRow>,
+}
+
+/// End offsets in [`GrantBatch::bytes`] of resource_type_id, resource_id, entitlement_id,
+/// principal_resource_type_id, principal_resource_id, external_id, expansion and data (each column
+/// starts where the previous one ends).
+struct BatchRow {
+    ends: [usize; 8],
+    has_expansion: bool,
+    needs_expansion: bool,
+}
+
+const GRANT_COLUMNS: &str =
+    "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
+   principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at) VALUES ";
+
+/// The `INSERT` of `n` grant rows: `?1` is the sync id, `?2` the timestamp, then 9 values per row.
+fn grant_insert_sql(n: usize) -> String {
+    let mut sql = String::from(GRANT_COLUMNS);
+    for i in 0..n {
+        let b = 3 + 9 * i;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(?{},?{},?{},?{},?{},?{},?{},?{},?{},?1,?2)",
+            b,
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8
+        ));
+    }
+    sql
+}
+
 /// Writes syncs into a c1z file. See the module docs for the life cycle.
 pub struct C1zWriter {
     target: PathBuf,
@@ -101,7 +150,9 @@ pub struct C1zWriter {
     uncommitted: u64,
     now: String,
     buf: Vec<u8>,
-    exp_buf: Vec<u8>,
+    batch: GrantBatch,
+    batch_sql: String,
+    one_grant_sql: String,
 }
 
 /// `<target>.wip`: the working database of a crash-safe writer (resumable).
@@ -218,7 +269,9 @@ impl C1zWriter {
             uncommitted: 0,
             now: timefmt::now_text(),
             buf: Vec::with_capacity(4096),
-            exp_buf: Vec::new(),
+            batch: GrantBatch::default(),
+            batch_sql: grant_insert_sql(GRANT_BATCH),
+            one_grant_sql: grant_insert_sql(1),
         })
     }
 
@@ -333,7 +386,58 @@ impl C1zWriter {
         Ok(())
     }
 
+    /// Inserts the batched grants: full batches with one multi-row statement, a remainder row by row.
+    fn flush_grants(&mut self) -> Result<()> {
+        if self.batch.rows.is_empty() {
+            return Ok(());
+        }
+        let sync_id = &self.active()?.sync_id;
+        let (bytes, rows) = (&self.batch.bytes, &self.batch.rows);
+        let mut start = 0usize;
+        let mut i = 0;
+        while i < rows.len() {
+            let n = if rows.len() - i >= GRANT_BATCH {
+                GRANT_BATCH
+            } else {
+                1
+            };
+            let sql = if n == GRANT_BATCH {
+                &self.batch_sql
+            } else {
+                &self.one_grant_sql
+            };
+            let mut st = self.conn.prepare_cached(sql)?;
+            st.raw_bind_parameter(1, sync_id)?;
+            st.raw_bind_parameter(2, &self.now)?;
+            for (j, row) in rows[i..i + n].iter().enumerate() {
+                let base = 3 + 9 * j;
+                let mut cols: [&[u8]; 8] = [&[]; 8];
+                for (k, c) in cols.iter_mut().enumerate() {
+                    *c = &bytes[start..row.ends[k]];
+                    start = row.ends[k];
+                }
+                for (k, c) in cols.iter().take(6).enumerate() {
+                    st.raw_bind_parameter(base + k, ToSqlOutput::Borrowed(ValueRef::Text(c)))?;
+                }
+                let exp = if row.has_expansion {
+                    ValueRef::Blob(cols[6])
+                } else {
+                    ValueRef::Null
+                };
+                st.raw_bind_parameter(base + 6, ToSqlOutput::Borrowed(exp))?;
+                st.raw_bind_parameter(base + 7, row.needs_expansion as i64)?;
+                st.raw_bind_parameter(base + 8, ToSqlOutput::Borrowed(ValueRef::Blob(cols[7])))?;
+            }
+            st.raw_execute()?;
+            i += n;
+        }
+        self.batch.rows.clear();
+        self.batch.bytes.clear();
+        Ok(())
+    }
+
     fn commit(&mut self) -> Result<()> {
+        self.flush_grants()?;
         if self.in_tx {
             self.conn.execute_batch("COMMIT")?;
             self.in_tx = false;
@@ -474,7 +578,23 @@ impl C1zWriter {
             .and_then(|p| p.id.as_ref())
             .ok_or_else(|| incomplete("principal.id"))?;
         self.before_write()?;
-        self.buf.clear();
+        self.active()?;
+        let b = &mut self.batch.bytes;
+        let mut ends = [0usize; 8];
+        for (k, v) in [
+            rid.resource_type.as_str(),
+            rid.resource.as_str(),
+            ent.id.as_str(),
+            pid.resource_type.as_str(),
+            pid.resource.as_str(),
+            g.id.as_str(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            b.extend_from_slice(v.as_bytes());
+            ends[k] = b.len();
+        }
         let mut needs_expansion = false;
         let mut has_expansion = false;
         if g.annotations.contains::<GrantExpandable>() {
@@ -482,36 +602,25 @@ impl C1zWriter {
             if let Some(ge) = owned.annotations.take::<GrantExpandable>()? {
                 needs_expansion = ge.entitlement_ids.iter().any(|s| !s.trim().is_empty());
                 if needs_expansion {
-                    self.exp_buf.clear();
-                    ge.encode_raw(&mut self.exp_buf);
+                    ge.encode_raw(b);
                     has_expansion = true;
                 }
             }
-            owned.encode_raw(&mut self.buf);
+            ends[6] = b.len();
+            owned.encode_raw(b);
         } else {
-            g.encode_raw(&mut self.buf);
+            ends[6] = b.len();
+            g.encode_raw(b);
         }
-        let id = &self.active()?.sync_id;
-        let expansion = has_expansion.then_some(self.exp_buf.as_slice());
-        self.conn
-            .prepare_cached(
-                "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
-                   principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                rid.resource_type,
-                rid.resource,
-                ent.id,
-                pid.resource_type,
-                pid.resource,
-                g.id,
-                expansion,
-                needs_expansion as i64,
-                self.buf,
-                id,
-                self.now
-            ])?;
+        ends[7] = b.len();
+        self.batch.rows.push(BatchRow {
+            ends,
+            has_expansion,
+            needs_expansion,
+        });
+        if self.batch.rows.len() >= GRANT_BATCH {
+            self.flush_grants()?;
+        }
         self.after_write()
     }
 

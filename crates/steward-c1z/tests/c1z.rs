@@ -534,3 +534,138 @@ fn concurrent_readers() {
     assert_eq!(dbs.len(), 8, "each reader has its own copy");
     assert!(dbs.iter().all(|d| !d.exists()));
 }
+
+fn grant_ids(r: &C1zReader, f: &GrantFilter) -> Vec<String> {
+    let mut ids = Vec::new();
+    r.for_each_grant(f, |g| {
+        ids.push(g.id);
+        Ok(())
+    })
+    .unwrap();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn default_view_overlays_newer_partial_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("overlay.c1z");
+    let t = nested();
+    write(&p, &t, WriterOptions::default(), true);
+    let full_id = C1zReader::open(&p).unwrap().sync_id().unwrap().to_owned();
+    let before = grant_ids(&C1zReader::open(&p).unwrap(), &GrantFilter::default());
+
+    // Provisioning changed g1: u1 was removed, u2 added. The partial sync lists g1 again (renamed too).
+    let mut g1 = t.resources[3].clone();
+    g1.display_name = "Group one".into();
+    let mut g1_member = t.ents[0].clone();
+    g1_member.resource = Some(g1.clone());
+    let mut w = C1zWriter::open(&p).unwrap();
+    let partial_id = w.begin_sync(SyncType::Partial).unwrap();
+    for x in &t.types {
+        w.put_resource_type(x).unwrap();
+    }
+    w.put_resource(&g1).unwrap();
+    w.put_entitlement(&g1_member).unwrap();
+    w.put_grant(&builders::grant(&g1_member, &t.resources[1]))
+        .unwrap();
+    w.end_sync().unwrap();
+    w.finish().unwrap();
+
+    let r = C1zReader::open(&p).unwrap();
+    assert_eq!(r.sync_id(), Some(full_id.as_str()), "the base is the full sync");
+    assert_eq!(r.overlay_sync_ids(), std::slice::from_ref(&partial_id));
+    let g1_grants = grant_ids(
+        &r,
+        &GrantFilter {
+            entitlement_id: Some("group:g1:member".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(g1_grants, ["group:g1:member:user:u2"]);
+    assert!(
+        r.grant("group:g1:member:user:u1").unwrap().is_none(),
+        "removed grant hidden"
+    );
+    let u2g1 = r
+        .grant("group:g1:member:user:u2")
+        .unwrap()
+        .expect("added grant shown");
+    assert_eq!(
+        u2g1.entitlement.unwrap().resource.unwrap().display_name,
+        "Group one"
+    );
+    assert_eq!(
+        r.resource(&ResourceId::new("group", "g1"))
+            .unwrap()
+            .unwrap()
+            .display_name,
+        "Group one"
+    );
+    // Other resources are the full sync's, rows and counts alike.
+    let mut expect: Vec<String> = before
+        .iter()
+        .filter(|id| !id.starts_with("group:g1:"))
+        .cloned()
+        .chain(["group:g1:member:user:u2".to_owned()])
+        .collect();
+    expect.sort();
+    assert_eq!(grant_ids(&r, &GrantFilter::default()), expect);
+    assert!(r.grant("group:g3:member:user:u3").unwrap().is_some());
+    assert_eq!(
+        r.resource(&ResourceId::new("user", "u1")).unwrap().unwrap(),
+        t.resources[0]
+    );
+    let st = r.stats().unwrap();
+    assert_eq!(st.grants, expect.len() as u64);
+    assert_eq!(st.resources_by_type.get("group"), Some(&3));
+    assert_eq!(st.resources_by_type.get("user"), Some(&3));
+    assert_eq!(st.entitlements, 3);
+    assert_eq!(st.resource_types, 2);
+    let mut all_res = Vec::new();
+    let page = r
+        .resources(&ResourceFilter::default(), &PageRequest::first(100))
+        .unwrap();
+    all_res.extend(page.items.into_iter().map(|x| x.display_name));
+    all_res.sort();
+    assert_eq!(
+        all_res,
+        [
+            "Group g2",
+            "Group g3",
+            "Group one",
+            "User u1",
+            "User u2",
+            "User u3"
+        ]
+    );
+    let ents = r
+        .entitlements(&EntitlementFilter::default(), &PageRequest::first(100))
+        .unwrap();
+    assert_eq!(ents.items.len(), 3);
+    assert!(
+        r.access(&ResourceId::new("user", "u2"))
+            .unwrap()
+            .iter()
+            .any(|a| a.grant.id == "group:g1:member:user:u2")
+    );
+
+    // An explicit sync id reads exactly that sync.
+    let mut r = C1zReader::open(&p).unwrap();
+    r.select_sync(&full_id).unwrap();
+    assert!(r.overlay_sync_ids().is_empty());
+    assert_eq!(grant_ids(&r, &GrantFilter::default()), before);
+    r.select_sync(&partial_id).unwrap();
+    assert_eq!(
+        grant_ids(&r, &GrantFilter::default()),
+        ["group:g1:member:user:u2"]
+    );
+    assert_eq!(r.stats().unwrap().resources_by_type.get("user"), None);
+
+    // A newer full sync is the whole truth again: the older partial sync is not laid over it.
+    write(&p, &t, WriterOptions::default(), false);
+    let r = C1zReader::open(&p).unwrap();
+    assert!(r.overlay_sync_ids().is_empty());
+    assert!(r.grant("group:g1:member:user:u1").unwrap().is_some());
+    assert!(r.grant("group:g1:member:user:u2").unwrap().is_none());
+}
