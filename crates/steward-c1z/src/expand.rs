@@ -15,14 +15,19 @@
 //!
 //! A principal is never given membership of itself (a group in a cycle with its own member groups).
 //!
-//! How it stays fast: an edge is applied a page of holders at a time (holders are read in principal order
-//! from the `(entitlement_id, principal)` index), and the grants of D for the same principal range are
-//! read with one range scan and merged against them, instead of one lookup per holder. Nothing is fully
-//! decoded on the common path: a holder's embedded principal and its `sources` are located by scanning
-//! the top-level protobuf fields, and a new grant's bytes are assembled from parts encoded once per edge
-//! (the target entitlement, the `GrantImmutable` annotation, the two possible `sources` values) plus the
-//! holder's principal bytes. The result is byte-for-byte what encoding the `Grant` message would give.
-//! Memory: edges, entitlement ids and one page of holders and of existing grants.
+//! How it is done (set-based, not row by row): the grants of every entitlement that is an end of an edge
+//! are read once (one pass over the table when many entitlements take part, else one index range each)
+//! into memory as (entitlement, principal) → (row id, sources), with principals and entitlement names
+//! interned; the edges are then applied in memory; finally the new grants are inserted in creation order
+//! and the changed ones updated in row order. When the new grants are many (at least 20,000 and a quarter of
+//! the table), the non-unique grant indexes are dropped while they go in and built again afterwards (one
+//! sort each is cheaper than that many random inserts into 64 KiB index pages). Grants are not decoded on
+//! the common path: the embedded principal and `sources` are located by scanning the top-level protobuf
+//! fields, and a new grant's bytes are assembled from the target entitlement (encoded once), the principal
+//! as embedded in the first of its grants read, the id, the `GrantImmutable` annotation and the sources —
+//! byte-for-byte what encoding the `Grant` message gives (unusual encodings fall back to a full decode).
+//! Memory: the grants of the entitlements taking part (ids, sources and one copy of each principal's
+//! bytes), not the rest of the sync.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -33,11 +38,13 @@ use steward_model::pb::grant_sources::GrantSource;
 use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, GrantImmutable, GrantSources};
 
 use crate::error::{C1zError, Result};
+use crate::schema::BULK_INDEXES;
 
 /// Baton's maximum expansion depth.
 pub const DEFAULT_MAX_DEPTH: usize = 20;
-/// Holders read per page.
-const PAGE: i64 = 8192;
+/// From this many new grants on (and at least a quarter of the table), the non-unique grant indexes are
+/// dropped while they are inserted and built again afterwards.
+const REBUILD_MIN_ROWS: i64 = 20_000;
 
 /// What an expansion did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,8 +73,6 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
     if edges.is_empty() {
         return Ok(ExpandStats::default());
     }
-    let mut x = Expander::new(conn, sync_id)?;
-    x.stats.edges = edges.len() as u64;
 
     // Node numbering (sorted, so that runs are deterministic).
     let names: Vec<&String> = edges
@@ -82,6 +87,9 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
         adj[index[s]].push(index[d]);
     }
     let comp = tarjan(&adj);
+    let mut x = Expander::new(conn, sync_id, &names);
+    x.stats.edges = edges.len() as u64;
+    x.load()?;
     let ncomp = comp.iter().copied().max().map_or(0, |m| m + 1);
 
     // Condensed DAG, depth = longest path from a root.
@@ -118,14 +126,15 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
     order.sort_by_key(|&c| depth[c]); // a valid topological order (depths strictly increase along edges)
 
     // Edges grouped by target component: incoming cross edges first, then the cycle's inner edges.
-    let mut incoming: Vec<Vec<(&String, &String, &EdgeAttr)>> = vec![Vec::new(); ncomp];
-    let mut inner: Vec<Vec<(&String, &String, &EdgeAttr)>> = vec![Vec::new(); ncomp];
+    let mut incoming: Vec<Vec<(u32, u32, &EdgeAttr)>> = vec![Vec::new(); ncomp];
+    let mut inner: Vec<Vec<(u32, u32, &EdgeAttr)>> = vec![Vec::new(); ncomp];
     for ((s, d), a) in &edges {
-        let (cs, cd) = (comp[index[s]], comp[index[d]]);
+        let (is, id) = (index[s], index[d]);
+        let (cs, cd) = (comp[is], comp[id]);
         if cs == cd {
-            inner[cd].push((s, d, a))
+            inner[cd].push((is as u32, id as u32, a))
         } else {
-            incoming[cd].push((s, d, a))
+            incoming[cd].push((is as u32, id as u32, a))
         }
     }
     for c in order {
@@ -133,13 +142,13 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
             x.stats.edges_over_depth += (incoming[c].len() + inner[c].len()) as u64;
             continue;
         }
-        for (s, d, a) in &incoming[c] {
+        for &(s, d, a) in &incoming[c] {
             x.apply_edge(s, d, a)?;
         }
         // Inside a cycle, repeat until nothing changes: everyone ends up holding every member.
         for _ in 0..=members[c] {
             let mut changed = false;
-            for (s, d, a) in &inner[c] {
+            for &(s, d, a) in &inner[c] {
                 changed |= x.apply_edge(s, d, a)?;
             }
             if !changed {
@@ -147,6 +156,7 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
             }
         }
     }
+    x.write()?;
     if x.stats.edges_over_depth > 0 {
         tracing::warn!(
             sync_id,
@@ -351,57 +361,6 @@ fn decode_sources(bytes: &[u8], id: &str) -> Result<GrantSources> {
     })
 }
 
-/// Whether a grant with these sources holds entitlement `s` directly: no sources, or `s` among them.
-fn is_direct(sources: Option<&GrantSources>, s: &str) -> bool {
-    sources.is_none_or(|x| x.sources.is_empty() || x.sources.contains_key(s))
-}
-
-/// Adds `s` to the sources of a grant on `d` (after `d: direct` when they were empty) and upgrades a
-/// non-direct `s`. Returns whether anything changed.
-fn add_source(srcs: &mut GrantSources, d: &str, s: &str, direct: bool) -> bool {
-    let srcs = &mut srcs.sources;
-    let mut dirty = false;
-    if srcs.is_empty() {
-        srcs.insert(d.to_owned(), GrantSource { is_direct: true });
-        dirty = true;
-    }
-    match srcs.get_mut(s) {
-        None => {
-            srcs.insert(s.to_owned(), GrantSource { is_direct: direct });
-            dirty = true;
-        }
-        Some(src) if direct && !src.is_direct => {
-            src.is_direct = true;
-            dirty = true;
-        }
-        Some(_) => {}
-    }
-    dirty
-}
-
-/// The new bytes of grant `bytes` (id `id`, on `d`) with `s` added to its sources, or `None` when they
-/// already say so.
-fn with_source(bytes: &[u8], id: &str, d: &str, s: &str, direct: bool) -> Result<Option<Vec<u8>>> {
-    if let Some(parts) = scan_grant(bytes) {
-        let mut srcs = match parts.sources {
-            Some(b) => decode_sources(b, id)?,
-            None => GrantSources::default(),
-        };
-        if !add_source(&mut srcs, d, s, direct) {
-            return Ok(None);
-        }
-        let mut out = Vec::with_capacity(bytes.len() + 64);
-        out.extend_from_slice(&bytes[..parts.sources_at]);
-        put_len_field(&mut out, 5, &srcs.encode_to_vec());
-        return Ok(Some(out));
-    }
-    let mut g = decode_grant(bytes, id)?;
-    if !add_source(g.sources.get_or_insert_with(GrantSources::default), d, s, direct) {
-        return Ok(None);
-    }
-    Ok(Some(g.encode_to_vec()))
-}
-
 /// A target entitlement, encoded once.
 struct Target {
     /// `Entitlement` bytes.
@@ -410,56 +369,185 @@ struct Target {
     resource: String,
 }
 
-/// One grant read from the database: its principal, row id, external id and bytes.
-struct Row {
+/// A principal seen in a grant of an entitlement that takes part in expansion.
+struct Principal {
     ptype: String,
     pid: String,
-    id: i64,
-    external_id: String,
-    data: Vec<u8>,
+    /// The `principal` message as embedded in its first grant (copied into derived grants).
+    bytes: Option<Vec<u8>>,
 }
 
+/// One principal's grant on one entitlement, in memory while expanding.
+struct Held {
+    /// Its row id; 0 for a grant expansion creates.
+    row: i64,
+    /// Its sources as (entitlement name id, is_direct); empty = no sources.
+    sources: Vec<(u32, bool)>,
+    /// Whether the row must be written.
+    dirty: bool,
+}
+
+/// Adds `s` to sources of a grant on `d` (after `d: direct` when they were empty) and upgrades a
+/// non-direct `s`. Returns whether anything changed.
+fn add_source_ids(srcs: &mut Vec<(u32, bool)>, d: u32, s: u32, direct: bool) -> bool {
+    let mut dirty = false;
+    if srcs.is_empty() {
+        srcs.push((d, true));
+        dirty = true;
+    }
+    match srcs.iter_mut().find(|(k, _)| *k == s) {
+        None => {
+            srcs.push((s, direct));
+            dirty = true;
+        }
+        Some(src) if direct && !src.1 => {
+            src.1 = true;
+            dirty = true;
+        }
+        Some(_) => {}
+    }
+    dirty
+}
+
+/// The expansion state: every grant of the entitlements that take part, keyed by interned ids.
 struct Expander<'c> {
     conn: &'c Connection,
     sync_id: &'c str,
-    discovered_at: String,
-    targets: HashMap<String, Option<Rc<Target>>>,
-    /// Field 4 of a derived grant: one `Any` holding an empty `GrantImmutable`.
-    immutable: Vec<u8>,
+    /// Entitlement names; ids `0..nodes` are the graph's nodes, later ones only appear in sources.
+    names: Vec<String>,
+    name_ids: HashMap<String, u32>,
+    principals: Vec<Principal>,
+    principal_ids: HashMap<(String, String), u32>,
+    /// Per node: its holders by principal id.
+    held: Vec<BTreeMap<u32, Held>>,
+    /// Grants created, in creation order: (node, principal).
+    created: Vec<(u32, u32)>,
+    targets: HashMap<u32, Option<Rc<Target>>>,
     stats: ExpandStats,
-    buf: Vec<u8>,
-    existing: Vec<Row>,
 }
 
 impl<'c> Expander<'c> {
-    fn new(conn: &'c Connection, sync_id: &'c str) -> Result<Self> {
-        let discovered_at: String = conn
-            .query_row(
-                "SELECT started_at FROM v1_sync_runs WHERE sync_id = ?1",
-                [sync_id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| C1zError::NoSync(format!("sync {sync_id} is not in the file")))?;
-        let mut tmpl = Grant::default();
-        tmpl.annotations.push_msg(&GrantImmutable::default());
-        Ok(Self {
+    fn new(conn: &'c Connection, sync_id: &'c str, nodes: &[&String]) -> Self {
+        let names: Vec<String> = nodes.iter().map(|n| (*n).clone()).collect();
+        let name_ids = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        Self {
             conn,
             sync_id,
-            discovered_at,
+            held: (0..names.len()).map(|_| BTreeMap::new()).collect(),
+            names,
+            name_ids,
+            principals: Vec::new(),
+            principal_ids: HashMap::new(),
+            created: Vec::new(),
             targets: HashMap::new(),
-            immutable: tmpl.encode_to_vec(),
             stats: ExpandStats::default(),
-            buf: Vec::with_capacity(4096),
-            existing: Vec::new(),
-        })
+        }
     }
 
-    /// The entitlement `id` from `v1_entitlements`, else as embedded in one of its grants.
-    fn target(&mut self, id: &str) -> Result<Option<Rc<Target>>> {
-        if let Some(t) = self.targets.get(id) {
+    fn name_id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.name_ids.get(name) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.to_owned());
+        self.name_ids.insert(name.to_owned(), i);
+        i
+    }
+
+    /// Reads every grant of the sync whose entitlement is a node: one pass over the table when many
+    /// entitlements take part, else one index range per entitlement.
+    fn load(&mut self) -> Result<()> {
+        const COLS: &str = "SELECT id, entitlement_id, principal_resource_type_id, principal_resource_id, external_id, data FROM v1_grants";
+        let nodes = self.held.len();
+        if nodes > 256 {
+            let mut st = self.conn.prepare(&format!("{COLS} WHERE sync_id = ?1"))?;
+            let mut rows = st.query([self.sync_id])?;
+            while let Some(r) = rows.next()? {
+                let Ok(ent) = r.get_ref(1)?.as_str() else { continue };
+                let Some(&node) = self.name_ids.get(ent) else {
+                    continue;
+                };
+                if (node as usize) < nodes {
+                    self.add_row(node, r)?;
+                }
+            }
+        } else {
+            let mut st = self.conn.prepare(&format!(
+                "{COLS} WHERE entitlement_id = ?1 AND sync_id = ?2 ORDER BY id"
+            ))?;
+            for node in 0..nodes as u32 {
+                let mut rows = st.query(params![self.names[node as usize], self.sync_id])?;
+                while let Some(r) = rows.next()? {
+                    self.add_row(node, r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_row(&mut self, node: u32, r: &rusqlite::Row<'_>) -> Result<()> {
+        let row: i64 = r.get(0)?;
+        let ptype = r.get_ref(2)?.as_str().unwrap_or_default();
+        let pid = r.get_ref(3)?.as_str().unwrap_or_default();
+        let data = r.get_ref(5)?.as_blob().unwrap_or_default();
+        let key = (ptype.to_owned(), pid.to_owned());
+        let p = match self.principal_ids.get(&key) {
+            Some(&p) => p,
+            None => {
+                let p = self.principals.len() as u32;
+                self.principals.push(Principal {
+                    ptype: key.0.clone(),
+                    pid: key.1.clone(),
+                    bytes: None,
+                });
+                self.principal_ids.insert(key, p);
+                p
+            }
+        };
+        let (principal, sources) = match scan_grant(data) {
+            Some(parts) => {
+                let srcs = match parts.sources {
+                    Some(b) => Some(decode_sources(b, &r.get::<_, String>(4)?)?),
+                    None => None,
+                };
+                (parts.principal.map(<[u8]>::to_vec), srcs)
+            }
+            None => {
+                let g = decode_grant(data, &r.get::<_, String>(4)?)?;
+                (g.principal.map(|x| x.encode_to_vec()), g.sources)
+            }
+        };
+        let slot = &mut self.principals[p as usize].bytes;
+        if slot.is_none() {
+            *slot = principal;
+        }
+        let sources = sources
+            .map(|x| {
+                x.sources
+                    .into_iter()
+                    .map(|(k, v)| (self.name_id(&k), v.is_direct))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Duplicate principals on one entitlement (different grant ids): the first row stands for both.
+        self.held[node as usize].entry(p).or_insert(Held {
+            row,
+            sources,
+            dirty: false,
+        });
+        Ok(())
+    }
+
+    /// The entitlement `node` from `v1_entitlements`, else as embedded in one of its grants.
+    fn target(&mut self, node: u32) -> Result<Option<Rc<Target>>> {
+        if let Some(t) = self.targets.get(&node) {
             return Ok(t.clone());
         }
+        let id = &self.names[node as usize];
         let bytes: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT data FROM v1_entitlements WHERE sync_id = ?1 AND external_id = ?2")?
@@ -469,7 +557,7 @@ impl<'c> Expander<'c> {
             Some(b) => Some(
                 Entitlement::decode(b.as_slice()).map_err(|source| C1zError::Decode {
                     table: "v1_entitlements",
-                    external_id: id.to_owned(),
+                    external_id: id.clone(),
                     source,
                 })?,
             ),
@@ -493,190 +581,173 @@ impl<'c> Expander<'c> {
                 resource: rid.resource,
             })
         });
-        self.targets.insert(id.to_owned(), t.clone());
+        self.targets.insert(node, t.clone());
         Ok(t)
     }
 
-    /// Grants of `ent` in principal order after `after` (type, id, row id), at most `limit`; or, with
-    /// `upto`, all of them up to and including that principal.
-    fn read_grants(
-        &self,
-        ent: &str,
-        after: (&str, &str, i64),
-        upto: Option<(&str, &str)>,
-        out: &mut Vec<Row>,
-    ) -> Result<()> {
-        out.clear();
-        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
-            Ok(Row {
-                ptype: r.get(0)?,
-                pid: r.get(1)?,
-                id: r.get(2)?,
-                external_id: r.get(3)?,
-                data: r.get(4)?,
-            })
-        };
-        const COLS: &str = "SELECT principal_resource_type_id, principal_resource_id, id, external_id, data
-             FROM v1_grants WHERE entitlement_id = ?1 AND sync_id = ?2
-               AND (principal_resource_type_id, principal_resource_id, id) > (?3, ?4, ?5)";
-        match upto {
-            None => {
-                let mut st = self.conn.prepare_cached(&format!(
-                    "{COLS} ORDER BY principal_resource_type_id, principal_resource_id, id LIMIT ?6"
-                ))?;
-                for r in st.query_map(params![ent, self.sync_id, after.0, after.1, after.2, PAGE], map)? {
-                    out.push(r?);
-                }
-            }
-            Some((t, p)) => {
-                let mut st = self.conn.prepare_cached(&format!(
-                    "{COLS} AND (principal_resource_type_id, principal_resource_id) <= (?6, ?7)
-                     ORDER BY principal_resource_type_id, principal_resource_id, id"
-                ))?;
-                for r in st.query_map(params![ent, self.sync_id, after.0, after.1, after.2, t, p], map)? {
-                    out.push(r?);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies S→D to every holder of S. Returns whether any grant was created or changed.
-    fn apply_edge(&mut self, s: &str, d: &str, attr: &EdgeAttr) -> Result<bool> {
+    /// Applies S→D to every holder of S, in memory. Returns whether any grant was created or changed.
+    fn apply_edge(&mut self, s: u32, d: u32, attr: &EdgeAttr) -> Result<bool> {
         let Some(dst) = self.target(d)? else {
             return Ok(false);
         };
-        // The two possible `sources` fields of a new grant, encoded once.
-        let sources_field = |direct: bool| {
-            let srcs = GrantSources {
-                sources: [(s.to_owned(), GrantSource { is_direct: direct })].into(),
-            };
-            let mut f = Vec::new();
-            put_len_field(&mut f, 5, &srcs.encode_to_vec());
-            f
-        };
-        let (src_direct, src_indirect) = (sources_field(true), sources_field(false));
+        let holders: Vec<(u32, bool)> = self.held[s as usize]
+            .iter()
+            .filter_map(|(&p, h)| {
+                let pr = &self.principals[p as usize];
+                if !attr.resource_type_ids.is_empty() && !attr.resource_type_ids.contains(&pr.ptype) {
+                    return None;
+                }
+                if pr.ptype == dst.resource_type && pr.pid == dst.resource {
+                    return None;
+                }
+                let direct = h.sources.is_empty() || h.sources.iter().any(|(k, _)| *k == s);
+                (!attr.shallow || direct).then_some((p, direct))
+            })
+            .collect();
         let mut changed = false;
-        let mut holders = Vec::new();
-        let mut existing = std::mem::take(&mut self.existing);
-        let mut cursor = (String::new(), String::new(), 0i64);
-        loop {
-            self.read_grants(s, (&cursor.0, &cursor.1, cursor.2), None, &mut holders)?;
-            let Some(last) = holders.last() else { break };
-            let (first, last_key) = (&holders[0], (last.ptype.clone(), last.pid.clone()));
-            // D's grants for the same principal range, merged against the holders below.
-            self.read_grants(
-                d,
-                (&first.ptype, &first.pid, -1),
-                Some((&last_key.0, &last_key.1)),
-                &mut existing,
-            )?;
-            let mut ex = existing.iter_mut().peekable();
-            // The grant created for the previous holder: two holder rows of one principal (duplicates under
-            // different ids) must not create two grants.
-            let mut fresh: Option<Row> = None;
-            for h in &holders {
-                if !attr.resource_type_ids.is_empty() && !attr.resource_type_ids.contains(&h.ptype) {
-                    continue;
-                }
-                if h.ptype == dst.resource_type && h.pid == dst.resource {
-                    continue;
-                }
-                let parts = scan_grant(&h.data);
-                let direct = match parts.as_ref() {
-                    Some(p) => match p.sources {
-                        None => true,
-                        Some(b) => is_direct(Some(&decode_sources(b, &h.external_id)?), s),
-                    },
-                    None => is_direct(decode_grant(&h.data, &h.external_id)?.sources.as_ref(), s),
-                };
-                if attr.shallow && !direct {
-                    continue;
-                }
-                // Advance the existing grants of D to this holder's principal.
-                while ex
-                    .peek()
-                    .is_some_and(|e| (e.ptype.as_str(), e.pid.as_str()) < (h.ptype.as_str(), h.pid.as_str()))
-                {
-                    ex.next();
-                }
-                let hit = match fresh.as_mut() {
-                    Some(f) if f.ptype == h.ptype && f.pid == h.pid => Some(f),
-                    _ => ex
-                        .peek_mut()
-                        .map(|e| &mut **e)
-                        .filter(|e| e.ptype == h.ptype && e.pid == h.pid),
-                };
-                match hit {
-                    Some(e) => {
-                        if let Some(new) = with_source(&e.data, &e.external_id, d, s, direct)? {
-                            self.conn
-                                .prepare_cached("UPDATE v1_grants SET data = ?1 WHERE id = ?2")?
-                                .execute(params![new, e.id])?;
-                            e.data = new; // a later holder row for the same principal sees it
+        let dmap = &mut self.held[d as usize];
+        for (p, direct) in holders {
+            match dmap.entry(p) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    let h = e.get_mut();
+                    if add_source_ids(&mut h.sources, d, s, direct) {
+                        if !h.dirty && h.row != 0 {
                             self.stats.grants_updated += 1;
-                            changed = true;
                         }
-                    }
-                    None => {
-                        let gid = steward_model::ids::grant_id(d, &h.ptype, &h.pid);
-                        self.buf.clear();
-                        put_len_field(&mut self.buf, 1, &dst.bytes);
-                        match parts.as_ref() {
-                            Some(p) => {
-                                if let Some(pr) = p.principal {
-                                    put_len_field(&mut self.buf, 2, pr);
-                                }
-                            }
-                            None => {
-                                if let Some(pr) = decode_grant(&h.data, &h.external_id)?.principal {
-                                    put_len_field(&mut self.buf, 2, &pr.encode_to_vec());
-                                }
-                            }
-                        }
-                        put_len_field(&mut self.buf, 3, gid.as_bytes());
-                        self.buf.extend_from_slice(&self.immutable);
-                        self.buf
-                            .extend_from_slice(if direct { &src_direct } else { &src_indirect });
-                        self.conn
-                            .prepare_cached(
-                                "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id,
-                                   principal_resource_type_id, principal_resource_id, external_id, expansion,
-                                   needs_expansion, data, sync_id, discovered_at)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8, ?9)",
-                            )?
-                            .execute(params![
-                                dst.resource_type,
-                                dst.resource,
-                                d,
-                                h.ptype,
-                                h.pid,
-                                gid,
-                                self.buf,
-                                self.sync_id,
-                                self.discovered_at
-                            ])?;
-                        self.stats.grants_created += 1;
+                        h.dirty = true;
                         changed = true;
-                        fresh = Some(Row {
-                            ptype: h.ptype.clone(),
-                            pid: h.pid.clone(),
-                            id: self.conn.last_insert_rowid(),
-                            external_id: gid,
-                            data: self.buf.clone(),
-                        });
                     }
                 }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Held {
+                        row: 0,
+                        sources: vec![(s, direct)],
+                        dirty: true,
+                    });
+                    self.created.push((d, p));
+                    self.stats.grants_created += 1;
+                    changed = true;
+                }
             }
-            if holders.len() < PAGE as usize {
-                break;
-            }
-            let l = &holders[holders.len() - 1];
-            cursor = (l.ptype.clone(), l.pid.clone(), l.id);
         }
-        self.existing = existing;
         Ok(changed)
     }
+
+    fn sources_msg(&self, srcs: &[(u32, bool)]) -> GrantSources {
+        GrantSources {
+            sources: srcs
+                .iter()
+                .map(|&(k, v)| (self.names[k as usize].clone(), GrantSource { is_direct: v }))
+                .collect(),
+        }
+    }
+
+    /// Writes the created grants (in creation order) and the changed ones (in row order).
+    fn write(&mut self) -> Result<()> {
+        let discovered_at: String = self
+            .conn
+            .query_row(
+                "SELECT started_at FROM v1_sync_runs WHERE sync_id = ?1",
+                [self.sync_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| C1zError::NoSync(format!("sync {} is not in the file", self.sync_id)))?;
+        let mut tmpl = Grant::default();
+        tmpl.annotations.push_msg(&GrantImmutable::default());
+        let immutable = tmpl.encode_to_vec();
+        // Many new rows: inserting them into the non-unique grant indexes one by one costs more (random
+        // inserts into large pages) than building those indexes again with one sort each.
+        let rows: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(id), 0) FROM v1_grants", [], |r| r.get(0))?;
+        let n = self.created.len() as i64;
+        let mut dropped = Vec::new();
+        if n >= REBUILD_MIN_ROWS && n * 4 >= rows {
+            for idx in BULK_INDEXES
+                .iter()
+                .filter(|i| i.table == "v1_grants" && !i.unique)
+            {
+                let exists = self
+                    .conn
+                    .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?
+                    .exists([idx.name])?;
+                if exists {
+                    self.conn.execute_batch(&format!("DROP INDEX {}", idx.name))?;
+                    dropped.push(idx);
+                }
+            }
+        }
+        let mut buf = Vec::with_capacity(4096);
+        let mut ins = self.conn.prepare_cached(
+            "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
+               principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8, ?9)",
+        )?;
+        for &(d, p) in &self.created {
+            let (Some(Some(dst)), Some(h)) = (self.targets.get(&d), self.held[d as usize].get(&p)) else {
+                continue;
+            };
+            let pr = &self.principals[p as usize];
+            let dname = &self.names[d as usize];
+            let gid = steward_model::ids::grant_id(dname, &pr.ptype, &pr.pid);
+            buf.clear();
+            put_len_field(&mut buf, 1, &dst.bytes);
+            if let Some(b) = &pr.bytes {
+                put_len_field(&mut buf, 2, b);
+            }
+            put_len_field(&mut buf, 3, gid.as_bytes());
+            buf.extend_from_slice(&immutable);
+            put_len_field(&mut buf, 5, &self.sources_msg(&h.sources).encode_to_vec());
+            ins.execute(params![
+                dst.resource_type,
+                dst.resource,
+                dname,
+                pr.ptype,
+                pr.pid,
+                gid,
+                buf,
+                self.sync_id,
+                discovered_at
+            ])?;
+        }
+        let mut changed: Vec<(i64, GrantSources)> = self
+            .held
+            .iter()
+            .flat_map(|m| m.values())
+            .filter(|h| h.dirty && h.row != 0)
+            .map(|h| (h.row, self.sources_msg(&h.sources)))
+            .collect();
+        changed.sort_by_key(|c| c.0);
+        let mut get = self
+            .conn
+            .prepare_cached("SELECT external_id, data FROM v1_grants WHERE id = ?1")?;
+        let mut upd = self
+            .conn
+            .prepare_cached("UPDATE v1_grants SET data = ?1 WHERE id = ?2")?;
+        for (row, srcs) in changed {
+            let (eid, data): (String, Vec<u8>) = get.query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let new = replace_sources(&data, &eid, srcs)?;
+            upd.execute(params![new, row])?;
+        }
+        for idx in dropped {
+            self.conn.execute_batch(idx.ddl)?;
+        }
+        Ok(())
+    }
+}
+
+/// `bytes` (an encoded grant) with its sources replaced by `srcs`.
+fn replace_sources(bytes: &[u8], id: &str, srcs: GrantSources) -> Result<Vec<u8>> {
+    if let Some(parts) = scan_grant(bytes) {
+        let mut out = Vec::with_capacity(bytes.len() + 64);
+        out.extend_from_slice(&bytes[..parts.sources_at]);
+        put_len_field(&mut out, 5, &srcs.encode_to_vec());
+        return Ok(out);
+    }
+    let mut g = decode_grant(bytes, id)?;
+    g.sources = Some(srcs);
+    Ok(g.encode_to_vec())
 }
 
 #[cfg(test)]
@@ -733,32 +804,33 @@ mod tests {
     }
 
     #[test]
-    fn with_source_matches_full_decode() {
+    fn sources_are_added_and_replaced_like_a_full_decode() {
+        // No sources: D first, then S; the same again changes nothing; an upgrade to direct does.
+        let mut srcs = Vec::new();
+        assert!(add_source_ids(&mut srcs, 7, 3, false));
+        assert_eq!(srcs, [(7, true), (3, false)]);
+        assert!(!add_source_ids(&mut srcs, 7, 3, false));
+        assert!(add_source_ids(&mut srcs, 7, 3, true));
+        assert_eq!(srcs, [(7, true), (3, true)]);
+
         let (_, mut g) = sample();
-        // No sources: D first, then S.
-        let b = with_source(&g.encode_to_vec(), "id", "D", "S", false)
-            .unwrap()
-            .unwrap();
-        let got = Grant::decode(b.as_slice()).unwrap();
-        g.sources = Some(GrantSources {
+        let new = GrantSources {
             sources: [
                 ("D".to_owned(), GrantSource { is_direct: true }),
                 ("S".to_owned(), GrantSource { is_direct: false }),
             ]
             .into(),
-        });
-        assert_eq!(got, g);
-        assert_eq!(b, g.encode_to_vec());
-        // Same again: nothing to change; upgrade to direct changes it.
-        assert!(with_source(&b, "id", "D", "S", false).unwrap().is_none());
-        let up = with_source(&b, "id", "D", "S", true).unwrap().unwrap();
-        let got = Grant::decode(up.as_slice()).unwrap();
-        assert!(got.sources.unwrap().sources["S"].is_direct);
-        // A non-canonical encoding (field 5 before field 3) takes the decode path and gives the same result.
+        };
+        let b = replace_sources(&g.encode_to_vec(), "id", new.clone()).unwrap();
+        g.sources = Some(new.clone());
+        assert_eq!(b, g.encode_to_vec(), "spliced bytes equal the encoded message");
+        // Replacing existing sources again gives the same bytes.
+        assert_eq!(replace_sources(&b, "id", new.clone()).unwrap(), b);
+        // A non-canonical encoding (field 5 before field 3) takes the decode path.
         let mut odd = Vec::new();
         put_len_field(&mut odd, 5, &GrantSources::default().encode_to_vec());
         odd.extend_from_slice(&sample().1.encode_to_vec());
         assert!(scan_grant(&odd).is_none());
-        assert!(with_source(&odd, "id", "D", "S", false).unwrap().is_some());
+        assert_eq!(replace_sources(&odd, "id", new).unwrap(), b);
     }
 }

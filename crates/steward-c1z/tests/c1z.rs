@@ -669,3 +669,93 @@ fn default_view_overlays_newer_partial_syncs() {
     assert!(r.grant("group:g1:member:user:u1").unwrap().is_some());
     assert!(r.grant("group:g1:member:user:u2").unwrap().is_none());
 }
+
+/// Many edges (the whole-table load) and many new grants (indexes dropped and rebuilt around the inserts).
+#[test]
+fn large_expansion_matches_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let ut = builders::resource_type("user", "User", &[Trait::User]);
+    let gt = builders::resource_type("group", "Group", &[Trait::Group]);
+    let root = group("root");
+    let root_member = builders::entitlement(&root, "member", "m", PurposeValue::Assignment, &[]);
+    let groups: Vec<Resource> = (0..300).map(|i| group(&format!("s{i:03}"))).collect();
+    let ents: Vec<Entitlement> = groups
+        .iter()
+        .map(|g| builders::entitlement(g, "member", "m", PurposeValue::Assignment, &[]))
+        .collect();
+    let mut users = Vec::new();
+    let mut grants = Vec::new();
+    for (i, (g, e)) in groups.iter().zip(&ents).enumerate() {
+        grants.push(builders::expandable(builders::grant(&root_member, g), &[&e.id]));
+        for j in 0..70 {
+            let u = user(&format!("u{i:03}-{j:02}"));
+            grants.push(builders::grant(e, &u));
+            users.push(u);
+        }
+    }
+    // u000-00 also holds root directly; u000-01 is in two member groups.
+    grants.push(builders::grant(&root_member, &users[0]));
+    grants.push(builders::grant(&ents[1], &users[1]));
+    let t = Tenant {
+        types: vec![ut, gt],
+        resources: [vec![root], groups, users].concat(),
+        ents: [vec![root_member], ents].concat(),
+        grants,
+    };
+    let p = dir.path().join("large.c1z");
+    let rep = write(&p, &t, WriterOptions::default(), true);
+    assert_eq!(rep.expansion.edges, 300);
+    assert_eq!(
+        rep.expansion.grants_created, 20_999,
+        "one grant on root per user without one"
+    );
+    assert_eq!(
+        rep.expansion.grants_updated, 1,
+        "u000-00's direct grant gains sources"
+    );
+
+    let r = C1zReader::open(&p).unwrap();
+    let g = r.grant("group:root:member:user:u005-07").unwrap().unwrap();
+    assert_eq!(sources(&g), vec![("group:s005:member".to_owned(), true)]);
+    assert!(g.annotations.contains::<GrantImmutable>());
+    assert_eq!(g.principal.unwrap().display_name, "User u005-07");
+    let two = r.grant("group:root:member:user:u000-01").unwrap().unwrap();
+    assert_eq!(
+        sources(&two),
+        vec![
+            ("group:s000:member".to_owned(), true),
+            ("group:s001:member".to_owned(), true)
+        ]
+    );
+    let direct = r.grant("group:root:member:user:u000-00").unwrap().unwrap();
+    assert_eq!(
+        sources(&direct),
+        vec![
+            ("group:root:member".to_owned(), true),
+            ("group:s000:member".to_owned(), true)
+        ]
+    );
+    let by_principal = r
+        .grants(
+            &GrantFilter {
+                principal: Some(ResourceId::new("user", "u005-07")),
+                ..Default::default()
+            },
+            &PageRequest::first(10),
+        )
+        .unwrap();
+    assert_eq!(by_principal.items.len(), 2);
+    assert_eq!(r.stats().unwrap().grants, 21_000 + 300 + 2 + 20_999);
+    // The indexes dropped for the inserts are back.
+    let c = Connection::open(r.db_path()).unwrap();
+    for idx in schema::BULK_INDEXES {
+        let n: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [idx.name],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "{} exists", idx.name);
+    }
+}
