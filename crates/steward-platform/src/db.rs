@@ -182,10 +182,42 @@ CREATE TABLE linked_entitlements (app_id TEXT NOT NULL, idp_entitlement_id TEXT 
   PRIMARY KEY (app_id, idp_entitlement_id))
 "#;
 
+const V2_COMMON: &str = r#"
+CREATE TABLE access_profiles (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE policies (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec TEXT NOT NULL, created_at TEXT NOT NULL,
+  updated_at TEXT NOT NULL);
+CREATE TABLE entitlement_rules (id TEXT PRIMARY KEY, app_id TEXT NOT NULL, spec TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE INDEX entitlement_rules_app ON entitlement_rules (app_id);
+CREATE TABLE requests (id TEXT PRIMARY KEY, requester_id TEXT NOT NULL, app_id TEXT NOT NULL, entitlement_id TEXT NOT NULL,
+  state TEXT NOT NULL, version BIGINT NOT NULL, body TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE INDEX requests_requester ON requests (requester_id, created_at);
+CREATE INDEX requests_state ON requests (state);
+CREATE TABLE approvals (request_id TEXT NOT NULL, step BIGINT NOT NULL, approver_id TEXT NOT NULL,
+  PRIMARY KEY (request_id, step, approver_id));
+CREATE INDEX approvals_approver ON approvals (approver_id);
+CREATE TABLE tasks (id TEXT PRIMARY KEY, kind TEXT NOT NULL, ref_id TEXT NOT NULL, payload TEXT NOT NULL,
+  run_at_s BIGINT NOT NULL, attempts BIGINT NOT NULL, state TEXT NOT NULL, lease_owner TEXT, lease_until_s BIGINT,
+  last_error TEXT, created_at TEXT NOT NULL);
+CREATE INDEX tasks_due ON tasks (state, run_at_s);
+CREATE TABLE audit_log (seq BIGINT PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+  target_type TEXT NOT NULL, target_id TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX audit_target ON audit_log (target_type, target_id);
+CREATE TABLE webhooks (id TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, format TEXT NOT NULL,
+  created_at TEXT NOT NULL)
+"#;
+
 /// The migrations, oldest first. Never edit one that has shipped: add a new one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "platform foundation: tokens, connectors, syncs, snapshot, identities, apps, linked entitlements",
-    sqlite: V1_COMMON,
-    postgres: V1_COMMON,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "platform foundation: tokens, connectors, syncs, snapshot, identities, apps, linked entitlements",
+        sqlite: V1_COMMON,
+        postgres: V1_COMMON,
+    },
+    Migration {
+        version: 2,
+        name: "access requests: profiles, policies, entitlement rules, requests, approvals, tasks, audit log, webhooks",
+        sqlite: V2_COMMON,
+        postgres: V2_COMMON,
+    },
+];

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod gov;
 pub mod ingest;
 pub mod model;
 pub mod store;
@@ -23,6 +24,8 @@ use tokio::sync::mpsc;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use crypto::MasterKey;
 pub use error::{PlatformError, Result};
+pub use gov::store::GovStore;
+pub use gov::types::*;
 pub use model::*;
 pub use store::{SqlStore, Store};
 
@@ -38,6 +41,10 @@ pub struct OpenOptions {
 /// The platform.
 pub struct Platform {
     store: Arc<dyn Store>,
+    gov: Arc<dyn GovStore>,
+    wake: Arc<tokio::sync::Notify>,
+    worker_id: String,
+    http: reqwest::Client,
     key: MasterKey,
     clock: Arc<dyn Clock>,
     work_dir: PathBuf,
@@ -88,8 +95,13 @@ impl Platform {
                 (t.path().to_owned(), Some(t))
             }
         };
+        let sql = SqlStore::new(db);
         Ok(Platform {
-            store: Arc::new(SqlStore::new(db)),
+            store: Arc::new(sql.clone()),
+            gov: Arc::new(sql),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            worker_id: uuid::Uuid::new_v4().to_string(),
+            http: reqwest::Client::new(),
             key,
             clock,
             work_dir,
@@ -264,6 +276,15 @@ impl Platform {
             })
             .await?;
         tracing::info!(id = %conn.id, kind = %conn.kind, name = %conn.name, "connector registered");
+        // Settings without secrets: `conn` never holds them.
+        self.audit_config(
+            a,
+            "connector.created",
+            "connector",
+            &conn.id,
+            serde_json::json!(conn),
+        )
+        .await?;
         Ok(conn)
     }
 
@@ -357,6 +378,11 @@ impl Platform {
                 self.store
                     .set_connector_status(&c.id, ConnectorStatus::Connected, None, Some((&rec.id, &at)))
                     .await?;
+                match self.check_drift(&c.id).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(connector = %c.id, requests = n, "drift: ended access is back"),
+                    Err(e) => tracing::warn!(connector = %c.id, error = %e, "drift check failed"),
+                }
                 Ok(rec)
             }
             Err(e) => {
@@ -374,16 +400,10 @@ impl Platform {
         }
     }
 
-    /// Runs the connector (Entra) against its settings and ingests the result. Returns when done.
-    pub async fn run_connector(&self, id: &str, source: &str) -> Result<SyncRecord> {
-        let row = self.connector_row(id).await?;
-        let c = row.connector;
-        if c.kind != "entra" {
-            return Err(PlatformError::Invalid(format!(
-                "{} connectors are synced by uploading a .c1z (POST /api/v1/connectors/{id}/syncs)",
-                c.kind
-            )));
-        }
+    /// The Entra connector configuration of a stored connector (secrets decrypted; provisioning on when its
+    /// `provisioning` setting is true).
+    pub(crate) fn entra_config(&self, row: &store::ConnectorRow) -> Result<steward_entra::EntraConfig> {
+        let c = &row.connector;
         let secrets: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&self.key.decrypt(&row.secrets_enc)?)
                 .map_err(|e| PlatformError::Crypto(e.to_string()))?;
@@ -412,6 +432,21 @@ impl Platform {
         cfg.mailbox_settings = flag("mailbox_settings");
         cfg.skip_p2 = flag("skip_p2");
         cfg.exclude_microsoft_apps = flag("exclude_microsoft_apps");
+        cfg.provisioning = flag("provisioning");
+        Ok(cfg)
+    }
+
+    /// Runs the connector (Entra) against its settings and ingests the result. Returns when done.
+    pub async fn run_connector(&self, id: &str, source: &str) -> Result<SyncRecord> {
+        let row = self.connector_row(id).await?;
+        let c = row.connector.clone();
+        if c.kind != "entra" {
+            return Err(PlatformError::Invalid(format!(
+                "{} connectors are synced by uploading a .c1z (POST /api/v1/connectors/{id}/syncs)",
+                c.kind
+            )));
+        }
+        let cfg = self.entra_config(&row)?;
         self.store
             .set_connector_status(id, ConnectorStatus::Syncing, None, None)
             .await?;
@@ -736,6 +771,8 @@ impl Platform {
             created_at: self.now(),
         };
         self.store.insert_app(&app).await?;
+        self.audit_config(a, "app.created", "app", &app.id, serde_json::json!(app))
+            .await?;
         self.store
             .insert_app_entitlement(
                 &app.id,
@@ -767,6 +804,8 @@ impl Platform {
         }
         let ents = self.idp_app_entitlements(&app).await?;
         self.store.manage_app(id, &owners, &ents).await?;
+        self.audit_config(a, "app.managed", "app", id, serde_json::json!({"owners": owners}))
+            .await?;
         self.app(a, id).await
     }
 
@@ -887,11 +926,15 @@ impl Platform {
                     .await?;
             }
         }
-        self.linked_entitlements(a, app_id)
+        let out = self
+            .linked_entitlements(a, app_id)
             .await?
             .into_iter()
             .find(|l| l.idp_entitlement_id == idp)
-            .ok_or_else(|| PlatformError::not_found("linked entitlement", idp))
+            .ok_or_else(|| PlatformError::not_found("linked entitlement", idp))?;
+        self.audit_config(a, "app.linked_entitlement", "app", app_id, serde_json::json!(out))
+            .await?;
+        Ok(out)
     }
 
     /// Bindings of an IdP entitlement, seen from the IdP side: (app id, action, name, app entitlement).

@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use steward_platform::*;
 use tokio::io::AsyncWriteExt;
 
+mod requests;
+
 /// Shared state of the server.
 #[derive(Clone)]
 pub struct AppState {
@@ -548,6 +550,153 @@ pub fn routes() -> Vec<RouteDef> {
             "Everything an identity holds, with paths",
             identity_access
         ),
+        r!(
+            get,
+            "/api/v1/access-profiles",
+            "any",
+            "Access profiles (everyone is built in)",
+            requests::list_profiles
+        ),
+        r!(
+            post,
+            "/api/v1/access-profiles",
+            "super_admin",
+            "Define a profile {name, kind: group, group} | {name, kind: attribute, attributes}",
+            requests::create_profile
+        ),
+        r!(
+            get,
+            "/api/v1/policies",
+            "any",
+            "Request policies",
+            requests::list_policies
+        ),
+        r!(
+            post,
+            "/api/v1/policies",
+            "super_admin",
+            "Create a policy {name, steps | rules, require_justification, max_duration, allow_self_approval, revoke_drift}",
+            requests::create_policy
+        ),
+        r!(
+            get,
+            "/api/v1/apps/{id}/entitlements",
+            "any",
+            "An app's entitlements (their ids are what requests name)",
+            requests::app_entitlements
+        ),
+        r!(
+            get,
+            "/api/v1/apps/{id}/entitlement-rules",
+            "any",
+            "What of the app is requestable, by whom, under which policy",
+            requests::list_rules
+        ),
+        r!(
+            post,
+            "/api/v1/apps/{id}/entitlement-rules",
+            "super_admin, app owner",
+            "Make entitlements requestable {enabled, resource_types | entitlements, access_profiles, policy, max_duration}",
+            requests::create_rule
+        ),
+        r!(
+            get,
+            "/api/v1/catalog",
+            "user token",
+            "What the caller may request, and why",
+            requests::catalog
+        ),
+        r!(
+            post,
+            "/api/v1/requests",
+            "user token",
+            "Request access {entitlement, app?, justification, duration}",
+            requests::create_request
+        ),
+        r!(
+            get,
+            "/api/v1/requests",
+            "any (users see their own)",
+            "Requests (mine=true, state, limit, page_token)",
+            requests::list_requests
+        ),
+        r!(
+            get,
+            "/api/v1/requests/{id}",
+            "requester, approvers, app owners, admins",
+            "A request with its steps, decisions and history",
+            requests::get_request
+        ),
+        r!(
+            post,
+            "/api/v1/requests/{id}/approve",
+            "a current approver",
+            "Approve the current step {comment?}",
+            requests::approve
+        ),
+        r!(
+            post,
+            "/api/v1/requests/{id}/deny",
+            "a current approver",
+            "Deny the request {comment?}",
+            requests::deny
+        ),
+        r!(
+            post,
+            "/api/v1/requests/{id}/cancel",
+            "requester",
+            "Withdraw a request before provisioning",
+            requests::cancel
+        ),
+        r!(
+            post,
+            "/api/v1/requests/{id}/retry",
+            "super_admin, app owner",
+            "Retry the provisioning of a failed request",
+            requests::retry
+        ),
+        r!(
+            post,
+            "/api/v1/requests/{id}/revoke",
+            "super_admin, app owner, requester",
+            "End provisioned access now (removed from the tenant)",
+            requests::revoke
+        ),
+        r!(
+            get,
+            "/api/v1/approvals",
+            "user token",
+            "Requests waiting for the caller's decision",
+            requests::approvals
+        ),
+        r!(
+            get,
+            "/api/v1/audit",
+            "super_admin",
+            "The audit log (action, actor, target_type, target_id, since, until; format=json|jsonl|csv)",
+            requests::audit
+        ),
+        r!(
+            get,
+            "/api/v1/audit/verify",
+            "super_admin",
+            "Check the audit log's hash chain",
+            requests::audit_verify
+        ),
+        r!(
+            get,
+            "/api/v1/webhooks",
+            "super_admin",
+            "Outbound webhooks",
+            requests::list_webhooks
+        ),
+        r!(
+            post,
+            "/api/v1/webhooks",
+            "super_admin",
+            "Add a webhook {url, events, format: slack|json}",
+            requests::create_webhook
+        ),
     ]
 }
 
@@ -670,7 +819,18 @@ pub async fn start(
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(Arc::clone(&platform));
     let sched = Arc::clone(&platform);
+    let worker = Arc::clone(&platform);
     let task = tokio::spawn(async move {
+        // The task worker: runs due tasks when woken by a write and at least every half second.
+        let wake = worker.wake_signal();
+        let work = tokio::spawn(async move {
+            loop {
+                if let Err(e) = worker.work().await {
+                    tracing::warn!(error = %e, "task worker");
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
+            }
+        });
         let ticker = tokio::spawn(async move {
             let mut iv = tokio::time::interval(Duration::from_secs(30));
             loop {
@@ -686,6 +846,8 @@ pub async fn start(
             })
             .await;
         ticker.abort();
+        work.abort();
+        let _ = work.await;
     });
     Ok(Server {
         addr,

@@ -914,3 +914,639 @@ async fn two_servers_share_one_postgres_database() {
     a.stop().await;
     b.stop().await;
 }
+
+// ---- Just-in-time access requests (issue 8) ----
+
+/// A platform synced from the emulator with one managed app whose first assigned group is a virtual role.
+struct Jit {
+    server: steward_server::Server,
+    api: Api,
+    admin: String,
+    clock: Arc<ManualClock>,
+    cid: String,
+    app: String,
+    access: String,
+    vr: String,
+    gid: uuid::Uuid,
+    sp: uuid::Uuid,
+}
+
+async fn sync_and_wait(api: &Api, admin: &str, cid: &str) {
+    let before = api.get(admin, &format!("/api/v1/connectors/{cid}/syncs")).await.1["items"]
+        .as_array()
+        .map_or(0, |a| a.len());
+    let (st, c) = api
+        .post(admin, &format!("/api/v1/connectors/{cid}/sync"), Value::Null)
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{c}");
+    for _ in 0..1200 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (_, s) = api.get(admin, &format!("/api/v1/connectors/{cid}/syncs")).await;
+        let items = s["items"].as_array().unwrap();
+        if items.len() > before && items[0]["status"] != "running" {
+            assert_eq!(items[0]["status"], "succeeded", "{s}");
+            return;
+        }
+    }
+    panic!("sync did not finish");
+}
+
+async fn jit_setup(env: &Env, r: &steward_sim::Ready) -> Jit {
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let server = steward_server::start(&env.opts, "127.0.0.1:0".parse().unwrap(), clock.clone())
+        .await
+        .unwrap();
+    let admin = server.bootstrap_token.clone().unwrap();
+    let api = Api::new(server.url());
+    let (st, c) = api
+        .post(&admin, "/api/v1/connectors", json!({"kind": "entra", "name": "Contoso", "settings": {
+            "entra_tenant_id": r.tenant_id, "entra_client_id": r.client_id, "entra_client_secret": r.client_secret,
+            "login_endpoint": r.login, "graph_endpoint": r.graph, "provisioning": true}}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    let cid = c["id"].as_str().unwrap().to_owned();
+    sync_and_wait(&api, &admin, &cid).await;
+    let (_, apps) = api.get(&admin, "/api/v1/apps?managed=false&limit=1000").await;
+    let mut chosen = None;
+    for a in apps["items"].as_array().unwrap() {
+        let id = a["id"].as_str().unwrap();
+        let (_, le) = api
+            .get(&admin, &format!("/api/v1/apps/{id}/linked-entitlements"))
+            .await;
+        if let Some(first) = le["items"].as_array().unwrap().first() {
+            chosen = Some((
+                id.to_owned(),
+                a["resource_id"].as_str().unwrap().to_owned(),
+                first["idp_entitlement_id"].as_str().unwrap().to_owned(),
+            ));
+            break;
+        }
+    }
+    let (app, sp, idp) = chosen.expect("an enterprise app with an assigned group");
+    let (st, m) = api
+        .post(&admin, &format!("/api/v1/apps/{app}/manage"), json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    let (st, l) = api
+        .post(
+            &admin,
+            &format!("/api/v1/apps/{app}/linked-entitlements/{idp}"),
+            json!({"action": "virtual_role", "name": "Members"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{l}");
+    let (_, ents) = api.get(&admin, &format!("/api/v1/apps/{app}/entitlements")).await;
+    let find = |kind: &str| {
+        ents["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} entitlement in {ents}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (access, vr) = (find("access"), find("virtual_role"));
+    let gid = idp
+        .strip_prefix("group:")
+        .and_then(|s| s.strip_suffix(":member"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    Jit {
+        server,
+        api,
+        admin,
+        clock,
+        cid,
+        app,
+        access,
+        vr,
+        gid,
+        sp: sp.parse().unwrap(),
+    }
+}
+
+fn in_group(sim: &steward_sim::Running, g: uuid::Uuid, u: uuid::Uuid) -> bool {
+    sim.sim.read().group(&g).is_some_and(|g| g.members.contains(&u))
+}
+
+fn assigned(sim: &steward_sim::Running, sp: uuid::Uuid, u: uuid::Uuid) -> bool {
+    sim.sim
+        .read()
+        .tenant
+        .app_role_assignments
+        .iter()
+        .any(|a| a.resource_id == sp && a.principal_id == u)
+}
+
+/// Enabled users with a manager who hold neither the group nor an assignment of the app.
+async fn fresh_users(j: &Jit, sim: &steward_sim::Running) -> Vec<(String, String)> {
+    let (_, ids) = j.api.get(&j.admin, "/api/v1/identities?limit=1000").await;
+    ids["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "user" && i["status"] == "enabled" && i["manager_id"].is_string())
+        .filter_map(|i| {
+            let id = i["id"].as_str()?;
+            let u: uuid::Uuid = id.parse().ok()?;
+            (!in_group(sim, j.gid, u) && !assigned(sim, j.sp, u))
+                .then(|| (id.to_owned(), i["manager_id"].as_str().unwrap().to_owned()))
+        })
+        .collect()
+}
+
+async fn user_token(j: &Jit, who: &str) -> String {
+    let (st, t) = j.api.post(&j.admin, "/api/v1/tokens", json!({"user": who})).await;
+    assert_eq!(st, StatusCode::CREATED, "{t}");
+    t["token"].as_str().unwrap().to_owned()
+}
+
+async fn wait_state(j: &Jit, tok: &str, id: &str, want: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        let (st, r) = j.api.get(tok, &format!("/api/v1/requests/{id}")).await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        if r["state"] == want {
+            return r;
+        }
+        last = r;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("request never reached {want}: {last:#}");
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn tamper_audit(env: &Env, seq: i64) {
+    use sqlx::Executor;
+    let sql = format!("UPDATE audit_log SET actor = 'mallory' WHERE seq = {seq}");
+    match &env.opts.db_url {
+        Some(u) => {
+            let p = sqlx::PgPool::connect(u).await.unwrap();
+            p.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+        }
+        None => {
+            let f = env.opts.data_dir.as_ref().unwrap().join("steward.db");
+            let p = sqlx::SqlitePool::connect(&format!("sqlite://{}", f.display()))
+                .await
+                .unwrap();
+            p.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+        }
+    }
+}
+
+async fn small_sim() -> (steward_sim::Running, tempfile::TempDir) {
+    let sim_dir = tempfile::tempdir().unwrap();
+    let sim = steward_sim::start(steward_sim::Options {
+        tenant: steward_sim::generate(steward_sim::Size::named("small").unwrap(), 7),
+        settings: Default::default(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: false,
+        proxy: None,
+        state_dir: sim_dir.path().to_owned(),
+    })
+    .await
+    .unwrap();
+    (sim, sim_dir)
+}
+
+/// The playbook: auto-approved requests for app access and a virtual role are provisioned in the emulated
+/// tenant, confirmed by the next sync, expire and are removed; drift is removed again; the audit log
+/// verifies until a row is edited.
+#[tokio::test]
+async fn jit_playbook_auto_approve_provision_expire_drift_audit() {
+    let (sim, _d) = small_sim().await;
+    for env in envs().await {
+        let j = jit_setup(&env, &sim.ready).await;
+        let (api, admin) = (&j.api, j.admin.as_str());
+        let (st, p) = api
+            .post(
+                admin,
+                "/api/v1/policies",
+                json!({"name": "auto", "steps": [{"kind": "auto_approve"}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{p}");
+        // Nothing is requestable before a rule says so.
+        let (who, _) = fresh_users(&j, &sim)
+            .await
+            .into_iter()
+            .next()
+            .expect("a fresh user");
+        let ut = user_token(&j, &who).await;
+        let (_, cat) = api.get(&ut, "/api/v1/catalog").await;
+        assert_eq!(cat["items"], json!([]), "{cat}");
+        let (st, e) = api
+            .post(
+                &ut,
+                "/api/v1/requests",
+                json!({"entitlement": j.access, "justification": "x"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{e}");
+        let (st, rule) = api
+            .post(
+                admin,
+                &format!("/api/v1/apps/{}/entitlement-rules", j.app),
+                json!({"enabled": true, "resource_types": ["access", "virtual_role"], "access_profiles": ["everyone"], "policy": "auto", "max_duration": 3600}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{rule}");
+        let (_, cat) = api.get(&ut, "/api/v1/catalog").await;
+        let items = cat["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2, "{cat}");
+        assert!(
+            items
+                .iter()
+                .all(|i| i["why"][0].as_str().unwrap().contains("Everyone"))
+        );
+        // Longer than the rule allows: refused with the limit.
+        let (st, e) = api
+            .post(
+                &ut,
+                "/api/v1/requests",
+                json!({"entitlement": j.access, "duration": 7200}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("3600"), "{e}");
+        let mut ids = Vec::new();
+        for ent in [&j.access, &j.vr] {
+            let (st, r) = api
+                .post(
+                    &ut,
+                    "/api/v1/requests",
+                    json!({"entitlement": ent, "justification": "quarter close", "duration": 120}),
+                )
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "{r}");
+            assert_ne!(r["state"], "pending_approval", "auto-approved at once: {r}");
+            ids.push(r["id"].as_str().unwrap().to_owned());
+        }
+        // A second request for the same thing while one is open is refused.
+        let (st, e) = api
+            .post(
+                &ut,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "duration": 60}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{e}");
+        let u: uuid::Uuid = who.parse().unwrap();
+        for id in &ids {
+            let r = wait_state(&j, &ut, id, "provisioned").await;
+            let kinds: Vec<&str> = r["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap())
+                .collect();
+            assert!(
+                kinds.contains(&"provision") && kinds.contains(&"confirm"),
+                "{r:#}"
+            );
+            assert!(r["expires_at"].is_string());
+        }
+        assert!(
+            in_group(&sim, j.gid, u),
+            "the emulated tenant shows the group membership"
+        );
+        assert!(
+            assigned(&sim, j.sp, u),
+            "the emulated tenant shows the app assignment"
+        );
+        // The next sync confirms it.
+        sync_and_wait(api, admin, &j.cid).await;
+        let (_, acc) = api.get(&ut, &format!("/api/v1/identities/{who}/access")).await;
+        let held: Vec<&str> = acc["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["direct"] == true)
+            .map(|i| i["entitlement_id"].as_str().unwrap())
+            .collect();
+        assert!(
+            held.contains(&format!("group:{}:member", j.gid).as_str()),
+            "{acc}"
+        );
+        assert!(
+            held.iter()
+                .any(|e| e.starts_with(&format!("enterprise_application:{}:assignment:", j.sp))),
+            "{acc}"
+        );
+        // Two minutes later both expire and are removed from the tenant.
+        j.clock.advance(time::Duration::seconds(121));
+        for id in &ids {
+            let r = wait_state(&j, &ut, id, "expired").await;
+            assert!(r["ended_at"].is_string());
+        }
+        assert!(!in_group(&sim, j.gid, u));
+        assert!(!assigned(&sim, j.sp, u));
+        // Someone puts the membership back behind our back: the next sync reports drift and it is removed.
+        sim.sim.write().add_group_member(j.gid, u).unwrap();
+        sync_and_wait(api, admin, &j.cid).await;
+        let gid = j.gid;
+        wait_until("drift removed from the tenant", || !in_group(&sim, gid, u)).await;
+        let (_, r) = api.get(&ut, &format!("/api/v1/requests/{}", ids[1])).await;
+        assert_eq!(r["drift_count"], 1, "{r:#}");
+        assert_eq!(r["state"], "expired");
+        // Audit: every step is there, the chain verifies, exports work, and an edit is caught.
+        let (_, log) = api
+            .get(admin, &format!("/api/v1/audit?target_id={}&limit=1000", ids[1]))
+            .await;
+        let actions: Vec<&str> = log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        for a in [
+            "request.created",
+            "request.approved",
+            "request.provisioned",
+            "request.expired",
+            "drift.detected",
+        ] {
+            assert!(actions.contains(&a), "{a} missing from {actions:?}");
+        }
+        let (st, e) = api.get(&ut, "/api/v1/audit").await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{e}");
+        let (_, v) = api.get(admin, "/api/v1/audit/verify").await;
+        assert_eq!(v["ok"], true, "{v}");
+        let (st, csv) = api.get(admin, "/api/v1/audit?format=csv&action=request.").await;
+        assert_eq!(st, StatusCode::OK);
+        let csv = csv.as_str().unwrap();
+        assert!(
+            csv.starts_with("seq,at,actor,action") && csv.contains("request.expired"),
+            "{csv}"
+        );
+        let (_, jl) = api.get(admin, "/api/v1/audit?format=jsonl").await;
+        let lines: Vec<Value> = jl
+            .as_str()
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len() as i64, v["entries"].as_i64().unwrap());
+        tamper_audit(&env, 3).await;
+        let (_, v) = api.get(admin, "/api/v1/audit/verify").await;
+        assert_eq!(v["ok"], false, "{v}");
+        assert!(
+            v["problem"].as_str().unwrap().contains("entry 3 was edited"),
+            "{v}"
+        );
+        api.assert_no_secret();
+        j.server.stop().await;
+    }
+    sim.stop().await;
+}
+
+/// Removes the Graph permissions that let the connector write memberships and assignments; returns them.
+fn strip_write_permissions(
+    sim: &steward_sim::Running,
+    client_id: &str,
+) -> Vec<steward_sim::model::AppRoleAssignment> {
+    let mut st = sim.sim.write();
+    let graph_app: uuid::Uuid = steward_sim::catalog::GRAPH_APP_ID.parse().unwrap();
+    let graph = st.tenant.service_principals[st.sp_by_app_id[&graph_app]].clone();
+    let me = st.tenant.service_principals[st.sp_by_app_id[&client_id.parse::<uuid::Uuid>().unwrap()]].id;
+    let write_roles: Vec<uuid::Uuid> = graph
+        .app_roles
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.value.as_deref(),
+                Some(
+                    "GroupMember.ReadWrite.All"
+                        | "Group.ReadWrite.All"
+                        | "Directory.ReadWrite.All"
+                        | "AppRoleAssignment.ReadWrite.All"
+                )
+            )
+        })
+        .map(|r| r.id)
+        .collect();
+    let gone: Vec<_> = st
+        .tenant
+        .app_role_assignments
+        .iter()
+        .filter(|a| a.resource_id == graph.id && a.principal_id == me && write_roles.contains(&a.app_role_id))
+        .cloned()
+        .collect();
+    assert!(
+        !gone.is_empty(),
+        "the emulated app has write permissions to remove"
+    );
+    for a in &gone {
+        st.remove_app_role_assignment(graph.id, &a.id).unwrap();
+    }
+    gone
+}
+
+fn restore_permissions(sim: &steward_sim::Running, gone: Vec<steward_sim::model::AppRoleAssignment>) {
+    let mut st = sim.sim.write();
+    for a in gone {
+        st.add_app_role_assignment(a.resource_id, a.principal_id, a.app_role_id, a.id, a.created)
+            .unwrap();
+    }
+}
+
+/// Manager then app-owner approval, self-approval refused, denial, and a provisioning failure (the tenant
+/// refuses the write for lack of permission) that ends `failed` with the reason and succeeds on retry.
+#[tokio::test]
+async fn jit_approvals_denial_failure_and_retry() {
+    let (sim, _d) = small_sim().await;
+    for env in envs().await {
+        let j = jit_setup(&env, &sim.ready).await;
+        let (api, admin) = (&j.api, j.admin.as_str());
+        let fresh = fresh_users(&j, &sim).await;
+        // Three requesters with managers, and an app owner who is none of them nor their managers.
+        let mut picked: Vec<(String, String)> = Vec::new();
+        for (u, m) in &fresh {
+            if picked
+                .iter()
+                .all(|(pu, pm)| pu != m && pm != u && pu != u && pm != m)
+                && m != u
+            {
+                picked.push((u.clone(), m.clone()));
+            }
+            if picked.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(picked.len(), 3, "three users with distinct managers");
+        let (_, ids) = api.get(admin, "/api/v1/identities?limit=1000").await;
+        let owner = ids["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["kind"] == "user")
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .find(|i| picked.iter().all(|(u, m)| u != i && m != i))
+            .unwrap();
+        // The second approver is a named identity (a policy step of kind identities).
+        let (st, p) = api
+            .post(
+                admin,
+                "/api/v1/policies",
+                json!({"name": "two-step", "require_justification": true, "max_duration": 86400,
+                "steps": [{"kind": "manager"}, {"kind": "identities", "identities": [owner]}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{p}");
+        let (st, rule) = api
+            .post(
+                admin,
+                &format!("/api/v1/apps/{}/entitlement-rules", j.app),
+                json!({"entitlements": [j.vr], "access_profiles": ["everyone"], "policy": "two-step"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{rule}");
+        let (u1, m1) = &picked[0];
+        let (t1, tm1, towner) = (
+            user_token(&j, u1).await,
+            user_token(&j, m1).await,
+            user_token(&j, &owner).await,
+        );
+        let (st, e) = api
+            .post(
+                &t1,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "duration": 3600}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("justification"),
+            "{e}"
+        );
+        let (st, r) = api
+            .post(
+                &t1,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "justification": "on call", "duration": 3600}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        assert_eq!(r["state"], "pending_approval");
+        assert_eq!(r["approvers"], json!([m1]));
+        let rid = r["id"].as_str().unwrap().to_owned();
+        let (st, _) = api
+            .post(&t1, &format!("/api/v1/requests/{rid}/approve"), Value::Null)
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "no self-approval");
+        let (st, _) = api
+            .post(&towner, &format!("/api/v1/requests/{rid}/approve"), Value::Null)
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "not an approver of step 1");
+        let (_, waiting) = api.get(&tm1, "/api/v1/approvals").await;
+        assert_eq!(waiting["items"][0]["id"], rid.as_str(), "{waiting}");
+        let (st, r) = api
+            .post(
+                &tm1,
+                &format!("/api/v1/requests/{rid}/approve"),
+                json!({"comment": "ok"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        assert_eq!(
+            (r["state"].as_str(), r["step"].as_u64()),
+            (Some("pending_approval"), Some(1))
+        );
+        let (_, waiting) = api.get(&tm1, "/api/v1/approvals").await;
+        assert_eq!(waiting["items"], json!([]));
+        // Step 2: the tenant now refuses the write (permission removed): the request fails with the reason.
+        let gone = strip_write_permissions(&sim, &sim.ready.client_id);
+        let (st, r) = api
+            .post(&towner, &format!("/api/v1/requests/{rid}/approve"), Value::Null)
+            .await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        let r = wait_state(&j, &t1, &rid, "failed").await;
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("GroupMember.ReadWrite.All"),
+            "the reason names the permission: {reason}"
+        );
+        let (st, _) = api
+            .post(&t1, &format!("/api/v1/requests/{rid}/retry"), Value::Null)
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "only admins and app owners retry");
+        restore_permissions(&sim, gone);
+        let (st, r) = api
+            .post(admin, &format!("/api/v1/requests/{rid}/retry"), Value::Null)
+            .await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        wait_state(&j, &t1, &rid, "provisioned").await;
+        assert!(in_group(&sim, j.gid, u1.parse().unwrap()));
+        // Revoked on demand by the requester.
+        let (st, _) = api
+            .post(&t1, &format!("/api/v1/requests/{rid}/revoke"), Value::Null)
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        wait_state(&j, &t1, &rid, "revoked").await;
+        assert!(!in_group(&sim, j.gid, u1.parse().unwrap()));
+        // Denial by the manager.
+        let (u2, m2) = &picked[1];
+        let (t2, tm2) = (user_token(&j, u2).await, user_token(&j, m2).await);
+        let (_, r) = api
+            .post(
+                &t2,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "justification": "curious"}),
+            )
+            .await;
+        let rid2 = r["id"].as_str().unwrap().to_owned();
+        assert_eq!(r["duration"], 86400, "omitted duration = the policy's maximum");
+        let (st, r) = api
+            .post(
+                &tm2,
+                &format!("/api/v1/requests/{rid2}/deny"),
+                json!({"comment": "not needed"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        assert_eq!(r["state"], "denied");
+        assert!(r["reason"].as_str().unwrap().contains("not needed"));
+        let (st, _) = api
+            .post(&tm2, &format!("/api/v1/requests/{rid2}/approve"), Value::Null)
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "a denied request stays denied");
+        assert!(!in_group(&sim, j.gid, u2.parse().unwrap()));
+        // Cancel by the requester while pending; others cannot see it.
+        let (u3, _) = &picked[2];
+        let t3 = user_token(&j, u3).await;
+        let (_, r) = api
+            .post(
+                &t3,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "justification": "later"}),
+            )
+            .await;
+        let rid3 = r["id"].as_str().unwrap().to_owned();
+        let (st, _) = api.get(&t2, &format!("/api/v1/requests/{rid3}")).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "another user cannot see it");
+        let (st, r) = api
+            .post(&t3, &format!("/api/v1/requests/{rid3}/cancel"), Value::Null)
+            .await;
+        assert_eq!((st, r["state"].as_str()), (StatusCode::OK, Some("cancelled")));
+        let (_, mine) = api.get(&t1, "/api/v1/requests?mine=true").await;
+        assert_eq!(mine["items"].as_array().unwrap().len(), 1, "{mine}");
+        let (_, all) = api.get(admin, "/api/v1/requests").await;
+        assert_eq!(all["items"].as_array().unwrap().len(), 3);
+        let (_, v) = api.get(admin, "/api/v1/audit/verify").await;
+        assert_eq!(v["ok"], true, "{v}");
+        j.server.stop().await;
+    }
+    sim.stop().await;
+}

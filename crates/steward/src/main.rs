@@ -49,6 +49,16 @@ enum Command {
     /// Connectors of the platform (client of a running platform: STEWARD_URL, STEWARD_TOKEN).
     #[command(subcommand)]
     Connectors(cmd::connectors::ConnectorsCommand),
+    /// Access requests: catalog, request, list, cancel, retry, revoke (STEWARD_URL, STEWARD_TOKEN).
+    #[command(subcommand)]
+    Request(cmd::request::RequestCommand),
+    /// Requests waiting for your approval, or approve one (STEWARD_URL, STEWARD_TOKEN).
+    Approve(cmd::request::ApproveArgs),
+    /// Deny a request waiting for your approval.
+    Deny(cmd::request::DenyArgs),
+    /// The audit log: verify its hash chain on the database, or export it.
+    #[command(subcommand)]
+    Audit(cmd::request::AuditCommand),
     /// Benchmarks (numbers for docs/benchmarks.md).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -71,6 +81,10 @@ fn main() -> std::process::ExitCode {
         Command::Admin(c) => cmd::admin::run(c),
         Command::Apps(c) => cmd::apps::run(c),
         Command::Connectors(c) => cmd::connectors::run(c),
+        Command::Request(c) => cmd::request::run(c),
+        Command::Approve(a) => cmd::request::approve(a),
+        Command::Deny(a) => cmd::request::deny(a),
+        Command::Audit(c) => cmd::request::audit(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

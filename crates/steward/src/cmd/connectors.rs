@@ -49,6 +49,26 @@ impl Client {
         )
         .await
     }
+    /// GET returning the body as text (exports).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.args.url.trim_end_matches('/')))
+            .bearer_auth(&self.args.token)
+            .send()
+            .await?;
+        let st = r.status();
+        let text = r.text().await?;
+        if !st.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
+            anyhow::bail!("{st}: {msg}");
+        }
+        Ok(text)
+    }
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.send(
             self.http

@@ -8,5 +8,6 @@ pub mod demo;
 pub mod diff;
 pub mod entra;
 pub mod inspect;
+pub mod request;
 pub mod serve;
 pub mod sim;

@@ -1,0 +1,594 @@
+//! The background worker: runs the durable tasks queued by requests — provisioning (grant in the tenant,
+//! then confirm with a partial sync), ending access (expiry, revocation, drift), webhook deliveries — with
+//! leases and retries.
+//!
+//! Invariants:
+//! * A task runs under a lease; a worker that dies leaves the task to be claimed again when the lease ends.
+//!   Grants and revokes in the tenant are idempotent (the connector reads the state first), and request
+//!   moves are versioned, so a task run twice changes the tenant and the request once.
+//! * A failure is never silent: a refusal ends the request `failed` with the connector's reason; a
+//!   transient error is retried with backoff and noted on the request; ending access is retried until it
+//!   succeeds (expiry that sticks).
+
+use std::sync::Arc;
+
+use serde_json::json;
+use steward_model::ResourceId;
+
+use super::store::{NewAudit, Task};
+use super::types::*;
+use crate::Platform;
+use crate::error::{PlatformError, Result};
+
+/// How long a claimed task is reserved for its worker, in seconds.
+pub const LEASE_SECS: i64 = 120;
+/// Provisioning attempts before a transiently failing request is marked failed.
+pub const MAX_PROVISION_ATTEMPTS: i64 = 6;
+/// Webhook delivery attempts.
+pub const MAX_WEBHOOK_ATTEMPTS: i64 = 8;
+
+fn backoff(attempts: i64, cap: i64) -> i64 {
+    (1i64 << attempts.clamp(0, 20)).min(cap)
+}
+
+/// How a connector step failed.
+enum Failure {
+    /// Worth retrying (throttling, timeouts, 5xx).
+    Transient(String),
+    /// Will not work without a change (permission, refusal, bad configuration).
+    Permanent(String),
+}
+
+fn classify(e: steward_entra::EntraError) -> Failure {
+    use steward_entra::EntraError as E;
+    use steward_msgraph::Error as G;
+    match &e {
+        E::Graph(G::Throttled { .. }) | E::Graph(G::Transient { .. }) => Failure::Transient(e.to_string()),
+        _ => Failure::Permanent(e.to_string()),
+    }
+}
+
+fn sys(action: &str, id: &str, detail: serde_json::Value) -> NewAudit {
+    NewAudit {
+        actor: "system".into(),
+        action: action.into(),
+        target_type: "request".into(),
+        target_id: id.into(),
+        detail,
+    }
+}
+
+impl Platform {
+    /// Runs the tasks that are due until none is left; returns how many ran.
+    pub async fn work(&self) -> Result<usize> {
+        let mut n = 0;
+        loop {
+            let now = self.clock.now().unix_timestamp();
+            let Some(t) = self.gov.claim(&self.worker_id, now, now + LEASE_SECS).await? else {
+                return Ok(n);
+            };
+            n += 1;
+            let r = match t.kind.as_str() {
+                "provision" => self.run_provision(&t).await,
+                "end" => self.run_end(&t).await,
+                "webhook" => self.run_webhook(&t).await,
+                other => {
+                    self.gov
+                        .kill_task(&t.id, &self.worker_id, &format!("unknown task kind {other}"))
+                        .await
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(task = %t.id, kind = %t.kind, error = %e, "task failed; retrying later");
+                self.gov
+                    .retry_task(
+                        &t.id,
+                        &self.worker_id,
+                        now + backoff(t.attempts, 300),
+                        &e.to_string(),
+                    )
+                    .await?;
+            }
+        }
+    }
+
+    /// The worker's wake-up signal (notified when a write queues tasks).
+    pub fn wake_signal(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// An Entra connector client with provisioning, for connector `id`.
+    async fn provisioner(&self, id: &str) -> std::result::Result<steward_entra::Entra, Failure> {
+        let row = self
+            .connector_row(id)
+            .await
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        if row.connector.kind != "entra" {
+            return Err(Failure::Permanent(format!(
+                "connector {:?} is a {} connector; only Entra ID connectors provision",
+                row.connector.name, row.connector.kind
+            )));
+        }
+        let on = row
+            .connector
+            .settings
+            .get("provisioning")
+            .and_then(|v| v.as_bool().or_else(|| v.as_str().map(|s| s == "true")))
+            .unwrap_or(false);
+        if !on {
+            return Err(Failure::Permanent(format!(
+                "provisioning is disabled on connector {:?}: set its setting \"provisioning\": true",
+                row.connector.name
+            )));
+        }
+        let cfg = self
+            .entra_config(&row)
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        steward_entra::Entra::new(cfg).map_err(classify)
+    }
+
+    /// Whether the tenant holds `entitlement` for `principal`, by a partial sync of the entitlement's
+    /// resource (what the next full sync will see).
+    async fn confirm(
+        &self,
+        entra: steward_entra::Entra,
+        resource: ResourceId,
+        entitlement: &str,
+        principal: &ResourceId,
+    ) -> std::result::Result<bool, Failure> {
+        let file = self.work_file("c1z");
+        let out = async {
+            let sum = steward_sync::run_sync(
+                Arc::new(entra),
+                &file,
+                steward_sync::SyncPlan::Partial {
+                    resources: vec![resource],
+                },
+                steward_sync::SyncOptions::default(),
+                None,
+            )
+            .await
+            .map_err(|e| Failure::Transient(format!("confirming by a partial sync: {e}")))?;
+            let (f, ent, p) = (file.clone(), entitlement.to_owned(), principal.clone());
+            tokio::task::spawn_blocking(move || -> steward_c1z::Result<bool> {
+                let mut r = steward_c1z::C1zReader::open(&f)?;
+                r.select_sync(&sum.sync_id)?;
+                let page = r.grants(
+                    &steward_c1z::GrantFilter {
+                        entitlement_id: Some(ent),
+                        principal: Some(p),
+                        resource: None,
+                    },
+                    &steward_c1z::PageRequest::first(10),
+                )?;
+                Ok(!page.items.is_empty())
+            })
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?
+            .map_err(|e| Failure::Transient(format!("reading the partial sync: {e}")))
+        }
+        .await;
+        for f in [
+            file.clone(),
+            steward_c1z::writer::build_path(&file),
+            steward_c1z::writer::wip_path(&file),
+        ] {
+            let _ = std::fs::remove_file(f);
+        }
+        out
+    }
+
+    async fn principal_of(&self, r: &Request) -> Result<ResourceId> {
+        let kind = self
+            .store
+            .identity(&r.requester_id)
+            .await?
+            .map(|i| i.kind)
+            .unwrap_or_else(|| "user".into());
+        Ok(ResourceId::new(&kind, &r.requester_id))
+    }
+
+    /// Saves `r` (guarded by `ver`) with a note; returns the new version, or None when someone else moved it.
+    async fn save(
+        &self,
+        r: &Request,
+        ver: i64,
+        audit: Vec<NewAudit>,
+        t: Option<&Task>,
+        tasks: Vec<Task>,
+    ) -> Result<Option<i64>> {
+        let mut w = self.write();
+        w.request = Some((r.clone(), Some(ver)));
+        w.audit = audit;
+        w.tasks = tasks;
+        w.finish_task = t.map(|t| (t.id.clone(), self.worker_id.clone()));
+        Ok(self.commit(w).await?.then_some(ver + 1))
+    }
+
+    async fn run_provision(&self, t: &Task) -> Result<()> {
+        let (mut r, mut ver) = self.load(&t.ref_id).await?;
+        if !matches!(r.state, RequestState::Approved | RequestState::Provisioning) {
+            return self.finish(t).await;
+        }
+        if r.state == RequestState::Approved {
+            r.state = RequestState::Provisioning;
+            self.event(
+                &mut r,
+                "provisioning",
+                format!("provisioning (attempt {})", t.attempts),
+            );
+            match self
+                .save(
+                    &r,
+                    ver,
+                    vec![sys("request.provisioning", &r.id, json!({"attempt": t.attempts}))],
+                    None,
+                    vec![],
+                )
+                .await?
+            {
+                Some(v) => ver = v,
+                None => return self.finish(t).await,
+            }
+        }
+        let principal = self.principal_of(&r).await?;
+        let mut failure = None;
+        for i in 0..r.targets.len() {
+            if r.targets[i].confirmed {
+                continue;
+            }
+            let tg = r.targets[i].clone();
+            let step = async {
+                let entra = self.provisioner(&tg.connector_id).await?;
+                let change = entra
+                    .grant_entitlement(
+                        &tg.entitlement,
+                        &principal,
+                        &steward_entra::GrantOptions {
+                            end: None,
+                            justification: r.justification.clone(),
+                        },
+                    )
+                    .await
+                    .map_err(classify)?;
+                let entra = self.provisioner(&tg.connector_id).await?;
+                let ok = self
+                    .confirm(entra, change.resource(), &tg.entitlement, &principal)
+                    .await?;
+                Ok::<_, Failure>((change, ok))
+            }
+            .await;
+            match step {
+                Ok((change, true)) => {
+                    r.targets[i].confirmed = true;
+                    self.event(&mut r, "provision", format!("{change}"));
+                    self.event(
+                        &mut r,
+                        "confirm",
+                        format!("a partial sync shows {} holding {}", principal, tg.entitlement),
+                    );
+                    let a = sys(
+                        "request.provision_step",
+                        &r.id,
+                        json!({"entitlement": tg.entitlement, "outcome": change.outcome, "confirmed": true}),
+                    );
+                    match self.save(&r, ver, vec![a], None, vec![]).await? {
+                        Some(v) => ver = v,
+                        None => return self.finish(t).await,
+                    }
+                }
+                Ok((change, false)) => {
+                    failure = Some(Failure::Transient(format!(
+                        "{change}, but a partial sync does not show it yet"
+                    )));
+                    break;
+                }
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => {
+                let now = self.clock.now();
+                r.state = RequestState::Provisioned;
+                r.provisioned_at = Some(self.now());
+                let mut tasks = Vec::new();
+                if let Some(d) = r.duration {
+                    let end = now + time::Duration::seconds(d);
+                    r.expires_at = Some(crate::clock::rfc3339(end));
+                    tasks.push(self.task_at(
+                        "end",
+                        &r.id,
+                        json!({"end_state": "expired"}),
+                        end.unix_timestamp(),
+                    ));
+                }
+                let msg = match &r.expires_at {
+                    Some(e) => format!("provisioned; access ends {e}"),
+                    None => "provisioned (permanent)".to_owned(),
+                };
+                self.event(&mut r, "provisioned", msg);
+                let mut w = self.write();
+                self.notify(&mut w, "request.provisioned", &r, &[]).await?;
+                tasks.extend(w.tasks);
+                self.save(
+                    &r,
+                    ver,
+                    vec![sys(
+                        "request.provisioned",
+                        &r.id,
+                        json!({"expires_at": r.expires_at}),
+                    )],
+                    Some(t),
+                    tasks,
+                )
+                .await?;
+                Ok(())
+            }
+            Some(Failure::Transient(msg)) if t.attempts < MAX_PROVISION_ATTEMPTS => {
+                let wait = backoff(t.attempts, 300);
+                self.event(
+                    &mut r,
+                    "retry",
+                    format!("attempt {} failed: {msg}; retrying in {wait}s", t.attempts),
+                );
+                self.save(
+                    &r,
+                    ver,
+                    vec![sys("request.provision_retry", &r.id, json!({"error": msg}))],
+                    None,
+                    vec![],
+                )
+                .await?;
+                self.gov
+                    .retry_task(
+                        &t.id,
+                        &self.worker_id,
+                        self.clock.now().unix_timestamp() + wait,
+                        &msg,
+                    )
+                    .await
+            }
+            Some(Failure::Transient(msg)) | Some(Failure::Permanent(msg)) => {
+                r.state = RequestState::Failed;
+                r.reason = Some(msg.clone());
+                let note = format!(
+                    "provisioning failed: {msg}; an admin can retry (POST /api/v1/requests/{}/retry)",
+                    r.id
+                );
+                self.event(&mut r, "failed", note);
+                let mut w = self.write();
+                self.notify(&mut w, "request.failed", &r, &[]).await?;
+                self.save(
+                    &r,
+                    ver,
+                    vec![sys("request.failed", &r.id, json!({"reason": msg}))],
+                    Some(t),
+                    w.tasks,
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn finish(&self, t: &Task) -> Result<()> {
+        let mut w = self.write();
+        w.finish_task = Some((t.id.clone(), self.worker_id.clone()));
+        self.commit(w).await.map(|_| ())
+    }
+
+    /// Ends access: expiry (`end_state` expired), revocation (revoked) or drift (`drift`: the request has
+    /// ended already and the access came back).
+    async fn run_end(&self, t: &Task) -> Result<()> {
+        let end_state = t
+            .payload
+            .get("end_state")
+            .and_then(|v| v.as_str())
+            .unwrap_or("expired");
+        let (mut r, ver) = self.load(&t.ref_id).await?;
+        let drift = end_state == "drift";
+        let ok_state = if drift {
+            matches!(r.state, RequestState::Expired | RequestState::Revoked)
+        } else {
+            r.state == RequestState::Provisioned
+        };
+        if !ok_state {
+            return self.finish(t).await;
+        }
+        let principal = self.principal_of(&r).await?;
+        let mut notes = Vec::new();
+        let mut failure = None;
+        for tg in r.targets.clone() {
+            let step = async {
+                let entra = self.provisioner(&tg.connector_id).await?;
+                let change = entra
+                    .revoke_entitlement(&tg.entitlement, &principal)
+                    .await
+                    .map_err(classify)?;
+                let entra = self.provisioner(&tg.connector_id).await?;
+                let still = self
+                    .confirm(entra, change.resource(), &tg.entitlement, &principal)
+                    .await?;
+                if still {
+                    return Err(Failure::Transient(format!(
+                        "{change}, but a partial sync still shows it"
+                    )));
+                }
+                Ok::<_, Failure>(change)
+            }
+            .await;
+            match step {
+                Ok(change) => notes.push(format!("{change}; a partial sync confirms it is gone")),
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            }
+        }
+        if let Some(Failure::Transient(m) | Failure::Permanent(m)) = failure {
+            // Ending access must stick: keep trying (backoff capped at an hour), and say so on the request.
+            let wait = backoff(t.attempts, 3600);
+            self.event(
+                &mut r,
+                "end_retry",
+                format!("removing access failed: {m}; retrying in {wait}s"),
+            );
+            self.save(
+                &r,
+                ver,
+                vec![sys("request.end_failed", &r.id, json!({"error": m}))],
+                None,
+                vec![],
+            )
+            .await?;
+            return self
+                .gov
+                .retry_task(
+                    &t.id,
+                    &self.worker_id,
+                    self.clock.now().unix_timestamp() + wait,
+                    &m,
+                )
+                .await;
+        }
+        for n in notes {
+            self.event(&mut r, "revoke", n);
+        }
+        let (action, event) = if drift {
+            self.event(
+                &mut r,
+                "drift_revoked",
+                "access that came back after it ended was removed again".into(),
+            );
+            ("drift.revoked", "drift.revoked")
+        } else if end_state == "revoked" {
+            r.state = RequestState::Revoked;
+            r.ended_at = Some(self.now());
+            self.event(&mut r, "revoked", "revoked and removed from the tenant".into());
+            ("request.revoked", "request.revoked")
+        } else {
+            r.state = RequestState::Expired;
+            r.ended_at = Some(self.now());
+            self.event(&mut r, "expired", "expired and removed from the tenant".into());
+            ("request.expired", "request.expired")
+        };
+        let mut w = self.write();
+        self.notify(&mut w, event, &r, &[]).await?;
+        self.save(&r, ver, vec![sys(action, &r.id, json!({}))], Some(t), w.tasks)
+            .await?;
+        Ok(())
+    }
+
+    /// After an ingest: access of ended requests that the new snapshot shows again is drift. It is recorded
+    /// on the request and in the audit log, and removed again when the request's policy says so.
+    pub async fn check_drift(&self, connector_id: &str) -> Result<usize> {
+        let mut found = 0;
+        for r in self
+            .gov
+            .requests_in(&[RequestState::Expired, RequestState::Revoked])
+            .await?
+        {
+            let mut back = Vec::new();
+            for tg in r.targets.iter().filter(|t| t.connector_id == connector_id) {
+                if self
+                    .gov
+                    .holds_direct(connector_id, &tg.entitlement, &r.requester_id)
+                    .await?
+                {
+                    back.push(tg.entitlement.clone());
+                }
+            }
+            if back.is_empty() {
+                continue;
+            }
+            // A newer request that grants the same access explains it.
+            if self
+                .gov
+                .open_requests(&r.requester_id, &r.app_id, &r.entitlement)
+                .await?
+                .iter()
+                .any(|o| o.state == RequestState::Provisioned)
+            {
+                continue;
+            }
+            let Some((mut r, ver)) = self.gov.request(&r.id).await? else {
+                continue;
+            };
+            found += 1;
+            r.drift_count += 1;
+            let again = r.revoke_drift;
+            self.event(
+                &mut r,
+                "drift",
+                format!(
+                    "the last sync shows {} again after the request ended{}",
+                    back.join(", "),
+                    if again {
+                        "; removing it again"
+                    } else {
+                        " (the policy does not revoke drift)"
+                    }
+                ),
+            );
+            let mut w = self.write();
+            self.notify(&mut w, "drift.detected", &r, &[]).await?;
+            let mut tasks = w.tasks;
+            if again {
+                tasks.push(self.task("end", &r.id, json!({"end_state": "drift"})));
+            }
+            self.save(
+                &r,
+                ver,
+                vec![sys(
+                    "drift.detected",
+                    &r.id,
+                    json!({"entitlements": back, "revoke": again}),
+                )],
+                None,
+                tasks,
+            )
+            .await?;
+        }
+        Ok(found)
+    }
+
+    async fn run_webhook(&self, t: &Task) -> Result<()> {
+        let url = t.payload.get("url").and_then(|v| v.as_str()).unwrap_or_default();
+        let body = t.payload.get("body").cloned().unwrap_or_default();
+        let r = self
+            .http
+            .post(url)
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await;
+        let err = match r {
+            Ok(resp) if resp.status().is_success() => return self.finish(t).await,
+            Ok(resp) => format!("{url} answered {}", resp.status()),
+            Err(e) => format!("{url}: {e}"),
+        };
+        if t.attempts >= MAX_WEBHOOK_ATTEMPTS {
+            tracing::warn!(webhook = %t.ref_id, error = %err, "webhook delivery given up");
+            return self.gov.kill_task(&t.id, &self.worker_id, &err).await;
+        }
+        self.gov
+            .retry_task(
+                &t.id,
+                &self.worker_id,
+                self.clock.now().unix_timestamp() + backoff(t.attempts, 600),
+                &err,
+            )
+            .await
+    }
+}
+
+impl From<Failure> for PlatformError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Transient(m) | Failure::Permanent(m) => PlatformError::Connector(m),
+        }
+    }
+}
