@@ -1312,6 +1312,31 @@ async fn jit_playbook_auto_approve_provision_expire_drift_audit() {
     sim.stop().await;
 }
 
+/// A webhook receiver on 127.0.0.1:0 that fails its first call and keeps the bodies of the others.
+async fn hook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let (g, calls) = (g.clone(), calls.clone());
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                g.lock().unwrap().push(v);
+                StatusCode::OK
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (url, got)
+}
+
 /// Removes the Graph permissions that let the connector write memberships and assignments; returns them.
 fn strip_write_permissions(
     sim: &steward_sim::Running,
@@ -1413,6 +1438,15 @@ async fn jit_approvals_denial_failure_and_retry() {
             )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{rule}");
+        let (hook, got) = hook_receiver().await;
+        let (st, h) = api
+            .post(
+                admin,
+                "/api/v1/webhooks",
+                json!({"url": hook, "events": ["approval.requested"]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{h}");
         let (u1, m1) = &picked[0];
         let (t1, tm1, towner) = (
             user_token(&j, u1).await,
@@ -1452,6 +1486,17 @@ async fn jit_approvals_denial_failure_and_retry() {
         assert_eq!(st, StatusCode::FORBIDDEN, "not an approver of step 1");
         let (_, waiting) = api.get(&tm1, "/api/v1/approvals").await;
         assert_eq!(waiting["items"][0]["id"], rid.as_str(), "{waiting}");
+        // The approver is told by webhook; the first delivery fails and is retried.
+        j.clock.advance(time::Duration::seconds(5));
+        let g = got.clone();
+        wait_until("webhook delivered", || !g.lock().unwrap().is_empty()).await;
+        let first = got.lock().unwrap()[0].clone();
+        assert_eq!(first["event"], "approval.requested", "{first}");
+        assert_eq!(first["to"], json!([m1]));
+        assert!(
+            first["text"].as_str().unwrap().contains("pending_approval"),
+            "{first}"
+        );
         let (st, r) = api
             .post(
                 &tm1,
@@ -1548,5 +1593,227 @@ async fn jit_approvals_denial_failure_and_retry() {
         assert_eq!(v["ok"], true, "{v}");
         j.server.stop().await;
     }
+    sim.stop().await;
+}
+
+async fn slow_sim(latency_ms: u64) -> (steward_sim::Running, tempfile::TempDir) {
+    let sim_dir = tempfile::tempdir().unwrap();
+    let sim = steward_sim::start(steward_sim::Options {
+        tenant: steward_sim::generate(steward_sim::Size::named("small").unwrap(), 7),
+        settings: steward_sim::ctx::Settings {
+            latency_ms,
+            ..Default::default()
+        },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: false,
+        proxy: None,
+        state_dir: sim_dir.path().to_owned(),
+    })
+    .await
+    .unwrap();
+    (sim, sim_dir)
+}
+
+/// Graph writes of one kind the emulator has served (e.g. `POST` to group members).
+fn writes(sim: &steward_sim::Running, method: &str, what: &str) -> u64 {
+    sim.sim
+        .stats
+        .by_route
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with(method) && k.contains(what))
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+async fn count_audit(api: &Api, admin: &str, action: &str, target: &str) -> usize {
+    let (_, log) = api
+        .get(
+            admin,
+            &format!("/api/v1/audit?action={action}&target_id={target}&limit=1000"),
+        )
+        .await;
+    log["items"].as_array().unwrap().len()
+}
+
+async fn auto_rule(j: &Jit) {
+    let (st, p) = j
+        .api
+        .post(
+            &j.admin,
+            "/api/v1/policies",
+            json!({"name": "auto", "steps": [{"kind": "auto_approve"}]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{p}");
+    let (st, r) = j
+        .api
+        .post(
+            &j.admin,
+            &format!("/api/v1/apps/{}/entitlement-rules", j.app),
+            json!({"resource_types": ["virtual_role"], "access_profiles": ["everyone"], "policy": "auto"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+}
+
+/// A server that stops in the middle of provisioning, and one that stops in the middle of removing
+/// expired access: the next server finishes the work, once.
+#[tokio::test]
+async fn jit_restart_during_provisioning_and_expiry() {
+    let (sim, _d) = slow_sim(150).await;
+    for env in envs().await {
+        let j = jit_setup(&env, &sim.ready).await;
+        auto_rule(&j).await;
+        let (who, _) = fresh_users(&j, &sim).await.into_iter().next().unwrap();
+        let u: uuid::Uuid = who.parse().unwrap();
+        let ut = user_token(&j, &who).await;
+        let (st, r) = j
+            .api
+            .post(
+                &ut,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "duration": 600}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        let rid = r["id"].as_str().unwrap().to_owned();
+        for _ in 0..4000 {
+            let (_, r) = j.api.get(&ut, &format!("/api/v1/requests/{rid}")).await;
+            if r["state"] != "approved" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let Jit {
+            server,
+            clock,
+            admin,
+            gid,
+            ..
+        } = j;
+        server.stop().await;
+        let b = steward_server::start(&env.opts, "127.0.0.1:0".parse().unwrap(), clock.clone())
+            .await
+            .unwrap();
+        let api = Api::new(b.url());
+        let (_, r) = api.get(&ut, &format!("/api/v1/requests/{rid}")).await;
+        assert_eq!(
+            r["state"], "provisioning",
+            "the first server stopped mid-way: {r:#}"
+        );
+        // The dead server's lease runs out; the new one takes the task over.
+        clock.advance(time::Duration::seconds(121));
+        let jb = Jit {
+            server: b,
+            api: api.clone(),
+            admin: admin.clone(),
+            clock: clock.clone(),
+            cid: String::new(),
+            app: String::new(),
+            access: String::new(),
+            vr: String::new(),
+            gid,
+            sp: uuid::Uuid::nil(),
+        };
+        wait_state(&jb, &ut, &rid, "provisioned").await;
+        assert!(in_group(&sim, gid, u));
+        assert_eq!(count_audit(&api, &admin, "request.provisioned", &rid).await, 1);
+        // Expiry: stop the server as soon as the tenant shows the access gone, before it records it.
+        clock.advance(time::Duration::seconds(601));
+        wait_until("membership removed", || !in_group(&sim, gid, u)).await;
+        jb.server.stop().await;
+        let c = steward_server::start(&env.opts, "127.0.0.1:0".parse().unwrap(), clock.clone())
+            .await
+            .unwrap();
+        let api = Api::new(c.url());
+        let (_, r) = api.get(&ut, &format!("/api/v1/requests/{rid}")).await;
+        assert_eq!(
+            r["state"], "provisioned",
+            "the second server stopped before recording the expiry: {r:#}"
+        );
+        clock.advance(time::Duration::seconds(121));
+        let jc = Jit {
+            server: c,
+            api: api.clone(),
+            admin: admin.clone(),
+            clock,
+            cid: String::new(),
+            app: String::new(),
+            access: String::new(),
+            vr: String::new(),
+            gid,
+            sp: uuid::Uuid::nil(),
+        };
+        wait_state(&jc, &ut, &rid, "expired").await;
+        assert!(!in_group(&sim, gid, u));
+        assert_eq!(count_audit(&api, &admin, "request.expired", &rid).await, 1);
+        let (_, v) = api.get(&admin, "/api/v1/audit/verify").await;
+        assert_eq!(v["ok"], true, "{v}");
+        jc.server.stop().await;
+    }
+    sim.stop().await;
+}
+
+/// Two servers on one PostgreSQL database: every request is provisioned and expired exactly once.
+#[tokio::test]
+async fn jit_two_servers_on_one_postgres_act_once() {
+    let Some(env) = envs().await.into_iter().find(|e| e.backend == "postgres") else {
+        return;
+    };
+    let (sim, _d) = small_sim().await;
+    let j = jit_setup(&env, &sim.ready).await;
+    auto_rule(&j).await;
+    let b = steward_server::start(&env.opts, "127.0.0.1:0".parse().unwrap(), j.clock.clone())
+        .await
+        .unwrap();
+    let api_b = Api::new(b.url());
+    let users: Vec<String> = fresh_users(&j, &sim)
+        .await
+        .into_iter()
+        .map(|(u, _)| u)
+        .take(8)
+        .collect();
+    assert!(users.len() >= 4);
+    sim.sim.stats.reset();
+    let mut ids = Vec::new();
+    for (n, u) in users.iter().enumerate() {
+        let t = user_token(&j, u).await;
+        let api = if n % 2 == 0 { &j.api } else { &api_b };
+        let (st, r) = api
+            .post(
+                &t,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "duration": 300}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        ids.push(r["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        wait_state(&j, &j.admin, id, "provisioned").await;
+        assert_eq!(count_audit(&j.api, &j.admin, "request.provisioned", id).await, 1);
+    }
+    assert_eq!(
+        writes(&sim, "POST", "/members/$ref"),
+        users.len() as u64,
+        "one membership write per request"
+    );
+    j.clock.advance(time::Duration::seconds(301));
+    for id in &ids {
+        wait_state(&j, &j.admin, id, "expired").await;
+        assert_eq!(count_audit(&j.api, &j.admin, "request.expired", id).await, 1);
+    }
+    assert_eq!(
+        writes(&sim, "DELETE", "/members/"),
+        users.len() as u64,
+        "one removal per request"
+    );
+    for u in &users {
+        assert!(!in_group(&sim, j.gid, u.parse().unwrap()));
+    }
+    b.stop().await;
+    j.server.stop().await;
     sim.stop().await;
 }
