@@ -247,3 +247,63 @@ fn export_round_trips_through_serve_and_bad_files_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("groups[") && err.contains("members"), "{err}");
 }
+
+/// `steward audit verify` reads the database itself: an intact log passes, an edited or truncated one
+/// fails with the entry named.
+#[test]
+fn audit_verify_catches_edits_and_deletions() {
+    use std::sync::Arc;
+    use steward_platform::{OpenOptions, Platform, SystemClock};
+    let d = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = OpenOptions {
+        db_url: None,
+        data_dir: Some(d.path().to_owned()),
+    };
+    rt.block_on(async {
+        let p = Platform::open(&opts, Arc::new(SystemClock)).await.unwrap();
+        let t = p.bootstrap().await.unwrap().unwrap();
+        let a = p.authenticate(&t.token).await.unwrap();
+        for name in ["auto", "auto2", "auto3"] {
+            let spec = serde_json::from_value(
+                serde_json::json!({"name": name, "steps": [{"kind": "auto_approve"}]}),
+            )
+            .unwrap();
+            p.create_policy(&a, spec).await.unwrap();
+        }
+    });
+    let verify = || {
+        steward()
+            .args(["audit", "verify", "--data-dir"])
+            .arg(d.path())
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("3 entries"), "{stdout}");
+    let db = format!("sqlite://{}", d.path().join("steward.db").display());
+    let exec = |sql: &'static str| {
+        rt.block_on(async {
+            use sqlx::Executor;
+            let p = sqlx::SqlitePool::connect(&db).await.unwrap();
+            p.execute(sql).await.unwrap();
+            p.close().await;
+        })
+    };
+    exec("DELETE FROM audit_log WHERE seq = 3");
+    let out = verify();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("recorded head"), "{stderr}");
+    exec("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1");
+    let out = verify();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("entry 1 was edited"), "{stderr}");
+}
