@@ -19,7 +19,7 @@
 //! are read once (one pass over the table when many entitlements take part, else one index range each)
 //! into memory as (entitlement, principal) → (row id, sources), with principals and entitlement names
 //! interned; the edges are then applied in memory; finally the new grants are inserted in creation order
-//! and the changed ones updated in row order. When the new grants are many (at least 20,000 and a quarter of
+//! in key order (entitlement, principal) and the changed ones updated in row order. When the new grants are many (at least 20,000 and a quarter of
 //! the table), the non-unique grant indexes are dropped while they go in and built again afterwards (one
 //! sort each is cheaper than that many random inserts into 64 KiB index pages). Grants are not decoded on
 //! the common path: the embedded principal and `sources` are located by scanning the top-level protobuf
@@ -642,7 +642,7 @@ impl<'c> Expander<'c> {
         }
     }
 
-    /// Writes the created grants (in creation order) and the changed ones (in row order).
+    /// Writes the created grants (in key order) and the changed ones (in row order).
     fn write(&mut self) -> Result<()> {
         let discovered_at: String = self
             .conn
@@ -678,13 +678,20 @@ impl<'c> Expander<'c> {
                 }
             }
         }
+        // Key order (entitlement, principal type, principal id): the grant id, entitlement and resource
+        // indexes then receive the new rows in order instead of at random places.
+        let mut created = std::mem::take(&mut self.created);
+        created.sort_by(|&(d1, p1), &(d2, p2)| {
+            let (a, b) = (&self.principals[p1 as usize], &self.principals[p2 as usize]);
+            (&self.names[d1 as usize], &a.ptype, &a.pid).cmp(&(&self.names[d2 as usize], &b.ptype, &b.pid))
+        });
         let mut buf = Vec::with_capacity(4096);
         let mut ins = self.conn.prepare_cached(
             "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
                principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8, ?9)",
         )?;
-        for &(d, p) in &self.created {
+        for &(d, p) in &created {
             let (Some(Some(dst)), Some(h)) = (self.targets.get(&d), self.held[d as usize].get(&p)) else {
                 continue;
             };
