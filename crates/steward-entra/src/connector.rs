@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 use crate::config::EntraConfig;
 use crate::error::EntraError;
 use crate::index::{self, Index, Kind};
+use crate::managers::Managers;
 use crate::prefetch::Chain;
 use crate::provision::{self, GrantOptions};
 use crate::roles::RoleHolders;
@@ -32,6 +33,7 @@ pub struct Entra {
     graph: Client,
     sized: OnceCell<()>,
     index: OnceCell<Arc<Index>>,
+    managers: OnceCell<Arc<Managers>>,
     roles: tokio::sync::Mutex<Option<Arc<RoleHolders>>>,
     sign_in: OnceCell<bool>,
     left_out: AtomicU64,
@@ -58,6 +60,7 @@ impl Entra {
             graph,
             sized: OnceCell::new(),
             index: OnceCell::new(),
+            managers: OnceCell::new(),
             roles: tokio::sync::Mutex::new(None),
             sign_in: OnceCell::new(),
             left_out: AtomicU64::new(0),
@@ -115,6 +118,21 @@ impl Entra {
             .get_or_try_init(|| async { Index::build(&self.graph, &self.cfg).await.map(Arc::new) })
             .await?;
         Ok(ix.clone())
+    }
+
+    /// Users' managers, read once per sync in concurrent slices planned from the index.
+    async fn managers(&self) -> Result<Arc<Managers>, EntraError> {
+        let ix = self.index().await?;
+        let m = self
+            .managers
+            .get_or_try_init(|| async { Managers::load(&self.graph, &ix.upns).await.map(Arc::new) })
+            .await?;
+        Ok(m.clone())
+    }
+
+    /// How the managers were read, once they were: (slices, users in the largest slice).
+    pub fn manager_slices(&self) -> Option<(usize, usize)> {
+        self.managers.get().map(|m| (m.slices, m.largest_slice))
     }
 
     async fn role_holders(&self) -> Result<Arc<RoleHolders>, EntraError> {
@@ -177,44 +195,77 @@ impl Entra {
             } else {
                 (users::USER_SELECT.to_owned(), 999)
             };
-            format!("/v1.0/users?$select={sel}&$expand=manager($select=id)&$top={top}")
+            format!("/v1.0/users?$select={sel}&$top={top}")
         } else {
             token.to_owned()
         };
-        let page = self.user_pages.page(&self.graph, &url).await?;
-        let purposes: Vec<Option<String>> = if self.cfg.mailbox_settings {
-            let paths: Vec<String> = page
-                .items
-                .iter()
-                .map(|u| {
-                    format!(
-                        "/v1.0/users/{}/mailboxSettings?$select=userPurpose",
-                        u["id"].as_str().unwrap_or_default()
-                    )
-                })
-                .collect();
-            let mut out = Vec::with_capacity(paths.len());
-            for r in self.graph.batch_get(&paths).await {
-                match r {
-                    Ok(v) => out.push(v["userPurpose"].as_str().map(str::to_owned)),
-                    Err(GraphError::NotFound { .. }) => out.push(None),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            out
-        } else {
-            vec![None; page.items.len()]
-        };
+        // The page and the managers concurrently: the read-ahead keeps going while managers are read.
+        let (page, managers) = futures::try_join!(
+            async {
+                self.user_pages
+                    .page(&self.graph, &url)
+                    .await
+                    .map_err(EntraError::from)
+            },
+            self.managers()
+        )?;
+        let ids: Vec<&str> = page
+            .items
+            .iter()
+            .map(|u| u["id"].as_str().unwrap_or_default())
+            .collect();
+        let (bosses, purposes) =
+            futures::try_join!(managers.of(&self.graph, &ids), self.mailbox_purposes(&ids))?;
         let items = page
             .items
             .iter()
+            .zip(bosses)
             .zip(purposes)
-            .filter_map(|(u, p)| users::user(u, p.as_deref()))
+            .filter_map(|((u, m), p)| users::user(u, m.as_deref(), p.as_deref()))
             .collect();
         Ok(Page {
             items,
             next_page_token: page.next_link.unwrap_or_default(),
         })
+    }
+
+    /// Mailbox purposes of `ids` through `$batch` with `--mailbox-settings`, else none.
+    async fn mailbox_purposes(&self, ids: &[&str]) -> Result<Vec<Option<String>>, EntraError> {
+        if !self.cfg.mailbox_settings {
+            return Ok(vec![None; ids.len()]);
+        }
+        let paths: Vec<String> = ids
+            .iter()
+            .map(|id| format!("/v1.0/users/{id}/mailboxSettings?$select=userPurpose"))
+            .collect();
+        let mut out = Vec::with_capacity(paths.len());
+        for r in self.graph.batch_get(&paths).await {
+            match r {
+                Ok(v) => out.push(v["userPurpose"].as_str().map(str::to_owned)),
+                Err(GraphError::NotFound { .. }) => out.push(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One user by id, with its manager (and mailbox purpose), or `None` when it does not exist.
+    async fn one_user(&self, id: &str) -> Result<Option<Resource>, EntraError> {
+        self.size().await?;
+        let sel = if self.sign_in().await {
+            format!("{},signInActivity", users::USER_SELECT)
+        } else {
+            users::USER_SELECT.to_owned()
+        };
+        let path = format!("/v1.0/users/{id}?$select={sel}&$expand=manager($select=id)");
+        let v = match self.graph.get_json(&path, false).await {
+            Ok(v) => v,
+            Err(GraphError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let purpose = self.mailbox_purposes(&[id]).await?.pop().flatten();
+        let manager = crate::managers::manager_of(&v);
+        Ok(users::user(&v, manager.as_deref(), purpose.as_deref()))
     }
 
     async fn list_groups(&self, token: &str) -> Result<Page<Resource>, EntraError> {
@@ -423,8 +474,9 @@ impl Entra {
                 let v = found(self.graph.get_json(&path, false).await)?;
                 Ok(v.as_ref().and_then(roles::role))
             }
+            types::USER => self.one_user(rid).await,
             rt => {
-                // Users and licenses: scan their listing (users have no grants to re-sync; licenses are few).
+                // Licenses: scan their listing (they are few).
                 let mut token = String::new();
                 loop {
                     let page = self.resources(rt, &token).await?;

@@ -55,6 +55,8 @@ pub struct Index {
     pub apps: Vec<Value>,
     /// Users in the tenant.
     pub users: usize,
+    /// Users' principal names (to plan the concurrent manager listings, see `managers`).
+    pub upns: Vec<String>,
 }
 
 /// `$select` of the service principal listing (shared with the enterprise application listing).
@@ -65,7 +67,10 @@ impl Index {
     pub async fn build(g: &Client, cfg: &EntraConfig) -> Result<Index, EntraError> {
         let sp_url = format!("/v1.0/servicePrincipals?$select={SP_SELECT}&$top=999");
         let (users, groups, sps) = futures::try_join!(
-            g.get_all("/v1.0/users?$select=id,assignedLicenses&$top=999", false),
+            g.get_all(
+                "/v1.0/users?$select=id,userPrincipalName,assignedLicenses&$top=999",
+                false
+            ),
             g.get_all("/v1.0/groups?$select=id,onPremisesSyncEnabled&$top=999", false),
             g.get_all(&sp_url, false),
         )?;
@@ -76,6 +81,9 @@ impl Index {
         };
         for u in &users {
             let Some(id) = id_of(u) else { continue };
+            if let Some(upn) = u["userPrincipalName"].as_str() {
+                ix.upns.push(upn.to_owned());
+            }
             for l in u["assignedLicenses"].as_array().into_iter().flatten() {
                 if let Some(sku) = l["skuId"].as_str() {
                     ix.licenses

@@ -11,7 +11,8 @@
 //! | `license` | — | `assigned` | users' `assignedLicenses` |
 //!
 //! Rooms: [`config`] (settings), [`connector`] (the `Connector` impl and paging), [`index`] (the
-//! directory index that keeps grants referentially intact), [`types`], and one mapping module per kind
+//! directory index that keeps grants referentially intact), [`managers`] (users' managers, read in
+//! concurrent slices), [`types`], and one mapping module per kind
 //! ([`users`], [`groups`], [`apps`], [`roles`], [`licenses`], [`grants`]); [`provision`] (grant and
 //! revoke, safe to repeat and retry); [`error`].
 
@@ -23,6 +24,7 @@ pub mod grants;
 pub mod groups;
 pub mod index;
 pub mod licenses;
+pub mod managers;
 pub mod prefetch;
 pub mod provision;
 pub mod roles;

@@ -11,8 +11,9 @@ use steward_model::{Resource, Timestamp, builders, profile};
 
 use crate::types;
 
-/// `$select` of the user listing (without `signInActivity`).
-pub const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,givenName,surname,accountEnabled,userType,employeeId,employeeType,department,jobTitle,onPremisesSyncEnabled,createdDateTime,manager";
+/// `$select` of the user listing (without `signInActivity`). Managers are read apart (see `managers`):
+/// `$expand` would cap the listing's pages at 100 users.
+pub const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,givenName,surname,accountEnabled,userType,employeeId,employeeType,department,jobTitle,onPremisesSyncEnabled,createdDateTime";
 
 /// The account type a mailbox purpose implies.
 pub fn account_type(purpose: Option<&str>) -> AccountType {
@@ -35,8 +36,9 @@ pub fn timestamp(text: Option<&str>) -> Option<Timestamp> {
     })
 }
 
-/// A user resource from a Graph user (as listed with [`USER_SELECT`]) and its mailbox purpose.
-pub fn user(v: &Value, mailbox_purpose: Option<&str>) -> Option<Resource> {
+/// A user resource from a Graph user (as listed with [`USER_SELECT`]), its manager's id and its mailbox
+/// purpose.
+pub fn user(v: &Value, manager: Option<&str>, mailbox_purpose: Option<&str>) -> Option<Resource> {
     let id = s(v, "id")?;
     let upn = s(v, "userPrincipalName").unwrap_or(id);
     let name = s(v, "displayName").unwrap_or(upn);
@@ -79,7 +81,7 @@ pub fn user(v: &Value, mailbox_purpose: Option<&str>) -> Option<Resource> {
     put("employee_type", s(v, "employeeType"));
     put("department", s(v, "department"));
     put("job_title", s(v, "jobTitle"));
-    put("manager_id", v.pointer("/manager/id").and_then(Value::as_str));
+    put("manager_id", manager);
     put("mailbox_purpose", mailbox_purpose);
     put("last_sign_in", last);
     p.insert("user_type".into(), json!(s(v, "userType").unwrap_or("Member")));
@@ -144,8 +146,8 @@ mod tests {
     fn room_mailboxes_are_service_accounts() {
         let v = json!({"id": "u1", "userPrincipalName": "room1@x.com", "displayName": "Room 1",
             "accountEnabled": true, "userType": "Member", "createdDateTime": "2021-01-02T03:04:05Z",
-            "manager": {"id": "m1"}, "signInActivity": {"lastSignInDateTime": "2024-05-01T00:00:00Z"}});
-        let r = user(&v, Some("room")).unwrap();
+            "signInActivity": {"lastSignInDateTime": "2024-05-01T00:00:00Z"}});
+        let r = user(&v, Some("m1"), Some("room")).unwrap();
         let t: UserTrait = r.annotations.find().unwrap().unwrap();
         assert_eq!(t.account_type, AccountType::Service as i32);
         assert_eq!(t.login, "room1@x.com");
@@ -153,7 +155,7 @@ mod tests {
         assert!(t.last_login.is_some() && t.created_at.is_some());
         let p = r.profile.unwrap();
         assert_eq!(profile::get_str(&p, "manager_id"), Some("m1"));
-        let r = user(&v, Some("user")).unwrap();
+        let r = user(&v, None, Some("user")).unwrap();
         let t: UserTrait = r.annotations.find().unwrap().unwrap();
         assert_eq!(t.account_type, AccountType::Human as i32);
     }

@@ -1233,3 +1233,168 @@ async fn roles_without_p2_assign_actively_and_refuse_pim() {
     assert!(err.contains("P2"), "{err}");
     assert_eq!(held(&s, &ent, f.user), 0);
 }
+
+/// A TCP proxy in front of the emulator's Graph listener that records the target of every HTTP/1.1 GET.
+async fn recording_proxy(upstream: &str) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(server) = tokio::net::TcpStream::connect(&up).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut line = Vec::new();
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    for &b in &buf[..n] {
+                        if b == b'\n' {
+                            let l = String::from_utf8_lossy(&line);
+                            if let Some(target) = l
+                                .strip_prefix("GET ")
+                                .and_then(|r| r.trim_end().strip_suffix(" HTTP/1.1"))
+                            {
+                                seen.lock().unwrap().push(target.to_owned());
+                            }
+                            line.clear();
+                        } else if line.len() < 8192 {
+                            line.push(b);
+                        }
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+fn query_of(target: &str) -> BTreeMap<String, String> {
+    let q = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    url::form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Users are listed 999 per page (500 with sign-in times), never with `$expand`; managers come from
+/// concurrent `$expand=manager` slices; and every user's profile names its manager exactly as the tenant.
+#[tokio::test]
+async fn users_are_listed_999_per_page_and_keep_their_managers() {
+    let size = Size {
+        users: 2_500,
+        groups: 30,
+        memberships: 600,
+        service_principals: 20,
+        subscriptions: 1,
+        resource_groups: 2,
+        azure_assignments: 10,
+        big_app_assignments: 30,
+        membership_cycle: false,
+    };
+    let t = generate(size, 23);
+    let n = t.users.len();
+    let bosses: BTreeMap<String, Option<String>> = t
+        .users
+        .iter()
+        .map(|u| (u.id.to_string(), u.manager.map(|m| m.to_string())))
+        .collect();
+    assert!(bosses.values().filter(|m| m.is_some()).count() > n / 2);
+    let s = sim(t, Settings::default()).await;
+    let (proxy, seen) = recording_proxy(&s.r.ready.graph).await;
+    let mut cfg = connector_config(&s);
+    cfg.graph_endpoint = Some(proxy);
+    let (path, e) = sync(&s, cfg, "managers.c1z").await.unwrap();
+
+    // Every user, with the manager the tenant has (or none).
+    let r = C1zReader::open(&path).unwrap();
+    let users = r
+        .resources(
+            &ResourceFilter {
+                resource_type: Some("user".into()),
+                ..Default::default()
+            },
+            &PageRequest::first(1_000_000),
+        )
+        .unwrap()
+        .items;
+    assert_eq!(users.len(), n);
+    for u in &users {
+        let id = u.id.as_ref().unwrap().resource.clone();
+        let p = u.profile.as_ref().unwrap();
+        let got = steward_model::profile::get_str(p, "manager_id").map(str::to_owned);
+        assert_eq!(&got, &bosses[&id], "manager of {id}");
+    }
+
+    // The profile listing: full pages of 999 (500 when sign-in times are read), no $expand.
+    let seen = seen.lock().unwrap().clone();
+    let lists: Vec<BTreeMap<String, String>> = seen
+        .iter()
+        .filter(|t| t.starts_with("/v1.0/users?"))
+        .map(|t| query_of(t))
+        .collect();
+    let profile: Vec<&BTreeMap<String, String>> = lists
+        .iter()
+        .filter(|q| q.get("$select").is_some_and(|s| s.contains("displayName")))
+        .collect();
+    assert!(!profile.is_empty());
+    let top: usize = if profile[0]["$select"].contains("signInActivity") {
+        500
+    } else {
+        999
+    };
+    for q in &profile {
+        assert_eq!(
+            q.get("$top").map(String::as_str),
+            Some(top.to_string().as_str()),
+            "{q:?}"
+        );
+        assert!(!q.contains_key("$expand"), "{q:?}");
+    }
+    assert_eq!(profile.len(), n.div_ceil(top), "profile pages");
+
+    // Managers: several slices, each a chain of $expand pages; 2 RU per 100 users, as one listing costs.
+    let slices: Vec<&BTreeMap<String, String>> = lists
+        .iter()
+        .filter(|q| q.get("$expand").is_some_and(|x| x.starts_with("manager")))
+        .collect();
+    let filters: BTreeSet<&String> = slices.iter().filter_map(|q| q.get("$filter")).collect();
+    let (count, largest) = e.manager_slices().unwrap();
+    assert_eq!(filters.len(), count, "one filter per slice");
+    assert!(count >= 3, "{n} users are read in {count} slices");
+    assert!(largest <= steward_entra::managers::target(n));
+    assert!(
+        slices.len() <= n.div_ceil(100) + count,
+        "{} manager pages",
+        slices.len()
+    );
+    assert_eq!(e.stats().batched, 0, "no user needed its manager looked up alone");
+
+    // Users the slices missed are looked up one by one (through $batch): same answers.
+    let ids: Vec<&str> = bosses.keys().take(45).map(String::as_str).collect();
+    let direct = steward_entra::managers::Managers::default()
+        .of(e.graph(), &ids)
+        .await
+        .unwrap();
+    for (id, m) in ids.iter().zip(direct) {
+        assert_eq!(&m, &bosses[*id], "manager of {id}, read alone");
+    }
+}

@@ -166,8 +166,10 @@ impl Query {
 
     /// Applies `$select` (or the type's default set) to a full object.
     pub fn project(&self, mut full: Map<String, Value>, default: Option<&[&str]>) -> Map<String, Value> {
+        // Expanded navigation properties are returned whatever `$select` says (OData; Graph does so).
+        let expanded = |k: &str| self.expand.iter().any(|e| e.eq_ignore_ascii_case(k));
         let keep = |k: &str, list: &[String]| {
-            k.starts_with('@') || list.iter().any(|p| p == "*" || p.eq_ignore_ascii_case(k))
+            k.starts_with('@') || expanded(k) || list.iter().any(|p| p == "*" || p.eq_ignore_ascii_case(k))
         };
         match (&self.select, default) {
             (Some(sel), _) => {
@@ -175,7 +177,9 @@ impl Query {
                 full
             }
             (None, Some(def)) => {
-                full.retain(|k, _| k.starts_with('@') || def.contains(&k.as_str()) || k.ends_with("@delta"));
+                full.retain(|k, _| {
+                    k.starts_with('@') || expanded(k) || def.contains(&k.as_str()) || k.ends_with("@delta")
+                });
                 full
             }
             (None, None) => full,

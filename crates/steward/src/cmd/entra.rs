@@ -527,8 +527,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         let cap = steward_msgraph::budget::graph_capacity(users);
         let floor = ru / (cap / 10.0);
         let floor_burst = ((ru - cap).max(0.0)) / (cap / 10.0);
-        // The longest chain of dependent requests: the user listing ($expand=manager pages hold 100).
-        let user_pages = (m.users as f64 / 100.0).ceil();
+        // The longest chain of dependent requests: the index's user listing (999 a page), then the largest
+        // slice of the manager listings (`$expand` pages hold 100).
+        let index_pages = (m.users as f64 / 999.0).ceil();
+        let (slices, largest) = entra.manager_slices().unwrap_or((0, 0));
+        let slice_pages = (largest as f64 / 100.0).ceil();
+        let user_pages = index_pages + slice_pages;
         let page_floor = user_pages * (a.latency_ms as f64 + 1.0) / 1000.0;
         let (_, peak) = crate::cmd::bench::rss_mib();
         println!(
@@ -555,8 +559,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             floor_burst
         );
         println!(
-            "  page-count floor: {:.2} s ({} sequential user pages × {} ms)",
-            page_floor, user_pages, a.latency_ms
+            "  page-count floor: {:.2} s ({} sequential pages: {} user pages of 999, then {} of the largest of {} manager slices, × {} ms)",
+            page_floor, user_pages, index_pages, slice_pages, slices, a.latency_ms
         );
         println!("  peak RSS (emulator + connector in one process): {peak} MiB");
         running.stop().await;
