@@ -1,6 +1,8 @@
 //! One-shot provisioning by ids, as Baton connectors do with `--grant-entitlement ID --grant-principal ID
 //! --grant-principal-type TYPE` and `--revoke-grant GRANT_ID`: the ids are looked up in an existing c1z
-//! (its latest finished full sync) and the connector is called with the full objects.
+//! (its default view: the latest finished full sync with newer partial syncs laid over it, so a grant
+//! confirmed by a partial sync after provisioning is found) and the connector is called with the full
+//! objects.
 
 use std::path::Path;
 

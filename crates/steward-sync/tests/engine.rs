@@ -530,6 +530,11 @@ fn partial_sync_of_chosen_resources() {
         Some(runs[0].sync_id.as_str()),
         "readers default to the latest full sync"
     );
+    assert_eq!(
+        r.overlay_sync_ids(),
+        std::slice::from_ref(&s.sync_id),
+        "with the newer partial sync laid over it"
+    );
     r.select_sync(&s.sync_id).unwrap();
     let st = r.stats().unwrap();
     assert_eq!(st.resources_by_type.get("group"), Some(&1));
