@@ -143,17 +143,26 @@ impl Managers {
     /// Reads the managers of every user, slices concurrently (the client bounds requests in flight).
     pub async fn load(g: &Client, upns: &[String]) -> Result<Managers, EntraError> {
         let slices = plan(upns, target(upns.len()));
+        // Each slice keeps only (id, manager) of its pages, never the pages themselves.
         let lists = futures::future::try_join_all(slices.iter().map(|s| async move {
-            let url = slice_url(s);
-            g.get_all(&url, false).await
+            let mut out: Vec<(String, Option<String>)> = Vec::new();
+            let mut url = slice_url(s);
+            loop {
+                let page = g.get_page(&url, false).await?;
+                out.extend(
+                    page.items
+                        .iter()
+                        .filter_map(|v| Some((v["id"].as_str()?.to_owned(), manager_of(v)))),
+                );
+                match page.next_link {
+                    Some(n) => url = n,
+                    None => return Ok::<_, GraphError>(out),
+                }
+            }
         }))
         .await?;
         let mut of = HashMap::with_capacity(upns.len());
-        for v in lists.into_iter().flatten() {
-            if let Some(id) = v["id"].as_str() {
-                of.insert(id.to_owned(), manager_of(&v));
-            }
-        }
+        of.extend(lists.into_iter().flatten());
         tracing::info!(
             slices = slices.len(),
             users = of.len(),

@@ -9,8 +9,9 @@
 use steward_msgraph::{Client, Error, ODataPage};
 use tokio::sync::{Mutex, mpsc};
 
-/// Pages fetched ahead of the engine at most.
-pub const AHEAD: usize = 8;
+/// Pages fetched ahead of the engine at most (listings page at 999: two pages ahead hide a round trip
+/// without holding thousands of parsed objects).
+pub const AHEAD: usize = 2;
 
 type Item = (String, Result<ODataPage, Error>);
 
