@@ -259,11 +259,8 @@ impl C1zReader {
         } else {
             "t.resource_type_id || ':' || t.resource_id"
         };
-        format!(
-            "(CASE WHEN EXISTS (SELECT 1 FROM {COVER} c WHERE c.k = {key})
-                   THEN t.sync_id = (SELECT c.sync_id FROM {COVER} c WHERE c.k = {key})
-                   ELSE t.sync_id = ?1 END)"
-        )
+        // The row's resource's newest partial sync if one lists it, else the base.
+        format!("t.sync_id = coalesce((SELECT c.sync_id FROM {COVER} c WHERE c.k = {key}), ?1)")
     }
 
     /// The c1z file.
