@@ -24,6 +24,8 @@ use crate::error::{PlatformError, Result};
 pub const LEASE_SECS: i64 = 120;
 /// Provisioning attempts before a transiently failing request is marked failed.
 pub const MAX_PROVISION_ATTEMPTS: i64 = 6;
+/// Tasks one worker runs at once.
+pub const WORKER_CONCURRENCY: usize = 16;
 /// Webhook delivery attempts.
 pub const MAX_WEBHOOK_ATTEMPTS: i64 = 8;
 
@@ -59,35 +61,49 @@ fn sys(action: &str, id: &str, detail: serde_json::Value) -> NewAudit {
 }
 
 impl Platform {
-    /// Runs the tasks that are due until none is left; returns how many ran.
+    /// Runs the tasks that are due until none is left, up to [`WORKER_CONCURRENCY`] at a time; returns how
+    /// many ran.
     pub async fn work(&self) -> Result<usize> {
         let mut n = 0;
         loop {
             let now = self.clock.now().unix_timestamp();
-            let Some(t) = self.gov.claim(&self.worker_id, now, now + LEASE_SECS).await? else {
-                return Ok(n);
-            };
-            n += 1;
-            let r = match t.kind.as_str() {
-                "provision" => self.run_provision(&t).await,
-                "end" => self.run_end(&t).await,
-                "webhook" => self.run_webhook(&t).await,
-                other => {
-                    self.gov
-                        .kill_task(&t.id, &self.worker_id, &format!("unknown task kind {other}"))
-                        .await
+            let mut batch = Vec::new();
+            while batch.len() < WORKER_CONCURRENCY {
+                match self.gov.claim(&self.worker_id, now, now + LEASE_SECS).await? {
+                    Some(t) => batch.push(t),
+                    None => break,
                 }
-            };
-            if let Err(e) = r {
-                tracing::warn!(task = %t.id, kind = %t.kind, error = %e, "task failed; retrying later");
+            }
+            if batch.is_empty() {
+                return Ok(n);
+            }
+            n += batch.len();
+            let results = futures::future::join_all(batch.iter().map(|t| self.run_task(t))).await;
+            for (t, r) in batch.iter().zip(results) {
+                if let Err(e) = r {
+                    tracing::warn!(task = %t.id, kind = %t.kind, error = %e, "task failed; retrying later");
+                    self.gov
+                        .retry_task(
+                            &t.id,
+                            &self.worker_id,
+                            now + backoff(t.attempts, 300),
+                            &e.to_string(),
+                        )
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn run_task(&self, t: &Task) -> Result<()> {
+        match t.kind.as_str() {
+            "provision" => self.run_provision(t).await,
+            "end" => self.run_end(t).await,
+            "webhook" => self.run_webhook(t).await,
+            other => {
                 self.gov
-                    .retry_task(
-                        &t.id,
-                        &self.worker_id,
-                        now + backoff(t.attempts, 300),
-                        &e.to_string(),
-                    )
-                    .await?;
+                    .kill_task(&t.id, &self.worker_id, &format!("unknown task kind {other}"))
+                    .await
             }
         }
     }

@@ -19,6 +19,8 @@ pub enum BenchCommand {
     Azure(crate::cmd::azure::BenchArgs),
     /// Platform ingest and API throughput (issue 7).
     Platform(crate::cmd::serve::BenchArgs),
+    /// Access requests: request → provisioned latency, sustained rate, expiry sweep (issue 8).
+    Requests(crate::cmd::request::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -42,6 +44,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Entra(a) => crate::cmd::entra::bench(a),
         BenchCommand::Azure(a) => crate::cmd::azure::bench(a),
         BenchCommand::Platform(a) => crate::cmd::serve::bench(a),
+        BenchCommand::Requests(a) => crate::cmd::request::bench(a),
     }
 }
 

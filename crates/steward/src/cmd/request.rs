@@ -227,3 +227,262 @@ pub fn audit(c: AuditCommand) -> anyhow::Result<()> {
         }),
     }
 }
+
+/// `steward bench requests`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Emulated tenant size.
+    #[arg(long, default_value = "medium")]
+    pub tenant: String,
+    /// Requests measured one at a time (latency).
+    #[arg(long, default_value_t = 200)]
+    pub sequential: usize,
+    /// Requests filed at once (sustained rate and the expiry sweep).
+    #[arg(long, default_value_t = 2000)]
+    pub burst: usize,
+    /// Database URL (default: SQLite in a temporary data directory, the embedded default).
+    #[arg(long)]
+    pub db: Option<String>,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ts(s: &str) -> anyhow::Result<time::OffsetDateTime> {
+    Ok(time::OffsetDateTime::parse(
+        s,
+        &time::format_description::well_known::Rfc3339,
+    )?)
+}
+
+/// Measures, against the emulator without latency: request → provisioned (auto-approve; grant in the tenant
+/// and confirmation by a partial sync) one at a time, then a burst of requests, then their expiry sweep.
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(bench_async(a))
+}
+
+async fn bench_async(a: BenchArgs) -> anyhow::Result<()> {
+    use steward_platform::{ManualClock, OpenOptions};
+    let size = steward_sim::Size::named(&a.tenant)
+        .ok_or_else(|| anyhow::anyhow!("unknown tenant size {:?}", a.tenant))?;
+    let sim_dir = tempfile::tempdir()?;
+    let sim = steward_sim::start(steward_sim::Options {
+        tenant: steward_sim::generate(size, 1),
+        settings: Default::default(),
+        listen: "127.0.0.1:0".parse()?,
+        tls: false,
+        proxy: None,
+        state_dir: sim_dir.path().to_owned(),
+    })
+    .await?;
+    let r = sim.ready.clone();
+    let data = tempfile::tempdir()?;
+    let opts = OpenOptions {
+        db_url: a.db.clone(),
+        data_dir: Some(data.path().to_owned()),
+    };
+    // A manual clock that follows real time until the sweep jumps it forward.
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    let server = steward_server::start(&opts, "127.0.0.1:0".parse()?, clock.clone()).await?;
+    let tick = {
+        let c = clock.clone();
+        tokio::spawn(async move {
+            let mut last = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                let now = std::time::Instant::now();
+                c.advance(time::Duration::try_from(now - last).unwrap_or_default());
+                last = now;
+            }
+        })
+    };
+    let admin = ClientArgs {
+        url: server.url(),
+        token: server
+            .bootstrap_token
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the benchmark needs a fresh database"))?,
+    };
+    let c = Client::new(admin.clone());
+    let conn = c
+        .post("/api/v1/connectors", json!({"kind": "entra", "name": "bench", "settings": {
+            "entra_tenant_id": r.tenant_id, "entra_client_id": r.client_id, "entra_client_secret": r.client_secret,
+            "login_endpoint": r.login, "graph_endpoint": r.graph, "provisioning": true}}))
+        .await?;
+    let cid = conn["id"].as_str().unwrap_or_default().to_owned();
+    let t = std::time::Instant::now();
+    server.platform.run_connector(&cid, "bench").await?;
+    eprintln!(
+        "synced the {} tenant in {:.1}s",
+        a.tenant,
+        t.elapsed().as_secs_f64()
+    );
+    // The app whose first assigned group has the fewest members: every request adds one.
+    let apps = c.get("/api/v1/apps?managed=false&limit=1000").await?;
+    let mut best: Option<(String, String, i64)> = None;
+    for app in apps["items"].as_array().into_iter().flatten() {
+        let id = app["id"].as_str().unwrap_or_default();
+        let le = c.get(&format!("/api/v1/apps/{id}/linked-entitlements")).await?;
+        for l in le["items"].as_array().into_iter().flatten() {
+            let m = l["members"].as_i64().unwrap_or(0);
+            if best.as_ref().is_none_or(|b| m < b.2) {
+                best = Some((
+                    id.to_owned(),
+                    l["idp_entitlement_id"].as_str().unwrap_or_default().to_owned(),
+                    m,
+                ));
+            }
+        }
+    }
+    let (app, idp, members) =
+        best.ok_or_else(|| anyhow::anyhow!("no enterprise app with an assigned group"))?;
+    c.post(&format!("/api/v1/apps/{app}/manage"), json!({})).await?;
+    c.post(
+        &format!("/api/v1/apps/{app}/linked-entitlements/{idp}"),
+        json!({"action": "virtual_role", "name": "Bench"}),
+    )
+    .await?;
+    c.post(
+        "/api/v1/policies",
+        json!({"name": "auto", "steps": [{"kind": "auto_approve"}]}),
+    )
+    .await?;
+    c.post(
+        &format!("/api/v1/apps/{app}/entitlement-rules"),
+        json!({"resource_types": ["virtual_role"], "access_profiles": ["everyone"], "policy": "auto"}),
+    )
+    .await?;
+    let vr = format!("vr:{idp}");
+    // Users who are not in the group yet.
+    let ids = c.get("/api/v1/identities?limit=1000").await?;
+    let mut users = Vec::new();
+    let mut page = ids;
+    loop {
+        for i in page["items"].as_array().into_iter().flatten() {
+            if i["kind"] == "user" {
+                users.push(i["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        match page["next_page_token"].as_str() {
+            Some(tok) => {
+                page = c
+                    .get(&format!("/api/v1/identities?limit=1000&page_token={tok}"))
+                    .await?
+            }
+            None => break,
+        }
+    }
+    let held: std::collections::HashSet<String> = c
+        .get(&format!(
+            "/api/v1/apps/{app}/entitlements/{vr}/holders?limit=1000"
+        ))
+        .await
+        .ok()
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|h| h["principal_id"].as_str().map(str::to_owned))
+        .collect();
+    users.retain(|u| !held.contains(u));
+    let want = a.sequential + a.burst;
+    anyhow::ensure!(
+        users.len() >= want,
+        "the {} tenant has {} users outside the group ({members} members); ask for fewer requests",
+        a.tenant,
+        users.len()
+    );
+    let mut tokens = Vec::new();
+    for u in users.iter().take(want) {
+        let t = c.post("/api/v1/tokens", json!({"user": u})).await?;
+        tokens.push(t["token"].as_str().unwrap_or_default().to_owned());
+    }
+    let as_user = |tok: &str| {
+        Client::new(ClientArgs {
+            url: admin.url.clone(),
+            token: tok.to_owned(),
+        })
+    };
+    let wait = |id: String, tok: String| {
+        let cl = as_user(&tok);
+        async move {
+            loop {
+                let r = cl.get(&format!("/api/v1/requests/{id}")).await?;
+                match r["state"].as_str() {
+                    Some("provisioned") => return anyhow::Ok(r),
+                    Some("failed" | "denied") => {
+                        anyhow::bail!("request {id} ended {}: {}", r["state"], r["reason"])
+                    }
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                }
+            }
+        }
+    };
+    // 1. One at a time: latency as the server records it (created → provisioned).
+    let mut lat = Vec::new();
+    for tok in tokens.iter().take(a.sequential) {
+        let r = as_user(tok)
+            .post("/api/v1/requests", json!({"entitlement": vr, "duration": 3600}))
+            .await?;
+        let done = wait(r["id"].as_str().unwrap_or_default().to_owned(), tok.clone()).await?;
+        let d = ts(done["provisioned_at"].as_str().unwrap_or_default())?
+            - ts(done["created_at"].as_str().unwrap_or_default())?;
+        lat.push(d.as_seconds_f64() * 1000.0);
+    }
+    lat.sort_by(f64::total_cmp);
+    // 2. A burst: all filed at once, time until every one is provisioned.
+    let t = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for tok in tokens.iter().skip(a.sequential).cloned() {
+        let cl = as_user(&tok);
+        let vr = vr.clone();
+        handles.push(tokio::spawn(async move {
+            cl.post("/api/v1/requests", json!({"entitlement": vr, "duration": 3600}))
+                .await
+        }));
+    }
+    let mut burst_ids = Vec::new();
+    for (h, tok) in handles.into_iter().zip(tokens.iter().skip(a.sequential)) {
+        let r = h.await??;
+        burst_ids.push((r["id"].as_str().unwrap_or_default().to_owned(), tok.clone()));
+    }
+    let filed = t.elapsed().as_secs_f64();
+    for (id, tok) in &burst_ids {
+        wait(id.clone(), tok.clone()).await?;
+    }
+    let burst_secs = t.elapsed().as_secs_f64();
+    // 3. The expiry sweep: jump past every end time and wait until all are expired and removed.
+    let before = sim.sim.stats.json();
+    let t = std::time::Instant::now();
+    clock.advance(time::Duration::seconds(3601));
+    server.platform.wake_signal().notify_one();
+    loop {
+        let r = c.get("/api/v1/requests?state=provisioned&limit=1").await?;
+        if r["items"].as_array().is_none_or(|v| v.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sweep_secs = t.elapsed().as_secs_f64();
+    let after = sim.sim.stats.json();
+    tick.abort();
+    let graph = |v: &serde_json::Value| v["requests"].as_u64().unwrap_or(0);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "tenant": a.tenant,
+            "database": server.platform.store().backend(),
+            "group_members_before": members,
+            "sequential": {"requests": a.sequential, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0)},
+            "burst": {"requests": a.burst, "filed_s": filed, "all_provisioned_s": burst_secs, "provisioned_per_s": a.burst as f64 / burst_secs},
+            "expiry_sweep": {"grants": want, "seconds": sweep_secs, "expired_per_s": want as f64 / sweep_secs, "graph_requests": graph(&after) - graph(&before)},
+        }))?
+    );
+    server.stop().await;
+    sim.stop().await;
+    Ok(())
+}
