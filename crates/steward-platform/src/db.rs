@@ -220,4 +220,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V2_COMMON,
         postgres: V2_COMMON,
     },
+    Migration {
+        version: 3,
+        name: "read paths: identities by lowercased UPN (access by UPN without a table scan)",
+        sqlite: V3_COMMON,
+        postgres: V3_COMMON,
+    },
 ];
+
+/// `Store::identity` looks identities up by id or by `lower(upn)`; both sides of its UNION use an index.
+const V3_COMMON: &str = "CREATE INDEX identities_upn_lower ON identities (lower(upn))";

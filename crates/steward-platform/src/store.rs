@@ -498,6 +498,7 @@ fn load_sqlite(
         "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -131072; PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = OFF;",
     )
     .map_err(lite)?;
+    let t0 = std::time::Instant::now();
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(lite)?;
@@ -550,6 +551,7 @@ fn load_sqlite(
             .map_err(lite)?;
     }
     let mut st = IngestStats::default();
+    let t_delete = t0.elapsed();
     {
         let mut sink = SqliteSink {
             cid,
@@ -564,11 +566,13 @@ fn load_sqlite(
         st.grants = n.grants;
         st.identities = n.identities;
     }
+    let t_load = t0.elapsed();
     if rebuild {
         for (_, ddl) in SQLITE_GRANT_INDEXES {
             tx.execute_batch(ddl).map_err(lite)?;
         }
     }
+    let t_index = t0.elapsed();
     st.accounts_linked += tx.execute(LINK_BY_OBJECT_ID, [cid]).map_err(lite)? as u64;
     if !identity_source {
         for col in ["upn", "email"] {
@@ -598,7 +602,18 @@ fn load_sqlite(
         st.apps_discovered += 1;
     }
     tx.execute(RENAME_APPS, [cid]).map_err(lite)?;
+    let t_finish = t0.elapsed();
     tx.commit().map_err(lite)?;
+    tracing::debug!(
+        connector = cid,
+        rebuild,
+        lock_and_delete = ?t_delete,
+        load = ?(t_load - t_delete),
+        indexes = ?(t_index - t_load),
+        links_and_apps = ?(t_finish - t_index),
+        commit = ?(t0.elapsed() - t_finish),
+        "SQLite snapshot replaced"
+    );
     Ok(st)
 }
 
@@ -780,6 +795,7 @@ async fn ingest_pg(
     mut rx: mpsc::Receiver<Batch>,
 ) -> Result<IngestStats> {
     let file = sync_file(&mut rx).await?;
+    let t0 = std::time::Instant::now();
     let mut tx = p.begin().await?;
     // One ingest per connector at a time; readers keep seeing the committed snapshot (MVCC).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -801,6 +817,7 @@ async fn ingest_pg(
             .execute(&mut *tx)
             .await?;
     }
+    let t_delete = t0.elapsed();
     let (ctx, mut crx) = mpsc::channel::<CopyMsg>(4);
     let owned_cid = cid.to_owned();
     let reader = tokio::task::spawn_blocking(move || {
@@ -840,6 +857,7 @@ async fn ingest_pg(
         copy.finish().await?;
     }
     let n = joined(reader.await)?;
+    let t_load = t0.elapsed();
     let mut st = IngestStats {
         resources: n.resources,
         entitlements: n.entitlements,
@@ -883,7 +901,16 @@ async fn ingest_pg(
         st.apps_discovered += 1;
     }
     sqlx::query(RENAME_APPS).bind(cid).execute(&mut *tx).await?;
+    let t_finish = t0.elapsed();
     tx.commit().await?;
+    tracing::debug!(
+        connector = cid,
+        lock_and_delete = ?t_delete,
+        copy = ?(t_load - t_delete),
+        identities_links_and_apps = ?(t_finish - t_load),
+        commit = ?(t0.elapsed() - t_finish),
+        "PostgreSQL snapshot replaced"
+    );
     Ok(st)
 }
 
@@ -1046,7 +1073,8 @@ impl Store for SqlStore {
 
     async fn identity(&self, id_or_upn: &str) -> Result<Option<Identity>> {
         let row: Option<IdTuple> = with_db!(&self.db, p => {
-            sqlx::query_as(AssertSqlSafe(format!("SELECT {ID_COLS} FROM identities WHERE id = $1 OR lower(upn) = lower($1) ORDER BY id LIMIT 1")))
+            // A UNION of two indexed lookups (an OR would scan the table): the primary key and lower(upn).
+            sqlx::query_as(AssertSqlSafe(format!("SELECT {ID_COLS} FROM (SELECT {ID_COLS} FROM identities WHERE id = $1 UNION SELECT {ID_COLS} FROM identities WHERE lower(upn) = lower($1)) AS m ORDER BY id LIMIT 1")))
                 .bind(id_or_upn).fetch_optional(p).await?
         });
         Ok(row.map(identity_from))
@@ -1321,14 +1349,16 @@ mod tests {
     use super::*;
 
     /// Users `u0..u{n}` (the first with a name that needs escaping in COPY), one group, every user a member.
-    fn write_sync(path: &Path, users: usize) {
+    fn write_sync(path: &Path, users: usize, tag: &str) {
         let ut = builders::resource_type("user", "User", &[Trait::User]);
         let gt = builders::resource_type("group", "Group", &[Trait::Group]);
         let mut w = steward_c1z::C1zWriter::create(path).unwrap();
         w.begin_sync(steward_c1z::SyncType::Full).unwrap();
         w.put_resource_type(&ut).unwrap();
         w.put_resource_type(&gt).unwrap();
-        let g = ResourceBuilder::new("group", "g0", "Group 0").group().build();
+        let g = ResourceBuilder::new("group", &format!("{tag}g0"), "Group 0")
+            .group()
+            .build();
         let member = builders::entitlement(
             &g,
             "member",
@@ -1339,13 +1369,13 @@ mod tests {
         w.put_resource(&g).unwrap();
         w.put_entitlement(&member).unwrap();
         for i in 0..users {
-            let upn = format!("user{i}@test.example");
+            let upn = format!("{tag}user{i}@test.example");
             let name = if i == 0 {
                 "Tab\there \\ new\nline".to_owned()
             } else {
                 format!("User {i}")
             };
-            let u = ResourceBuilder::new("user", &format!("u{i}"), &name)
+            let u = ResourceBuilder::new("user", &format!("{tag}u{i}"), &name)
                 .profile(steward_model::profile::strings([(
                     "user_principal_name",
                     upn.as_str(),
@@ -1380,8 +1410,10 @@ mod tests {
             dir.path().join("bigger.c1z"),
             dir.path().join("bad.c1z"),
         );
-        write_sync(&good, 40);
-        write_sync(&bigger, 60);
+        // Ids unique to this run: the PostgreSQL database is shared by the tests of a run.
+        let tag = format!("{}-", uuid::Uuid::new_v4().simple());
+        write_sync(&good, 40, &tag);
+        write_sync(&bigger, 60, &tag);
         corrupt_last_grant(&bigger, &bad, dir.path());
         let p = Platform::open(
             &OpenOptions {
@@ -1415,11 +1447,11 @@ mod tests {
             .unwrap();
         let holders = |p: &Platform| {
             let s = p.store().clone();
-            let cid = c.id.clone();
+            let (cid, ent) = (c.id.clone(), format!("group:{tag}g0:member"));
             async move {
                 s.holders(
                     &cid,
-                    "group:g0:member",
+                    &ent,
                     &ListQuery {
                         limit: Some(1000),
                         ..Default::default()
@@ -1433,17 +1465,25 @@ mod tests {
         let rec = p.ingest(&c, &good, "upload", vec![]).await.unwrap();
         assert_eq!(rec.stats.as_ref().unwrap()["grants"], 40);
         assert_eq!(holders(&p).await.len(), 40);
-        let u0 = p.store().identity("u0").await.unwrap().unwrap();
+        let u0 = p.store().identity(&format!("{tag}u0")).await.unwrap().unwrap();
         assert_eq!(u0.display_name, "Tab\there \\ new\nline");
-        assert_eq!(u0.upn.as_deref(), Some("user0@test.example"));
-        let held = p.store().grants_of_identity("u0").await.unwrap();
+        assert_eq!(u0.upn, Some(format!("{tag}user0@test.example")));
+        // By UPN too, case-insensitively (the lower(upn) index of migration 3).
+        let by_upn = p
+            .store()
+            .identity(&format!("{tag}USER0@test.example"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(by_upn.id, u0.id);
+        let held = p.store().grants_of_identity(&format!("{tag}u0")).await.unwrap();
         assert_eq!(held.len(), 1);
         assert!(held[0].1.direct && held[0].1.via.is_none());
 
         let e = p.ingest(&c, &bad, "upload", vec![]).await.unwrap_err();
         assert!(matches!(e, PlatformError::SyncFile(_)), "{e}");
         assert_eq!(holders(&p).await.len(), 40, "the previous snapshot is kept");
-        assert!(p.store().identity("u50").await.unwrap().is_none());
+        assert!(p.store().identity(&format!("{tag}u50")).await.unwrap().is_none());
         if p.store().backend() == "sqlite" {
             // The grant indexes dropped for the load came back with the rollback.
             let c = rusqlite::Connection::open(dir.path().join(crate::db::SQLITE_FILE)).unwrap();
@@ -1456,7 +1496,14 @@ mod tests {
         let rec = p.ingest(&c, &bigger, "upload", vec![]).await.unwrap();
         assert_eq!(rec.stats.as_ref().unwrap()["grants"], 60);
         assert_eq!(holders(&p).await.len(), 60);
-        assert_eq!(p.store().grants_of_identity("u59").await.unwrap().len(), 1);
+        assert_eq!(
+            p.store()
+                .grants_of_identity(&format!("{tag}u59"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         // Ingesting the same snapshot again replaces it (no duplicates).
         p.ingest(&c, &bigger, "upload", vec![]).await.unwrap();
         assert_eq!(holders(&p).await.len(), 60);
