@@ -307,3 +307,32 @@ fn audit_verify_catches_edits_and_deletions() {
     assert!(!out.status.success());
     assert!(stderr.contains("entry 1 was edited"), "{stderr}");
 }
+
+/// `steward demo --no-wait` (what the README's first command runs, without waiting for Ctrl-C): the emulator
+/// and the platform start, the Entra connector syncs, the "auto" policy exists, and it says what to try.
+#[test]
+fn demo_no_wait_syncs_and_prints_what_to_try() {
+    let d = tempfile::tempdir().unwrap();
+    let out = steward()
+        .args(["demo", "--no-wait", "--data-dir"])
+        .arg(d.path().join("platform"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("STEWARD_TOKEN=stw_"), "{stdout}");
+    assert!(stdout.contains("synced"), "{stdout}");
+    assert!(stdout.contains("steward request create"), "{stdout}");
+    // The database it leaves behind verifies: the connector and the policy are in the audit log.
+    let v = steward()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(d.path().join("platform"))
+        .output()
+        .unwrap();
+    let vs = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success() && vs.contains("2 entries"), "{vs}");
+}

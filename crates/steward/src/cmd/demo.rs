@@ -73,6 +73,8 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         ] {
             settings.insert(k.into(), serde_json::Value::String(v.clone()));
         }
+        // The demo grants and revokes in the emulated tenant when requests say so.
+        settings.insert("provisioning".into(), serde_json::Value::Bool(true));
         let c = p
             .create_connector(
                 &actor,
@@ -89,6 +91,10 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             .await?;
         eprintln!("syncing the Entra connector…");
         let rec = p.run_connector(&c.id, "connector").await?;
+        let auto: steward_platform::PolicySpec = serde_json::from_value(serde_json::json!({
+            "name": "auto", "description": "Approved at once (demo)", "steps": [{"kind": "auto_approve"}]
+        }))?;
+        p.create_policy(&actor, auto).await?;
         let url = server.url();
         let mut o = std::io::stdout().lock();
         writeln!(
@@ -131,6 +137,25 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
             o,
             "  curl -s -H \"Authorization: Bearer $STEWARD_TOKEN\" {url}/api/v1/identities?limit=5"
         )?;
+        writeln!(o, "Make it requestable (policy \"auto\" exists) and request it as a user:")?;
+        writeln!(
+            o,
+            "  curl -s -H \"Authorization: Bearer $STEWARD_TOKEN\" -d '{{\"resource_types\": [\"access\", \"virtual_role\"], \"access_profiles\": [\"everyone\"], \"policy\": \"auto\", \"max_duration\": 3600}}' -H 'content-type: application/json' {url}/api/v1/apps/<app id>/entitlement-rules"
+        )?;
+        writeln!(
+            o,
+            "  steward admin token create --data-dir {} --user <upn>   # a user's token",
+            data_dir.display()
+        )?;
+        writeln!(
+            o,
+            "  STEWARD_TOKEN=<user token> steward request catalog"
+        )?;
+        writeln!(
+            o,
+            "  STEWARD_TOKEN=<user token> steward request create <entitlement id> --justification 'on call' --duration 120"
+        )?;
+        writeln!(o, "  steward audit verify --data-dir {}", data_dir.display())?;
         writeln!(o, "  curl -s {url}/api/v1/openapi.json | jq '.paths | keys'")?;
         o.flush()?;
         drop(o);

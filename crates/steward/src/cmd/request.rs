@@ -437,8 +437,8 @@ async fn bench_async(a: BenchArgs) -> anyhow::Result<()> {
     // 2. A burst: all filed at once, time until every one is provisioned.
     let t = std::time::Instant::now();
     let mut handles = Vec::new();
-    for tok in tokens.iter().skip(a.sequential).cloned() {
-        let cl = as_user(&tok);
+    for tok in tokens.iter().skip(a.sequential) {
+        let cl = as_user(tok);
         let vr = vr.clone();
         handles.push(tokio::spawn(async move {
             cl.post("/api/v1/requests", json!({"entitlement": vr, "duration": 3600}))
