@@ -1453,6 +1453,65 @@ async fn jit_approvals_denial_failure_and_retry() {
             user_token(&j, m1).await,
             user_token(&j, &owner).await,
         );
+        // An attribute profile opens a rule to its members only.
+        let (_, me1) = api.get(admin, &format!("/api/v1/identities/{u1}")).await;
+        let dept = me1["department"]
+            .as_str()
+            .expect("users have a department")
+            .to_owned();
+        let (st, prof) = api
+            .post(
+                admin,
+                "/api/v1/access-profiles",
+                json!({"name": "same department", "kind": "attribute", "attributes": {"department": [dept]}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{prof}");
+        let (st, e) = api
+            .post(
+                admin,
+                "/api/v1/access-profiles",
+                json!({"name": "bad", "kind": "attribute", "attributes": {"shoe_size": ["42"]}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+        let (st, _) = api
+            .post(admin, &format!("/api/v1/apps/{}/entitlement-rules", j.app),
+                json!({"resource_types": ["access"], "access_profiles": ["same department"], "policy": "two-step"}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let (_, cat) = api.get(&t1, "/api/v1/catalog").await;
+        assert!(
+            cat["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["entitlement"] == j.access.as_str()),
+            "{cat}"
+        );
+        let other = ids["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["kind"] == "user" && i["department"].is_string() && i["department"] != dept.as_str())
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .expect("a user of another department");
+        let to = user_token(&j, &other).await;
+        let (_, cat) = api.get(&to, "/api/v1/catalog").await;
+        let items = cat["items"].as_array().unwrap();
+        assert!(
+            items.iter().all(|i| i["entitlement"] != j.access.as_str()),
+            "{cat}"
+        );
+        assert!(items.iter().any(|i| i["entitlement"] == j.vr.as_str()), "{cat}");
+        let (st, _) = api
+            .post(
+                &to,
+                "/api/v1/requests",
+                json!({"entitlement": j.access, "app": j.app, "justification": "x"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "not in the profile");
         let (st, e) = api
             .post(
                 &t1,
@@ -1662,7 +1721,7 @@ async fn auto_rule(j: &Jit) {
 /// expired access: the next server finishes the work, once.
 #[tokio::test]
 async fn jit_restart_during_provisioning_and_expiry() {
-    let (sim, _d) = slow_sim(150).await;
+    let (sim, _d) = slow_sim(250).await;
     for env in envs().await {
         let j = jit_setup(&env, &sim.ready).await;
         auto_rule(&j).await;
