@@ -336,3 +336,129 @@ fn demo_no_wait_syncs_and_prints_what_to_try() {
     let vs = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success() && vs.contains("2 entries"), "{vs}");
 }
+
+/// Issue 5's "done when", through the real binary: sync, grant a group membership one-shot, see it through
+/// Graph and in `steward inspect` (the partial sync overlays the full one), revoke it, see it gone.
+#[tokio::test]
+async fn entra_one_shot_grant_and_revoke_through_the_binary() {
+    let s = serve(&["--tenant", "tiny", "--seed", "21"]);
+    let r = &s.ready;
+    let graph = r["graph"].as_str().unwrap();
+    let tok: Value = token(r, r["client_secret"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let tok = tok["access_token"].as_str().unwrap().to_owned();
+    let get = |path: String| {
+        let tok = tok.clone();
+        async move {
+            reqwest::Client::new()
+                .get(path)
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let groups = get(format!(
+        "{graph}/v1.0/groups?$select=id,groupTypes,onPremisesSyncEnabled"
+    ))
+    .await;
+    let group = groups["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| {
+            g["onPremisesSyncEnabled"] != true
+                && !g["groupTypes"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == "DynamicMembership"))
+        })
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let members_of = |g: String| {
+        let get = get.clone();
+        async move {
+            get(format!("{graph}/v1.0/groups/{g}/members?$select=id")).await["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = members_of(group.clone()).await;
+    let users = get(format!("{graph}/v1.0/users?$select=id")).await;
+    let user = users["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .find(|u| !before.contains(u))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sync.c1z");
+    let entra = |extra: &[&str]| {
+        steward()
+            .arg("entra")
+            .arg("-f")
+            .arg(&file)
+            .args([
+                "--entra-tenant-id",
+                r["tenant_id"].as_str().unwrap(),
+                "--entra-client-id",
+                r["client_id"].as_str().unwrap(),
+                "--entra-client-secret",
+                r["client_secret"].as_str().unwrap(),
+                "--login-endpoint",
+                r["login"].as_str().unwrap(),
+                "--graph-endpoint",
+                graph,
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = entra(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ent = format!("group:{group}:member");
+    let grant_id = format!("{ent}:user:{user}");
+    let inspect_has = || {
+        let out = steward()
+            .args(["inspect", "grants", "--json", "-e", &ent, "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).contains(&grant_id)
+    };
+    assert!(!inspect_has());
+    let out = entra(&[
+        "--provisioning",
+        "--grant-entitlement",
+        &ent,
+        "--grant-principal",
+        &user,
+        "--grant-principal-type",
+        "user",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        members_of(group.clone()).await.contains(&user),
+        "Graph shows the new member"
+    );
+    assert!(inspect_has(), "steward inspect shows the grant");
+    let out = entra(&["--provisioning", "--revoke-grant", &grant_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !members_of(group.clone()).await.contains(&user),
+        "Graph no longer shows it"
+    );
+    assert!(!inspect_has(), "steward inspect no longer shows it");
+}
