@@ -382,16 +382,13 @@ async fn entra_one_shot_grant_and_revoke_through_the_binary() {
         .as_str()
         .unwrap()
         .to_owned();
-    let members_of = |g: String| {
-        let get = get.clone();
-        async move {
-            get(format!("{graph}/v1.0/groups/{g}/members?$select=id")).await["value"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
+    let members_of = |g: String| async move {
+        get(format!("{graph}/v1.0/groups/{g}/members?$select=id")).await["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
     };
     let before = members_of(group.clone()).await;
     let users = get(format!("{graph}/v1.0/users?$select=id")).await;
