@@ -616,6 +616,66 @@ async fn permissions_for_every_role() {
                 Value::Null,
                 [ok, ok, ok, f],
             ),
+            (
+                "get",
+                "/api/v1/access-profiles".into(),
+                Value::Null,
+                [ok, ok, ok, ok],
+            ),
+            (
+                "post",
+                "/api/v1/access-profiles".into(),
+                json!({"name": "p-ROLE", "kind": "attribute", "attributes": {"department": ["Sales"]}}),
+                [StatusCode::CREATED, f, f, f],
+            ),
+            ("get", "/api/v1/policies".into(), Value::Null, [ok, ok, ok, ok]),
+            (
+                "post",
+                "/api/v1/policies".into(),
+                json!({"name": "auto-ROLE", "steps": [{"kind": "auto_approve"}]}),
+                [StatusCode::CREATED, f, f, f],
+            ),
+            (
+                "get",
+                format!("/api/v1/apps/{app}/entitlements"),
+                Value::Null,
+                [ok, ok, ok, ok],
+            ),
+            (
+                "post",
+                format!("/api/v1/apps/{app}/entitlement-rules"),
+                json!({"resource_types": ["access"], "access_profiles": ["everyone"], "policy": "auto-super_admin"}),
+                [StatusCode::CREATED, f, StatusCode::CREATED, f],
+            ),
+            (
+                "get",
+                format!("/api/v1/apps/{app}/entitlement-rules"),
+                Value::Null,
+                [ok, ok, ok, ok],
+            ),
+            // Catalog and approvals belong to identities: admin tokens without one get a 400 saying so.
+            (
+                "get",
+                "/api/v1/catalog".into(),
+                Value::Null,
+                [StatusCode::BAD_REQUEST, StatusCode::BAD_REQUEST, ok, ok],
+            ),
+            (
+                "get",
+                "/api/v1/approvals".into(),
+                Value::Null,
+                [StatusCode::BAD_REQUEST, StatusCode::BAD_REQUEST, ok, ok],
+            ),
+            ("get", "/api/v1/requests".into(), Value::Null, [ok, ok, ok, ok]),
+            ("get", "/api/v1/audit".into(), Value::Null, [ok, f, f, f]),
+            ("get", "/api/v1/audit/verify".into(), Value::Null, [ok, f, f, f]),
+            ("get", "/api/v1/webhooks".into(), Value::Null, [ok, f, f, f]),
+            (
+                "post",
+                "/api/v1/webhooks".into(),
+                json!({"url": "http://127.0.0.1:9/ROLE"}),
+                [StatusCode::CREATED, f, f, f],
+            ),
         ];
         let toks = [
             ("super_admin", &admin),
@@ -704,6 +764,8 @@ async fn permissions_for_every_role() {
             "/api/v1/apps/nope",
             "/api/v1/identities/nope/access",
             "/api/v1/apps/nope/linked-entitlements",
+            "/api/v1/apps/nope/entitlement-rules",
+            "/api/v1/requests/nope",
             "/api/v1/nothing",
         ] {
             let (st, v) = api.get(&admin, p).await;
