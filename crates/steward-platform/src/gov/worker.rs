@@ -147,7 +147,7 @@ impl Platform {
     /// resource (what the next full sync will see).
     async fn confirm(
         &self,
-        entra: steward_entra::Entra,
+        entra: Arc<steward_entra::Entra>,
         resource: ResourceId,
         entitlement: &str,
         principal: &ResourceId,
@@ -155,7 +155,7 @@ impl Platform {
         let file = self.work_file("c1z");
         let out = async {
             let sum = steward_sync::run_sync(
-                Arc::new(entra),
+                entra,
                 &file,
                 steward_sync::SyncPlan::Partial {
                     resources: vec![resource],
@@ -255,7 +255,7 @@ impl Platform {
             }
             let tg = r.targets[i].clone();
             let step = async {
-                let entra = self.provisioner(&tg.connector_id).await?;
+                let entra = Arc::new(self.provisioner(&tg.connector_id).await?);
                 let change = entra
                     .grant_entitlement(
                         &tg.entitlement,
@@ -267,7 +267,6 @@ impl Platform {
                     )
                     .await
                     .map_err(classify)?;
-                let entra = self.provisioner(&tg.connector_id).await?;
                 let ok = self
                     .confirm(entra, change.resource(), &tg.entitlement, &principal)
                     .await?;
@@ -419,12 +418,11 @@ impl Platform {
         let mut failure = None;
         for tg in r.targets.clone() {
             let step = async {
-                let entra = self.provisioner(&tg.connector_id).await?;
+                let entra = Arc::new(self.provisioner(&tg.connector_id).await?);
                 let change = entra
                     .revoke_entitlement(&tg.entitlement, &principal)
                     .await
                     .map_err(classify)?;
-                let entra = self.provisioner(&tg.connector_id).await?;
                 let still = self
                     .confirm(entra, change.resource(), &tg.entitlement, &principal)
                     .await?;
