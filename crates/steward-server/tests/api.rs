@@ -1375,11 +1375,15 @@ async fn jit_playbook_auto_approve_provision_expire_drift_audit() {
 }
 
 /// A webhook receiver on 127.0.0.1:0 that fails its first call and keeps the bodies of the others.
-async fn hook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+async fn hook_receiver() -> (
+    String,
+    Arc<Mutex<Vec<Value>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let got: Arc<Mutex<Vec<Value>>> = Arc::default();
     let calls = Arc::new(AtomicUsize::new(0));
-    let g = got.clone();
+    let (g, count) = (got.clone(), calls.clone());
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
@@ -1396,7 +1400,7 @@ async fn hook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (url, got)
+    (url, got, count)
 }
 
 /// Removes the Graph permissions that let the connector write memberships and assignments; returns them.
@@ -1500,7 +1504,7 @@ async fn jit_approvals_denial_failure_and_retry() {
             )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{rule}");
-        let (hook, got) = hook_receiver().await;
+        let (hook, got, calls) = hook_receiver().await;
         let (st, h) = api
             .post(
                 admin,
@@ -1607,10 +1611,21 @@ async fn jit_approvals_denial_failure_and_retry() {
         assert_eq!(st, StatusCode::FORBIDDEN, "not an approver of step 1");
         let (_, waiting) = api.get(&tm1, "/api/v1/approvals").await;
         assert_eq!(waiting["items"][0]["id"], rid.as_str(), "{waiting}");
-        // The approver is told by webhook; the first delivery fails and is retried.
-        j.clock.advance(time::Duration::seconds(5));
-        let g = got.clone();
-        wait_until("webhook delivered", || !g.lock().unwrap().is_empty()).await;
+        // The approver is told by webhook; the first delivery fails and is retried after its backoff on the
+        // platform's clock, which moves only when the test moves it.
+        let c = calls.clone();
+        wait_until("first webhook attempt", || {
+            c.load(std::sync::atomic::Ordering::SeqCst) >= 1
+        })
+        .await;
+        for _ in 0..600 {
+            if !got.lock().unwrap().is_empty() {
+                break;
+            }
+            j.clock.advance(time::Duration::seconds(3));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(!got.lock().unwrap().is_empty(), "webhook delivered after a retry");
         let first = got.lock().unwrap()[0].clone();
         assert_eq!(first["event"], "approval.requested", "{first}");
         assert_eq!(first["to"], json!([m1]));
