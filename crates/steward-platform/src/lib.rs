@@ -45,6 +45,8 @@ pub struct Platform {
     wake: Arc<tokio::sync::Notify>,
     worker_id: String,
     http: reqwest::Client,
+    /// Connector clients reused by the task worker: connector id → (built, client).
+    provisioners: std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<steward_entra::Entra>)>>,
     key: MasterKey,
     clock: Arc<dyn Clock>,
     work_dir: PathBuf,
@@ -102,6 +104,7 @@ impl Platform {
             wake: Arc::new(tokio::sync::Notify::new()),
             worker_id: uuid::Uuid::new_v4().to_string(),
             http: reqwest::Client::new(),
+            provisioners: std::sync::Mutex::new(HashMap::new()),
             key,
             clock,
             work_dir,

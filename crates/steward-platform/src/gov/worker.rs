@@ -24,6 +24,8 @@ use crate::error::{PlatformError, Result};
 pub const LEASE_SECS: i64 = 120;
 /// Provisioning attempts before a transiently failing request is marked failed.
 pub const MAX_PROVISION_ATTEMPTS: i64 = 6;
+/// How long a connector client is reused by the worker.
+pub const CLIENT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 /// Tasks one worker runs at once.
 pub const WORKER_CONCURRENCY: usize = 16;
 /// Webhook delivery attempts.
@@ -113,8 +115,30 @@ impl Platform {
         Arc::clone(&self.wake)
     }
 
-    /// An Entra connector client with provisioning, for connector `id`.
-    async fn provisioner(&self, id: &str) -> std::result::Result<steward_entra::Entra, Failure> {
+    /// The Entra connector client with provisioning for connector `id`: kept for [`CLIENT_TTL`] so that
+    /// tasks share its token and directory index (building the index lists every principal of the tenant);
+    /// dropped at once when a task through it fails or a confirmation disagrees.
+    async fn provisioner(&self, id: &str) -> std::result::Result<Arc<steward_entra::Entra>, Failure> {
+        if let Ok(m) = self.provisioners.lock()
+            && let Some((at, e)) = m.get(id)
+            && at.elapsed() < CLIENT_TTL
+        {
+            return Ok(Arc::clone(e));
+        }
+        let e = Arc::new(self.new_provisioner(id).await?);
+        if let Ok(mut m) = self.provisioners.lock() {
+            m.insert(id.to_owned(), (std::time::Instant::now(), Arc::clone(&e)));
+        }
+        Ok(e)
+    }
+
+    fn forget_provisioner(&self, id: &str) {
+        if let Ok(mut m) = self.provisioners.lock() {
+            m.remove(id);
+        }
+    }
+
+    async fn new_provisioner(&self, id: &str) -> std::result::Result<steward_entra::Entra, Failure> {
         let row = self
             .connector_row(id)
             .await
@@ -255,7 +279,7 @@ impl Platform {
             }
             let tg = r.targets[i].clone();
             let step = async {
-                let entra = Arc::new(self.provisioner(&tg.connector_id).await?);
+                let entra = self.provisioner(&tg.connector_id).await?;
                 let change = entra
                     .grant_entitlement(
                         &tg.entitlement,
@@ -293,12 +317,14 @@ impl Platform {
                     }
                 }
                 Ok((change, false)) => {
+                    self.forget_provisioner(&tg.connector_id);
                     failure = Some(Failure::Transient(format!(
                         "{change}, but a partial sync does not show it yet"
                     )));
                     break;
                 }
                 Err(f) => {
+                    self.forget_provisioner(&tg.connector_id);
                     failure = Some(f);
                     break;
                 }
@@ -418,7 +444,7 @@ impl Platform {
         let mut failure = None;
         for tg in r.targets.clone() {
             let step = async {
-                let entra = Arc::new(self.provisioner(&tg.connector_id).await?);
+                let entra = self.provisioner(&tg.connector_id).await?;
                 let change = entra
                     .revoke_entitlement(&tg.entitlement, &principal)
                     .await
@@ -437,6 +463,7 @@ impl Platform {
             match step {
                 Ok(change) => notes.push(format!("{change}; a partial sync confirms it is gone")),
                 Err(f) => {
+                    self.forget_provisioner(&tg.connector_id);
                     failure = Some(f);
                     break;
                 }
