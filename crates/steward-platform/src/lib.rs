@@ -535,6 +535,9 @@ impl Platform {
 
     /// Starts the syncs that are due by their `sync_interval_secs` (called periodically by the server).
     pub async fn run_scheduled(self: &Arc<Self>) -> Result<usize> {
+        if let Err(e) = self.purge_finished_tasks().await {
+            tracing::warn!(error = %e, "purging finished tasks");
+        }
         let now = self.clock.now();
         let mut started = 0;
         let all = self

@@ -1361,6 +1361,21 @@ async fn jit_playbook_auto_approve_provision_expire_drift_audit() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len() as i64, v["entries"].as_i64().unwrap());
+        // Finished tasks are purged a week later; the audit log and the request keep the history.
+        let p = &j.server.platform;
+        assert_eq!(
+            p.purge_finished_tasks().await.unwrap(),
+            0,
+            "nothing is a week old yet"
+        );
+        j.clock.advance(time::Duration::days(8));
+        assert!(
+            p.purge_finished_tasks().await.unwrap() >= 5,
+            "2 provisions, 2 expiries, 1 drift removal"
+        );
+        assert_eq!(p.purge_finished_tasks().await.unwrap(), 0);
+        let (_, r) = api.get(&ut, &format!("/api/v1/requests/{}", ids[1])).await;
+        assert!(r["events"].as_array().unwrap().len() >= 5, "{r:#}");
         tamper_audit(&env, 3).await;
         let (_, v) = api.get(admin, "/api/v1/audit/verify").await;
         assert_eq!(v["ok"], false, "{v}");

@@ -117,6 +117,8 @@ pub trait GovStore: Send + Sync + 'static {
     async fn retry_task(&self, id: &str, owner: &str, run_at_s: i64, error: &str) -> Result<()>;
     /// Gives up a claimed task (kept, state `dead`, with the error).
     async fn kill_task(&self, id: &str, owner: &str, error: &str) -> Result<()>;
+    /// Deletes finished tasks due before `before_s`; returns how many (dead ones are kept for inspection).
+    async fn purge_done_tasks(&self, before_s: i64) -> Result<u64>;
     /// Tasks queued and not yet done: (kind, ref id, attempts, last error).
     async fn pending_tasks(&self) -> Result<Vec<(String, String, i64, Option<String>)>>;
     /// Audit entries matching `q`, oldest first, `limit` from `offset`.
@@ -415,6 +417,13 @@ impl GovStore for SqlStore {
                 .bind(error).bind(id).bind(owner).execute(p).await?;
         });
         Ok(())
+    }
+
+    async fn purge_done_tasks(&self, before_s: i64) -> Result<u64> {
+        Ok(with_db!(self.db(), p => {
+            sqlx::query("DELETE FROM tasks WHERE state = 'done' AND run_at_s < $1")
+                .bind(before_s).execute(p).await?.rows_affected()
+        }))
     }
 
     async fn pending_tasks(&self) -> Result<Vec<(String, String, i64, Option<String>)>> {

@@ -24,6 +24,8 @@ use crate::error::{PlatformError, Result};
 pub const LEASE_SECS: i64 = 120;
 /// Provisioning attempts before a transiently failing request is marked failed.
 pub const MAX_PROVISION_ATTEMPTS: i64 = 6;
+/// How long finished tasks are kept (the request's history and the audit log keep what happened).
+pub const TASK_RETENTION_SECS: i64 = 7 * 24 * 3600;
 /// How long a connector client is reused by the worker.
 pub const CLIENT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 /// Tasks one worker runs at once.
@@ -108,6 +110,13 @@ impl Platform {
                     .await
             }
         }
+    }
+
+    /// Deletes finished tasks older than [`TASK_RETENTION_SECS`] on the platform clock (called with the
+    /// scheduled syncs); returns how many.
+    pub async fn purge_finished_tasks(&self) -> Result<u64> {
+        let before = self.clock.now().unix_timestamp() - TASK_RETENTION_SECS;
+        self.gov.purge_done_tasks(before).await
     }
 
     /// The worker's wake-up signal (notified when a write queues tasks).
