@@ -184,7 +184,37 @@ impl Platform {
         name: Option<&str>,
     ) -> Result<NewToken> {
         require(a, &[Role::SuperAdmin])?;
-        self.create_token(user, role, name).await
+        let t = self.create_token(user, role, name).await?;
+        self.audit_config(a, "token.created", "token", &t.info.id, serde_json::json!(t.info))
+            .await?;
+        Ok(t)
+    }
+
+    /// Tokens without their secrets, and whether each is revoked (super_admin).
+    pub async fn tokens(&self, a: &Actor) -> Result<Vec<serde_json::Value>> {
+        require(a, &[Role::SuperAdmin])?;
+        Ok(self
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .map(|(t, revoked)| {
+                let mut v = serde_json::json!(t);
+                v["revoked"] = serde_json::Value::Bool(revoked);
+                v
+            })
+            .collect())
+    }
+
+    /// Revokes a token: it stops working at once (super_admin).
+    pub async fn revoke_token(&self, a: &Actor, id: &str) -> Result<serde_json::Value> {
+        require(a, &[Role::SuperAdmin])?;
+        if !self.store.revoke_token(id).await? {
+            return Err(PlatformError::not_found("token", id));
+        }
+        self.audit_config(a, "token.revoked", "token", id, serde_json::json!({}))
+            .await?;
+        Ok(serde_json::json!({"id": id, "revoked": true}))
     }
 
     /// Who a bearer token belongs to.

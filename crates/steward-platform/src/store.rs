@@ -95,6 +95,10 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_token(&self, t: &TokenInfo, hash: &str) -> Result<()>;
     /// The token with this hash, unless revoked.
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>>;
+    /// Tokens (without hashes), with whether each is revoked, newest first.
+    async fn tokens(&self) -> Result<Vec<(TokenInfo, bool)>>;
+    /// Revokes a token; false if there is none with this id.
+    async fn revoke_token(&self, id: &str) -> Result<bool>;
     /// Stores a new connector.
     async fn insert_connector(&self, c: &ConnectorRow) -> Result<()>;
     /// One connector.
@@ -935,6 +939,35 @@ impl Store for SqlStore {
                 .execute(p).await?;
         });
         Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<(TokenInfo, bool)>> {
+        let rows: Vec<(String, String, String, Option<String>, String, bool)> = with_db!(&self.db, p => {
+            sqlx::query_as("SELECT id, name, role, identity_id, created_at, revoked FROM tokens ORDER BY created_at DESC, id")
+                .fetch_all(p).await?
+        });
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, name, role, identity_id, created_at, revoked)| {
+                Some((
+                    TokenInfo {
+                        id,
+                        name,
+                        role: Role::parse(&role)?,
+                        identity_id,
+                        created_at,
+                    },
+                    revoked,
+                ))
+            })
+            .collect())
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<bool> {
+        let n = with_db!(&self.db, p => {
+            sqlx::query("UPDATE tokens SET revoked = TRUE WHERE id = $1").bind(id).execute(p).await?.rows_affected()
+        });
+        Ok(n == 1)
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {

@@ -685,6 +685,20 @@ pub fn routes() -> Vec<RouteDef> {
         ),
         r!(
             get,
+            "/api/v1/tokens",
+            "super_admin",
+            "Tokens (never their secrets) and whether each is revoked",
+            requests::list_tokens
+        ),
+        r!(
+            post,
+            "/api/v1/tokens/{id}/revoke",
+            "super_admin",
+            "Revoke a token: it stops working at once",
+            requests::revoke_token
+        ),
+        r!(
+            get,
             "/api/v1/webhooks",
             "super_admin",
             "Outbound webhooks",

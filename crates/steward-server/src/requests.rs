@@ -213,3 +213,15 @@ pub(crate) async fn create_webhook(
 ) -> ApiResult<Response> {
     created(s.platform.create_webhook(&a, b).await?)
 }
+
+pub(crate) async fn list_tokens(State(s): State<AppState>, Auth(a): Auth) -> ApiResult<Response> {
+    ok(json!({"items": s.platform.tokens(&a).await?}))
+}
+
+pub(crate) async fn revoke_token(
+    State(s): State<AppState>,
+    Auth(a): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    ok(s.platform.revoke_token(&a, &id).await?)
+}

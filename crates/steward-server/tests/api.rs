@@ -670,6 +670,7 @@ async fn permissions_for_every_role() {
             ("get", "/api/v1/audit".into(), Value::Null, [ok, f, f, f]),
             ("get", "/api/v1/audit/verify".into(), Value::Null, [ok, f, f, f]),
             ("get", "/api/v1/webhooks".into(), Value::Null, [ok, f, f, f]),
+            ("get", "/api/v1/tokens".into(), Value::Null, [ok, f, f, f]),
             (
                 "post",
                 "/api/v1/webhooks".into(),
@@ -710,6 +711,47 @@ async fn permissions_for_every_role() {
             .upload(&user, &format!("/api/v1/connectors/{cid}/syncs"), fixture(false))
             .await;
         assert_eq!(st, f);
+        // A revoked token stops working at once; only a super_admin revokes; the secret is never listed.
+        let spare = mint(json!({"role": "connector_admin", "name": "spare"})).await;
+        let (_, list) = api.get(&admin, "/api/v1/tokens").await;
+        assert!(
+            !list.to_string().contains(&spare),
+            "a token list never shows secrets"
+        );
+        let spare_id = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "spare")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (st, _) = api.get(&spare, "/api/v1/connectors").await;
+        assert_eq!(st, ok);
+        let (st, _) = api
+            .post(&ca, &format!("/api/v1/tokens/{spare_id}/revoke"), Value::Null)
+            .await;
+        assert_eq!(st, f);
+        let (st, r) = api
+            .post(&admin, &format!("/api/v1/tokens/{spare_id}/revoke"), Value::Null)
+            .await;
+        assert_eq!((st, r["revoked"].as_bool()), (ok, Some(true)), "{r}");
+        let (st, _) = api.get(&spare, "/api/v1/connectors").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, _) = api.post(&admin, "/api/v1/tokens/nope/revoke", Value::Null).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (_, log) = api.get(&admin, "/api/v1/audit?action=token.").await;
+        let actions: Vec<&str> = log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert!(
+            actions.contains(&"token.created") && actions.contains(&"token.revoked"),
+            "{actions:?}"
+        );
         // Malformed JSON and unknown ids.
         let r = api
             .http
