@@ -527,13 +527,7 @@ impl Platform {
                 Err(e)
             }
         };
-        for f in [
-            file.clone(),
-            steward_c1z::writer::build_path(&file),
-            steward_c1z::writer::wip_path(&file),
-        ] {
-            let _ = std::fs::remove_file(f);
-        }
+        remove_work_file(&file);
         out
     }
 
@@ -983,6 +977,17 @@ impl Platform {
             .into_iter()
             .map(|(app, action, name, e)| serde_json::json!({"app_id": app, "action": action, "name": name, "app_entitlement_id": e}))
             .collect())
+    }
+}
+
+/// Deletes a connector's working sync file with the writer's side files (build and write-ahead copies).
+pub(crate) fn remove_work_file(file: &Path) {
+    for f in [
+        file.to_owned(),
+        steward_c1z::writer::build_path(file),
+        steward_c1z::writer::wip_path(file),
+    ] {
+        let _ = std::fs::remove_file(f);
     }
 }
 

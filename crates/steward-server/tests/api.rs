@@ -1168,10 +1168,10 @@ async fn user_token(j: &Jit, who: &str) -> String {
     t["token"].as_str().unwrap().to_owned()
 }
 
-async fn wait_state(j: &Jit, tok: &str, id: &str, want: &str) -> Value {
+async fn wait_state(api: &Api, tok: &str, id: &str, want: &str) -> Value {
     let mut last = Value::Null;
     for _ in 0..600 {
-        let (st, r) = j.api.get(tok, &format!("/api/v1/requests/{id}")).await;
+        let (st, r) = api.get(tok, &format!("/api/v1/requests/{id}")).await;
         assert_eq!(st, StatusCode::OK, "{r}");
         if r["state"] == want {
             return r;
@@ -1309,7 +1309,7 @@ async fn jit_playbook_auto_approve_provision_expire_drift_audit() {
         assert_eq!(st, StatusCode::CONFLICT, "{e}");
         let u: uuid::Uuid = who.parse().unwrap();
         for id in &ids {
-            let r = wait_state(&j, &ut, id, "provisioned").await;
+            let r = wait_state(&j.api, &ut, id, "provisioned").await;
             let kinds: Vec<&str> = r["events"]
                 .as_array()
                 .unwrap()
@@ -1352,7 +1352,7 @@ async fn jit_playbook_auto_approve_provision_expire_drift_audit() {
         // Two minutes later both expire and are removed from the tenant.
         j.clock.advance(time::Duration::seconds(121));
         for id in &ids {
-            let r = wait_state(&j, &ut, id, "expired").await;
+            let r = wait_state(&j.api, &ut, id, "expired").await;
             assert!(r["ended_at"].is_string());
         }
         assert!(!in_group(&sim, j.gid, u));
@@ -1710,7 +1710,7 @@ async fn jit_approvals_denial_failure_and_retry() {
             .post(&towner, &format!("/api/v1/requests/{rid}/approve"), Value::Null)
             .await;
         assert_eq!(st, StatusCode::OK, "{r}");
-        let r = wait_state(&j, &t1, &rid, "failed").await;
+        let r = wait_state(&j.api, &t1, &rid, "failed").await;
         let reason = r["reason"].as_str().unwrap();
         assert!(
             reason.contains("GroupMember.ReadWrite.All"),
@@ -1725,14 +1725,14 @@ async fn jit_approvals_denial_failure_and_retry() {
             .post(admin, &format!("/api/v1/requests/{rid}/retry"), Value::Null)
             .await;
         assert_eq!(st, StatusCode::OK, "{r}");
-        wait_state(&j, &t1, &rid, "provisioned").await;
+        wait_state(&j.api, &t1, &rid, "provisioned").await;
         assert!(in_group(&sim, j.gid, u1.parse().unwrap()));
         // Revoked on demand by the requester.
         let (st, _) = api
             .post(&t1, &format!("/api/v1/requests/{rid}/revoke"), Value::Null)
             .await;
         assert_eq!(st, StatusCode::OK);
-        wait_state(&j, &t1, &rid, "revoked").await;
+        wait_state(&j.api, &t1, &rid, "revoked").await;
         assert!(!in_group(&sim, j.gid, u1.parse().unwrap()));
         // Denial by the manager.
         let (u2, m2) = &picked[1];
@@ -1898,25 +1898,13 @@ async fn jit_restart_during_provisioning_and_expiry() {
         );
         // The dead server's lease runs out; the new one takes the task over.
         clock.advance(time::Duration::seconds(121));
-        let jb = Jit {
-            server: b,
-            api: api.clone(),
-            admin: admin.clone(),
-            clock: clock.clone(),
-            cid: String::new(),
-            app: String::new(),
-            access: String::new(),
-            vr: String::new(),
-            gid,
-            sp: uuid::Uuid::nil(),
-        };
-        wait_state(&jb, &ut, &rid, "provisioned").await;
+        wait_state(&api, &ut, &rid, "provisioned").await;
         assert!(in_group(&sim, gid, u));
         assert_eq!(count_audit(&api, &admin, "request.provisioned", &rid).await, 1);
         // Expiry: stop the server as soon as the tenant shows the access gone, before it records it.
         clock.advance(time::Duration::seconds(601));
         wait_until("membership removed", || !in_group(&sim, gid, u)).await;
-        jb.server.stop().await;
+        b.stop().await;
         let c = steward_server::start(&env.opts, "127.0.0.1:0".parse().unwrap(), clock.clone())
             .await
             .unwrap();
@@ -1927,24 +1915,12 @@ async fn jit_restart_during_provisioning_and_expiry() {
             "the second server stopped before recording the expiry: {r:#}"
         );
         clock.advance(time::Duration::seconds(121));
-        let jc = Jit {
-            server: c,
-            api: api.clone(),
-            admin: admin.clone(),
-            clock,
-            cid: String::new(),
-            app: String::new(),
-            access: String::new(),
-            vr: String::new(),
-            gid,
-            sp: uuid::Uuid::nil(),
-        };
-        wait_state(&jc, &ut, &rid, "expired").await;
+        wait_state(&api, &ut, &rid, "expired").await;
         assert!(!in_group(&sim, gid, u));
         assert_eq!(count_audit(&api, &admin, "request.expired", &rid).await, 1);
         let (_, v) = api.get(&admin, "/api/v1/audit/verify").await;
         assert_eq!(v["ok"], true, "{v}");
-        jc.server.stop().await;
+        c.stop().await;
     }
     sim.stop().await;
 }
@@ -1985,7 +1961,7 @@ async fn jit_two_servers_on_one_postgres_act_once() {
         ids.push(r["id"].as_str().unwrap().to_owned());
     }
     for id in &ids {
-        wait_state(&j, &j.admin, id, "provisioned").await;
+        wait_state(&j.api, &j.admin, id, "provisioned").await;
         assert_eq!(count_audit(&j.api, &j.admin, "request.provisioned", id).await, 1);
     }
     assert_eq!(
@@ -1995,7 +1971,7 @@ async fn jit_two_servers_on_one_postgres_act_once() {
     );
     j.clock.advance(time::Duration::seconds(301));
     for id in &ids {
-        wait_state(&j, &j.admin, id, "expired").await;
+        wait_state(&j.api, &j.admin, id, "expired").await;
         assert_eq!(count_audit(&j.api, &j.admin, "request.expired", id).await, 1);
     }
     assert_eq!(

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::error::{PlatformError, Result};
 use crate::model::*;
-use crate::{AppDetail, Platform, require};
+use crate::{Platform, require};
 use store::{ConfigTable, NewAudit, Task, Write};
 use types::*;
 
@@ -105,9 +105,7 @@ impl Platform {
 
     /// Access profiles, `everyone` first (everyone signed in).
     pub async fn profiles(&self, _a: &Actor) -> Result<Vec<AccessProfile>> {
-        let mut v = vec![everyone()];
-        v.extend(self.gov.profiles().await?);
-        Ok(v)
+        self.profiles_all().await
     }
 
     /// Defines an access profile (super_admin).
@@ -1134,10 +1132,5 @@ impl Platform {
                 .push(self.task("webhook", &h.id, json!({"url": h.url, "body": body})));
         }
         Ok(())
-    }
-
-    /// The app detail (for the catalog and rules).
-    pub async fn app_detail(&self, a: &Actor, id: &str) -> Result<AppDetail> {
-        self.app(a, id).await
     }
 }

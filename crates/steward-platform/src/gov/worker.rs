@@ -158,21 +158,15 @@ impl Platform {
                 row.connector.name, row.connector.kind
             )));
         }
-        let on = row
-            .connector
-            .settings
-            .get("provisioning")
-            .and_then(|v| v.as_bool().or_else(|| v.as_str().map(|s| s == "true")))
-            .unwrap_or(false);
-        if !on {
+        let cfg = self
+            .entra_config(&row)
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        if !cfg.provisioning {
             return Err(Failure::Permanent(format!(
                 "provisioning is disabled on connector {:?}: set its setting \"provisioning\": true",
                 row.connector.name
             )));
         }
-        let cfg = self
-            .entra_config(&row)
-            .map_err(|e| Failure::Permanent(e.to_string()))?;
         steward_entra::Entra::new(cfg).map_err(classify)
     }
 
@@ -217,13 +211,7 @@ impl Platform {
             .map_err(|e| Failure::Transient(format!("reading the partial sync: {e}")))
         }
         .await;
-        for f in [
-            file.clone(),
-            steward_c1z::writer::build_path(&file),
-            steward_c1z::writer::wip_path(&file),
-        ] {
-            let _ = std::fs::remove_file(f);
-        }
+        crate::remove_work_file(&file);
         out
     }
 
