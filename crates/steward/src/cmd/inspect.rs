@@ -2,7 +2,9 @@
 //! read a .c1z and print its contents as console tables (like the `baton` CLI) or JSON lines.
 //!
 //! Rows are read a page at a time and printed as they come, so memory stays flat for large files. The
-//! selected sync is the latest finished full sync unless `--sync-id` names another.
+//! rows shown are the reader's default view — the latest finished full sync overlaid with the finished
+//! partial syncs that ended after it — unless `--sync-id` names one sync. `syncs` marks as selected every
+//! sync the shown rows come from (the base and each overlaid partial sync).
 
 use std::io::Write;
 
@@ -388,6 +390,11 @@ fn access_json(a: &AccessEntry) -> Value {
     json!({ "grant": grant_json(&a.grant), "path": a.path })
 }
 
+/// Whether the rows `r` shows come (partly) from `sync_id`: the base sync or one laid over it.
+fn in_view(r: &C1zReader, sync_id: &str) -> bool {
+    r.sync_id() == Some(sync_id) || r.overlay_sync_ids().iter().any(|s| s == sync_id)
+}
+
 fn syncs(r: &C1zReader, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let runs = r.sync_runs()?;
     if json {
@@ -395,7 +402,7 @@ fn syncs(r: &C1zReader, json: bool, out: &mut impl Write) -> anyhow::Result<()> 
             .iter()
             .map(|s| {
                 json!({"id": s.sync_id, "type": s.sync_type, "startedAt": s.started_at, "endedAt": s.ended_at,
-                       "syncToken": s.sync_token, "parentSyncId": s.parent_sync_id, "selected": r.sync_id() == Some(s.sync_id.as_str())})
+                       "syncToken": s.sync_token, "parentSyncId": s.parent_sync_id, "selected": in_view(r, &s.sync_id)})
             })
             .collect();
         writeln!(out, "{}", json!({ "syncs": v }))?;
@@ -403,11 +410,7 @@ fn syncs(r: &C1zReader, json: bool, out: &mut impl Write) -> anyhow::Result<()> 
     }
     let mut t = Table::new(false, &["ID", "Type", "Started", "Ended", "Selected"]);
     for s in &runs {
-        let sel = if r.sync_id() == Some(s.sync_id.as_str()) {
-            "*"
-        } else {
-            ""
-        };
+        let sel = if in_view(r, &s.sync_id) { "*" } else { "" };
         let cells = vec![
             s.sync_id.clone(),
             s.sync_type.clone(),
@@ -447,4 +450,71 @@ fn stats(r: &C1zReader, json: bool, out: &mut impl Write) -> anyhow::Result<()> 
     )?;
     t.row(out, vec!["grants".into(), s.grants.to_string()], Value::Null)?;
     t.finish(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steward_c1z::{C1zWriter, SyncType};
+    use steward_model::builders::{self, ResourceBuilder};
+
+    /// Writes one sync of `kind` holding a user type and one user.
+    fn add_sync(path: &std::path::Path, kind: SyncType) -> String {
+        let mut w = C1zWriter::open(path).unwrap();
+        let id = w.begin_sync(kind).unwrap();
+        w.put_resource_type(&builders::resource_type("user", "User", &[]))
+            .unwrap();
+        w.put_resource(&ResourceBuilder::new("user", "u1", "U1").build())
+            .unwrap();
+        w.end_sync().unwrap();
+        w.finish().unwrap();
+        id
+    }
+
+    fn selected(r: &C1zReader) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        syncs(r, true, &mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        v["syncs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["id"].as_str().unwrap().to_owned(), s["selected"].as_bool().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn syncs_marks_every_sync_of_the_default_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.c1z");
+        let old_full = add_sync(&p, SyncType::Full);
+        let old_partial = add_sync(&p, SyncType::Partial);
+        let full = add_sync(&p, SyncType::Full);
+        let p1 = add_sync(&p, SyncType::Partial);
+        let upserts = add_sync(&p, SyncType::PartialUpserts);
+        let p2 = add_sync(&p, SyncType::Partial);
+
+        let mut r = C1zReader::open(&p).unwrap();
+        assert_eq!(r.sync_id(), Some(full.as_str()));
+        let expect = |sel: &[&String]| -> Vec<(String, bool)> {
+            [&old_full, &old_partial, &full, &p1, &upserts, &p2]
+                .iter()
+                .map(|id| ((*id).clone(), sel.contains(id)))
+                .collect()
+        };
+        // The newest full sync, and the partial syncs after it; not the older ones, not partial_upserts.
+        assert_eq!(selected(&r), expect(&[&full, &p1, &p2]));
+
+        let mut table = Vec::new();
+        syncs(&r, false, &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        for (id, sel) in expect(&[&full, &p1, &p2]) {
+            let line = table.lines().find(|l| l.contains(&id)).unwrap();
+            assert_eq!(line.trim_end().ends_with('*'), sel, "{line}");
+        }
+
+        // An explicit sync is shown alone.
+        r.select_sync(&p1).unwrap();
+        assert_eq!(selected(&r), expect(&[&p1]));
+    }
 }
