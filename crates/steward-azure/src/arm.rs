@@ -35,7 +35,7 @@ pub const MSI_API: &str = "2024-11-30";
 pub struct RoleDef {
     /// GUID, lower case.
     pub guid: String,
-    /// ARM id in the subscription.
+    /// ARM id in the subscription, canonical.
     pub arm_id: String,
     /// `roleName`.
     pub name: String,
@@ -48,9 +48,9 @@ pub struct RoleDef {
 /// An active or PIM-eligible role assignment.
 #[derive(Debug, Clone)]
 pub struct Assignment {
-    /// ARM id of the assignment (or eligibility instance).
+    /// ARM id of the assignment (or eligibility instance), canonical.
     pub id: String,
-    /// The scope it is assigned at.
+    /// The scope it is assigned at, canonical.
     pub scope: String,
     /// Role definition GUID, lower case.
     pub role: String,
@@ -66,8 +66,8 @@ impl Assignment {
     fn from_json(v: &Value, eligible: bool) -> Option<Assignment> {
         let p = &v["properties"];
         Some(Assignment {
-            id: v["id"].as_str()?.to_owned(),
-            scope: p["scope"].as_str()?.to_owned(),
+            id: scope::canonical(v["id"].as_str()?),
+            scope: scope::canonical(p["scope"].as_str()?),
             role: scope::last_segment(p["roleDefinitionId"].as_str()?),
             principal: p["principalId"].as_str()?.to_ascii_lowercase(),
             principal_type: p["principalType"].as_str().unwrap_or_default().to_owned(),
@@ -119,7 +119,7 @@ impl SubData {
             let p = &v["properties"];
             let r = RoleDef {
                 guid: scope::last_segment(arm_id),
-                arm_id: arm_id.to_owned(),
+                arm_id: scope::canonical(arm_id),
                 name: p["roleName"].as_str().unwrap_or_default().to_owned(),
                 description: p["description"].as_str().unwrap_or_default().to_owned(),
                 custom: p["type"].as_str() == Some("CustomRole"),

@@ -44,10 +44,10 @@ use crate::{scope, types};
 /// The Azure Infrastructure connector. See the module docs.
 pub struct Azure {
     pub(crate) cfg: AzureConfig,
-    pub(crate) ms: Microsoft,
+    ms: Microsoft,
     graph: Client,
     entra: Entra,
-    pub(crate) arm_root: Client,
+    arm_root: Client,
     arm_subs: Mutex<BTreeMap<String, Client>>,
     subs: PerKey<SubData>,
     storage: PerKey<Vec<Value>>,
@@ -227,7 +227,7 @@ impl Azure {
                     .await?;
                 Ok::<_, AzureError>(Arc::new(
                     all.iter()
-                        .filter_map(|s| s["subscriptionId"].as_str().map(str::to_owned))
+                        .filter_map(|s| s["subscriptionId"].as_str().map(str::to_ascii_lowercase))
                         .collect(),
                 ))
             })
@@ -293,14 +293,14 @@ impl Azure {
             .items
             .iter()
             .filter_map(|s| {
-                let id = s["subscriptionId"].as_str()?;
-                let name = s["displayName"].as_str().unwrap_or(id);
+                let id = s["subscriptionId"].as_str()?.to_ascii_lowercase();
+                let name = s["displayName"].as_str().unwrap_or(&id);
                 let p = profile::struct_from_json_map(&obj(json!({
                     "subscription_id": id, "display_name": name, "state": s["state"],
                     "tenant_id": s["tenantId"], "arm_id": format!("/subscriptions/{id}"),
                 })));
                 Some(
-                    builders::ResourceBuilder::new(types::SUBSCRIPTION, id, name)
+                    builders::ResourceBuilder::new(types::SUBSCRIPTION, &id, name)
                         .profile(p)
                         .annotation(child(types::RESOURCE_GROUP))
                         .annotation(child(types::ROLE))
@@ -329,13 +329,13 @@ impl Azure {
             .items
             .iter()
             .filter_map(|g| {
-                let id = g["id"].as_str()?;
-                let name = g["name"].as_str().unwrap_or(id);
+                let id = scope::canonical(g["id"].as_str()?);
+                let name = g["name"].as_str().unwrap_or(&id);
                 let p = profile::struct_from_json_map(&obj(json!({
                     "arm_id": id, "name": name, "subscription_id": sub, "location": g["location"],
                 })));
                 Some(
-                    builders::ResourceBuilder::new(types::RESOURCE_GROUP, id, name)
+                    builders::ResourceBuilder::new(types::RESOURCE_GROUP, &id, name)
                         .parent(parent.clone())
                         .profile(p)
                         .annotation(child(types::STORAGE_ACCOUNT))
@@ -384,15 +384,15 @@ impl Azure {
         let items = all
             .iter()
             .filter_map(|a| {
-                let id = a["id"].as_str()?;
-                if !scope::covers(rg, id) {
+                let id = scope::canonical(a["id"].as_str()?);
+                if !scope::covers(rg, &id) {
                     return None;
                 }
-                let name = a["name"].as_str().unwrap_or(id);
+                let name = a["name"].as_str().unwrap_or(&id);
                 let p = profile::struct_from_json_map(&obj(json!({
                     "arm_id": id, "name": name, "subscription_id": sub, "location": a["location"], "kind": a["kind"],
                 })));
-                let mut b = builders::ResourceBuilder::new(types::STORAGE_ACCOUNT, id, name)
+                let mut b = builders::ResourceBuilder::new(types::STORAGE_ACCOUNT, &id, name)
                     .parent(parent.clone())
                     .profile(p);
                 if !self.cfg.skip_storage_containers {
@@ -420,14 +420,14 @@ impl Azure {
             .items
             .iter()
             .filter_map(|c| {
-                let id = c["id"].as_str()?;
-                let name = c["name"].as_str().unwrap_or(id);
+                let id = scope::canonical(c["id"].as_str()?);
+                let name = c["name"].as_str().unwrap_or(&id);
                 let p = profile::struct_from_json_map(&obj(json!({
                     "arm_id": id, "name": name, "subscription_id": sub,
                     "public_access": c["properties"]["publicAccess"],
                 })));
                 Some(
-                    builders::ResourceBuilder::new(types::CONTAINER, id, name)
+                    builders::ResourceBuilder::new(types::CONTAINER, &id, name)
                         .parent(parent.clone())
                         .profile(p)
                         .build(),
@@ -462,7 +462,7 @@ impl Azure {
             if !seen.insert(pid.to_ascii_lowercase()) {
                 continue;
             }
-            let sp = json!({"id": pid, "displayName": i["name"], "appId": i["properties"]["clientId"],
+            let sp = json!({"id": pid.to_ascii_lowercase(), "displayName": i["name"], "appId": i["properties"]["clientId"],
                 "accountEnabled": true, "alternativeNames": ["isExplicit=True", arm_id]});
             items.extend(entra_users::managed_identity(&sp));
         }

@@ -30,13 +30,11 @@ pub enum AzureError {
     #[error("refused, nothing was changed: {0}")]
     Refused(String),
     /// The app may not write role assignments at this scope (ARM 403 AuthorizationFailed).
-    #[error(
-        "the app may not change role assignments at {scope}: it needs Owner or User Access Administrator (Microsoft.Authorization/roleAssignments/write and delete) on that scope or above; ARM said: {message}"
-    )]
+    #[error("the app may not change role assignments at {scope}: {message}")]
     WriteForbidden {
         /// The ARM scope.
         scope: String,
-        /// ARM's message.
+        /// What it needs (Owner or User Access Administrator there) and ARM's message.
         message: String,
     },
     /// A write whose outcome is unknown (the connection broke after sending).

@@ -10,21 +10,24 @@
 //! * 403 `AuthorizationFailed` is explained (Owner or User Access Administrator on that scope); PIM-eligible
 //!   entitlements are refused (they are managed through PIM requests); everything else is an error.
 //!
-//! `steward-msgraph`'s `Client::write` has no PUT, so the grant's PUT is sent here, with that crate's
-//! token provider and the same CA settings.
+//! Both writes go through the subscription's ARM client (`steward-msgraph`): its writes bucket, token,
+//! CA settings, retries of what certainly did not apply (429, 401, no connection) and error mapping. A PUT
+//! whose answer was lost (reset, timeout, 5xx) is sent again under the same GUID, up to
+//! [`PUT_ATTEMPTS`] times in all.
 
-use std::time::Duration;
-
-use serde_json::{Value, json};
+use serde_json::json;
 use steward_entra::grants as entra_grants;
 use steward_entra::index::Kind;
 use steward_model::{AnnotationsExt, Entitlement, Grant, GrantImmutable, Resource};
-use steward_msgraph::{Cloud, Error as MsError, WriteMethod, Written};
+use steward_msgraph::{Error as MsError, WriteMethod, Written};
 
 use crate::arm::AUTHZ_API;
 use crate::connector::{Azure, rid};
 use crate::error::AzureError;
 use crate::{scope, types};
+
+/// PUTs sent at most for one grant when answers are lost.
+pub const PUT_ATTEMPTS: u32 = 4;
 
 /// Where an entitlement applies: scope, subscription, role GUID.
 struct Target {
@@ -92,25 +95,6 @@ fn forbidden(e: AzureError, scope: &str) -> AzureError {
 }
 
 impl Azure {
-    fn http(&self) -> Result<reqwest::Client, AzureError> {
-        let mut b = reqwest::Client::builder()
-            .timeout(Duration::from_secs(90))
-            .connect_timeout(Duration::from_secs(15));
-        if let Some(p) = &self.cfg.entra.ca_file {
-            let pem = std::fs::read(p)
-                .map_err(|e| MsError::Config(format!("cannot read the CA file {}: {e}", p.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                MsError::Config(format!(
-                    "the CA file {} holds no PEM certificate: {e}",
-                    p.display()
-                ))
-            })?;
-            b = b.tls_certs_merge(certs);
-        }
-        b.build()
-            .map_err(|e| MsError::Config(format!("cannot build the HTTP client: {e}")).into())
-    }
-
     /// Grants the Azure role of `ent` to `principal` (see the module docs).
     pub async fn grant_role(
         &self,
@@ -131,84 +115,34 @@ impl Azure {
             "roleDefinitionId": format!("/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{}", t.sub, t.role),
             "principalId": pid, "principalType": ptype,
         }});
-        let url = format!(
-            "{}{}/providers/Microsoft.Authorization/roleAssignments/{}?api-version={AUTHZ_API}",
-            self.arm_root.base(),
+        // One GUID for every attempt: a resent PUT names the same assignment, so it cannot make a second one.
+        let path = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{}?api-version={AUTHZ_API}",
             t.scope,
             uuid::Uuid::new_v4()
         );
-        let http = self.http()?;
-        let arm_scope = Cloud::from_graph_domain(&self.cfg.entra.graph_domain)?.arm_scope();
-        let what = format!(
-            "PUT role assignment of {} to {ptype} {pid} at {}",
-            t.role, t.scope
-        );
+        let arm = self.arm(&t.sub);
         let mut last = String::new();
-        for attempt in 0..6u32 {
-            let token = self.ms.tokens().token(&arm_scope).await?;
-            let resp = match http
-                .put(&url)
-                .bearer_auth(token.expose())
-                .json(&body)
-                .send()
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    last = format!("request failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .map(Duration::from_secs_f64);
-            let v: Value = resp.json().await.unwrap_or(Value::Null);
-            let code = v["error"]["code"].as_str().unwrap_or_default().to_owned();
-            let message = v["error"]["message"].as_str().unwrap_or_default().to_owned();
-            match status {
-                200 | 201 => {
+        for _ in 0..PUT_ATTEMPTS {
+            match arm.write(WriteMethod::Put, &path, Some(&body)).await {
+                Ok(Written::Done(_)) => {
                     tracing::info!(scope = %t.scope, role = %t.role, principal = %pid, "role assignment created");
                     return Ok(vec![entra_grants::to(ent, kind, &pid)]);
                 }
-                409 if code == "RoleAssignmentExists" => {
+                Ok(Written::Unconfirmed(m)) => {
+                    tracing::debug!(scope = %t.scope, role = %t.role, principal = %pid, "PUT unconfirmed, sent again: {m}");
+                    last = m;
+                }
+                Err(MsError::Http {
+                    status: 409, code, ..
+                }) if code == "RoleAssignmentExists" => {
                     tracing::info!(scope = %t.scope, role = %t.role, principal = %pid, "already held; nothing changed");
                     return Ok(vec![entra_grants::to(ent, kind, &pid)]);
                 }
-                403 => {
-                    return Err(AzureError::WriteForbidden {
-                        scope: t.scope,
-                        message: format!("{code}: {message}"),
-                    });
-                }
-                401 => {
-                    self.ms.tokens().invalidate(&arm_scope, &token).await;
-                    last = format!("HTTP 401 {code}: {message}");
-                }
-                429 => {
-                    last = format!("HTTP 429 {code}: {message}");
-                    tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(5))).await;
-                }
-                500..=504 => {
-                    last = format!("HTTP {status} {code}: {message}");
-                    tokio::time::sleep(retry_after.unwrap_or(Duration::from_millis(500 << attempt))).await;
-                }
-                _ => {
-                    return Err(MsError::Http {
-                        what,
-                        status,
-                        code,
-                        message,
-                    }
-                    .into());
-                }
+                Err(e) => return Err(forbidden(e.into(), &t.scope)),
             }
         }
-        Err(AzureError::Unconfirmed(format!("{what}: {last}")))
+        Err(AzureError::Unconfirmed(last))
     }
 
     /// Revokes `grant` at exactly its scope (see the module docs).
@@ -265,7 +199,7 @@ impl Azure {
                     Err(e) => Err(forbidden(e.into(), &t.scope)),
                 };
             }
-            inherited.get_or_insert((sc.to_owned(), who.to_ascii_lowercase()));
+            inherited.get_or_insert((scope::canonical(sc), who.to_ascii_lowercase()));
         }
         match inherited {
             Some((sc, who)) if who == pid => Err(AzureError::Refused(format!(

@@ -1,14 +1,77 @@
-//! ARM scopes: containment (case-insensitive, as ARM), the scope of each resource this connector emits,
-//! and the entitlement id scheme.
+//! ARM scopes: containment (case-insensitive, as ARM), the canonical spelling of ids, the scope of each
+//! resource this connector emits, and the entitlement id scheme.
 //!
-//! Resource ids: `subscription` = the subscription GUID; `resource_group`, `storage_account`,
-//! `container` = their ARM ids (unique across subscriptions; a bare name is not); `role` = the role
-//! definition's ARM id in its subscription (`/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{guid}`).
+//! ARM compares ids without case and answers in varying case: a role assignment keeps the spelling its
+//! scope was written with (`/resourcegroups/RG-App`), resource providers spell resource-group segments
+//! their own way, GUIDs come in either case. Every ARM id this connector emits or matches goes through
+//! [`canonical`] first: type segments spelled as in ARM's API reference (`resourceGroups`,
+//! `Microsoft.Storage`, `storageAccounts`, …), names and GUIDs in lower case. So one resource group is one
+//! resource however ARM spells it, and an inherited grant names exactly the resource it was assigned at.
+//!
+//! Resource ids: `subscription` = the subscription GUID (lower case); `resource_group`, `storage_account`,
+//! `container` = their canonical ARM ids (unique across subscriptions; a bare name is not); `role` = the
+//! role definition's canonical ARM id in its subscription
+//! (`/subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{guid}`). Display names keep
+//! ARM's own spelling.
 //! Entitlements on a scope resource: `<type>:<id>:role:<roleGuid>` (active) and
 //! `<type>:<id>:role:<roleGuid>:eligible` (PIM), e.g.
 //! `resource_group:/subscriptions/S/resourceGroups/rg1:role:8e3af657-a8ff-443c-a75c-2fe8c4bcb635`.
 
 use crate::types;
+
+/// ARM's type segments (and provider namespaces) as its API reference spells them.
+const TYPE_SEGMENTS: &[&str] = &[
+    "subscriptions",
+    "resourceGroups",
+    "providers",
+    "Microsoft.Authorization",
+    "roleAssignments",
+    "roleDefinitions",
+    "roleEligibilityScheduleInstances",
+    "Microsoft.Storage",
+    "storageAccounts",
+    "blobServices",
+    "containers",
+    "Microsoft.ManagedIdentity",
+    "userAssignedIdentities",
+    "Microsoft.Management",
+    "managementGroups",
+];
+
+fn type_segment(s: &str) -> String {
+    TYPE_SEGMENTS
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(s))
+        .map_or_else(|| s.to_ascii_lowercase(), |t| (*t).to_owned())
+}
+
+/// The canonical spelling of an ARM id or scope (see the module docs); `/` for the root.
+///
+/// ARM ids alternate type and name segments (`/subscriptions/{s}/resourceGroups/{g}`), except that
+/// `providers` is followed by a namespace and then type/name pairs again; this walks them in that order,
+/// so a resource group named `providers` is still a name.
+pub fn canonical(id: &str) -> String {
+    let segs: Vec<&str> = id.split('/').filter(|s| !s.is_empty()).collect();
+    let mut out = String::with_capacity(id.len() + 1);
+    let mut i = 0;
+    while i < segs.len() {
+        let key = type_segment(segs[i]);
+        out.push('/');
+        out.push_str(&key);
+        let Some(next) = segs.get(i + 1) else { break };
+        out.push('/');
+        if key == "providers" {
+            out.push_str(&type_segment(next));
+        } else {
+            out.push_str(&next.to_ascii_lowercase());
+        }
+        i += 2;
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
 
 /// Whether `outer` is `inner` or above it (`/` covers everything).
 pub fn covers(outer: &str, inner: &str) -> bool {
@@ -27,11 +90,11 @@ pub fn same(a: &str, b: &str) -> bool {
         .eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
-/// The ARM scope of a scope resource.
+/// The canonical ARM scope of a scope resource.
 pub fn of(resource_type: &str, id: &str) -> Option<String> {
     match resource_type {
-        types::SUBSCRIPTION => Some(format!("/subscriptions/{id}")),
-        types::RESOURCE_GROUP | types::STORAGE_ACCOUNT | types::CONTAINER => Some(id.to_owned()),
+        types::SUBSCRIPTION => Some(canonical(&format!("/subscriptions/{id}"))),
+        types::RESOURCE_GROUP | types::STORAGE_ACCOUNT | types::CONTAINER => Some(canonical(id)),
         _ => None,
     }
 }
@@ -119,5 +182,27 @@ mod tests {
         assert_eq!(subscription_of(c), Some("s"));
         assert_eq!(parse_slug(&slug("g", true)), Some(("g", true)));
         assert_eq!(parse_slug(&slug("g", false)), Some(("g", false)));
+    }
+
+    #[test]
+    fn canonical_spelling() {
+        let want = "/subscriptions/0a1b2c3d-0000-4000-8000-00000000000a/resourceGroups/rg-app/providers/Microsoft.Storage/storageAccounts/stapp1/blobServices/default/containers/logs";
+        for spelled in [
+            want,
+            "/subscriptions/0A1B2C3D-0000-4000-8000-00000000000A/resourcegroups/RG-App/providers/microsoft.storage/storageaccounts/stapp1/blobservices/default/containers/logs",
+            "/SUBSCRIPTIONS/0a1b2c3d-0000-4000-8000-00000000000a/ResourceGroups/rg-APP/PROVIDERS/Microsoft.Storage/StorageAccounts/STAPP1/blobServices/Default/containers/Logs/",
+        ] {
+            assert_eq!(canonical(spelled), want);
+        }
+        assert_eq!(
+            canonical("/subscriptions/S/resourcegroups/providers"),
+            "/subscriptions/s/resourceGroups/providers"
+        );
+        assert_eq!(
+            canonical("/providers/microsoft.management/managementgroups/Root"),
+            "/providers/Microsoft.Management/managementGroups/root"
+        );
+        assert_eq!(canonical("/"), "/");
+        assert_eq!(canonical("/subscriptions/AB"), "/subscriptions/ab");
     }
 }

@@ -57,8 +57,47 @@ fn tenant(size: &str, seed: u64) -> Tenant {
             });
         }
     }
+    // A resource group with capitals in its name, holding a storage account and a container, and a
+    // role assignment at each of the three: ARM (and the emulator) spell their ids in varying case.
+    let s0 = subs[0];
+    let rg = ResourceGroup {
+        subscription_id: s0,
+        name: MIXED_RG.into(),
+        location: "westeurope".into(),
+    };
+    let sa = StorageAccount {
+        subscription_id: s0,
+        resource_group: MIXED_RG.into(),
+        name: "stmixedcase000001".into(),
+        location: "westeurope".into(),
+        created: "2024-01-01T00:00:00Z".into(),
+    };
+    let c = BlobContainer {
+        subscription_id: s0,
+        resource_group: MIXED_RG.into(),
+        account: sa.name.clone(),
+        name: "mixed".into(),
+    };
+    let user = t.users.iter().find(|u| u.given_name.is_some()).unwrap().id;
+    for (i, scope) in [rg.arm_id(), sa.arm_id(), c.arm_id()].into_iter().enumerate() {
+        t.azure.role_assignments.push(AzureRoleAssignment {
+            name: uuid::Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 + i as u128),
+            scope,
+            role_definition: uuid::Uuid::parse_str(READER).unwrap(),
+            principal_id: user,
+            principal_type: PrincipalType::User,
+            created: "2024-01-01T00:00:00Z".into(),
+            end: None,
+        });
+    }
+    t.azure.resource_groups.push(rg);
+    t.azure.storage_accounts.push(sa);
+    t.azure.containers.push(c);
     t
 }
+
+const MIXED_RG: &str = "RG-Mixed-Case";
+const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 
 async fn sim(size: &str) -> Sim {
     sim_with(tenant(size, 7), Settings::default()).await
@@ -273,7 +312,7 @@ fn check_full(s: &Sim, seen: &Seen) {
         let id = if kind == "subscription" {
             a.scope.trim_start_matches("/subscriptions/").to_owned()
         } else {
-            a.scope.clone()
+            scope::canonical(&a.scope)
         };
         let gid = format!(
             "{kind}:{id}:role:{}:{}:{}",
@@ -312,6 +351,134 @@ async fn small_tenant_matches_the_manifest() {
         rgs.items.iter().filter(|g| g.display_name == "rg-shared").count(),
         2
     );
+    // However ARM spells them, ids are emitted canonically, and one resource group is one resource.
+    let t = s.r.sim.read().tenant.clone();
+    let mixed: Vec<_> = rgs.items.iter().filter(|g| g.display_name == MIXED_RG).collect();
+    assert_eq!(mixed.len(), 1);
+    let mixed_rg = t
+        .azure
+        .resource_groups
+        .iter()
+        .find(|g| g.name == MIXED_RG)
+        .unwrap()
+        .arm_id();
+    assert_eq!(
+        mixed[0].id.as_ref().unwrap().resource,
+        scope::canonical(&mixed_rg)
+    );
+    for rt in ["resource_group", "storage_account", "container"] {
+        let all = r
+            .resources(
+                &ResourceFilter {
+                    resource_type: Some(rt.into()),
+                    parent: None,
+                },
+                &PageRequest::first(100_000),
+            )
+            .unwrap();
+        for x in &all.items {
+            let id = &x.id.as_ref().unwrap().resource;
+            assert_eq!(id, &scope::canonical(id), "{rt} emitted canonically");
+        }
+    }
+    // Every inheritance grant names a scope resource of the file as where the role is assigned.
+    let mut inheritance = 0;
+    r.for_each_grant(&GrantFilter::default(), |g: Grant| {
+        let p = g.principal.as_ref().unwrap().id.clone().unwrap();
+        if steward_azure::types::SCOPES.contains(&p.resource_type.as_str()) {
+            assert!(
+                r.resource(&p).unwrap().is_some(),
+                "{} inherits from {p:?}, which is not in the file",
+                g.id
+            );
+            inheritance += 1;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(inheritance > 0);
+    // Deeper than one level: the user assigned Reader at the mixed-case resource group, its storage
+    // account and its container holds Reader on the container directly and through both ancestors.
+    let who = t
+        .azure
+        .role_assignments
+        .iter()
+        .find(|a| a.scope == mixed_rg)
+        .unwrap()
+        .principal_id;
+    let c = t.azure.containers.iter().find(|c| c.name == "mixed").unwrap();
+    let sa = t
+        .azure
+        .storage_accounts
+        .iter()
+        .find(|a| a.name == c.account)
+        .unwrap();
+    let access = r.access(&ResourceId::new("user", who.to_string())).unwrap();
+    let on = |kind: &str, id: &str| format!("{kind}:{}:role:{READER}", scope::canonical(id));
+    let e = access
+        .iter()
+        .find(|e| e.grant.entitlement.as_ref().unwrap().id == on("container", &c.arm_id()))
+        .expect("Reader on the container");
+    let sources: BTreeSet<String> = e
+        .grant
+        .sources
+        .as_ref()
+        .unwrap()
+        .sources
+        .keys()
+        .cloned()
+        .collect();
+    for want in [
+        on("container", &c.arm_id()),
+        on("storage_account", &sa.arm_id()),
+        on("resource_group", &mixed_rg),
+    ] {
+        assert!(sources.contains(&want), "{want} is a source: {sources:?}");
+    }
+    // Two levels down: a user assigned at a subscription holds the role on a container there, and the
+    // path starts at the subscription.
+    let (a0, cont) = t
+        .azure
+        .role_assignments
+        .iter()
+        .filter(|a| kind_of(&a.scope) == "subscription" && a.principal_type == PrincipalType::User)
+        .find_map(|a| {
+            let cont = t.azure.containers.iter().find(|c| {
+                scope::covers(&a.scope, &c.arm_id())
+                    && !t.azure.role_assignments.iter().any(|x| {
+                        x.principal_id == a.principal_id
+                            && x.role_definition == a.role_definition
+                            && x.scope != a.scope
+                            && scope::covers(&x.scope, &c.arm_id())
+                    })
+            })?;
+            Some((a, cont))
+        })
+        .expect("a user assigned at a subscription with a container below it");
+    let access = r
+        .access(&ResourceId::new("user", a0.principal_id.to_string()))
+        .unwrap();
+    let want = format!(
+        "container:{}:role:{}",
+        scope::canonical(&cont.arm_id()),
+        a0.role_definition
+    );
+    let e = access
+        .iter()
+        .find(|e| e.grant.entitlement.as_ref().unwrap().id == want)
+        .unwrap_or_else(|| panic!("{want} is not inherited"));
+    assert_eq!(
+        e.path,
+        vec![
+            format!(
+                "subscription:{}:role:{}",
+                scope::subscription_of(&a0.scope).unwrap(),
+                a0.role_definition
+            ),
+            want.clone()
+        ],
+        "assigned at the subscription, held on the container"
+    );
     // An inherited grant: a user assigned at a subscription holds the role on its resource groups,
     // through the subscription's entitlement (the path says where it was assigned).
     let t = s.r.sim.read().tenant.clone();
@@ -331,7 +498,11 @@ async fn small_tenant_matches_the_manifest() {
     let access = r
         .access(&ResourceId::new("user", a0.principal_id.to_string()))
         .unwrap();
-    let want = format!("resource_group:{}:role:{}", rg.arm_id(), a0.role_definition);
+    let want = format!(
+        "resource_group:{}:role:{}",
+        scope::canonical(&rg.arm_id()),
+        a0.role_definition
+    );
     let e = access
         .iter()
         .find(|e| e.grant.entitlement.as_ref().unwrap().id == want)
@@ -358,7 +529,11 @@ async fn small_tenant_matches_the_manifest() {
         let access = r
             .access(&ResourceId::new("group", ga.principal_id.to_string()))
             .unwrap();
-        let want = format!("resource_group:{}:role:{}", rg.arm_id(), ga.role_definition);
+        let want = format!(
+            "resource_group:{}:role:{}",
+            scope::canonical(&rg.arm_id()),
+            ga.role_definition
+        );
         let e = access
             .iter()
             .find(|e| e.grant.entitlement.as_ref().unwrap().id == want)
@@ -431,11 +606,23 @@ async fn provisioning_at_every_scope() {
         .arm_id();
     let sa = t.azure.storage_accounts[0].arm_id();
     let c = t.azure.containers[0].arm_id();
+    // The mixed-case resource group, named in another spelling than ARM's own: the same scope.
+    let odd = t
+        .azure
+        .resource_groups
+        .iter()
+        .find(|g| g.name == MIXED_RG)
+        .unwrap()
+        .arm_id()
+        .to_uppercase()
+        .replace("/SUBSCRIPTIONS/", "/subscriptions/")
+        .replace("/RESOURCEGROUPS/", "/resourcegroups/");
     let scopes = [
         ("subscription", sub.clone()),
         ("resource_group", rg),
         ("storage_account", sa),
         ("container", c),
+        ("resource_group", odd),
     ];
     for (i, (kind, sc)) in scopes.iter().enumerate() {
         // A user with no Reader assignment at or above this scope.

@@ -116,6 +116,8 @@ pub enum WriteMethod {
     Post,
     /// `PATCH`.
     Patch,
+    /// `PUT` (ARM creates by name: resending the same PUT is safe, the caller may resend an unconfirmed one).
+    Put,
     /// `DELETE`.
     Delete,
 }
@@ -126,6 +128,7 @@ impl WriteMethod {
         match self {
             WriteMethod::Post => "POST",
             WriteMethod::Patch => "PATCH",
+            WriteMethod::Put => "PUT",
             WriteMethod::Delete => "DELETE",
         }
     }
@@ -225,7 +228,10 @@ impl Microsoft {
                 base,
                 scope,
                 budget,
-                writes: Budget::new(3_000.0, 3_000.0 / 150.0),
+                writes: match api {
+                    Api::Graph => Budget::new(3_000.0, 3_000.0 / 150.0),
+                    Api::Arm => Budget::new(200.0, 10.0),
+                },
                 sem: Semaphore::new(self.cfg.concurrency.max(1)),
                 stats: Stats::default(),
                 retry: self.cfg.retry,
@@ -259,7 +265,8 @@ struct Inner {
     base: String,
     scope: String,
     budget: Budget,
-    /// Graph's write limit per app and tenant: 3,000 writes per 150 s (specs §3).
+    /// The write limit: Graph's 3,000 writes per 150 s per app and tenant (specs §3); ARM's writes
+    /// bucket of 200, refilled 10 per second (specs §6).
     writes: Budget,
     sem: Semaphore,
     stats: Stats,
@@ -501,7 +508,7 @@ impl Client {
         }
     }
 
-    /// Sends one write (`POST`, `PATCH` or `DELETE` of `path_or_url`, with an optional JSON body) and says
+    /// Sends one write (`POST`, `PATCH`, `PUT` or `DELETE` of `path_or_url`, with an optional JSON body) and says
     /// whether it is known to have applied.
     ///
     /// Writes are not idempotent, so this never resends a request that may have reached the service:
@@ -520,9 +527,12 @@ impl Client {
         let (mut connect, mut throttled, mut reauth) = (0u32, 0u32, 0u32);
         let inner = &self.inner;
         loop {
-            // Every write takes one of the app's writes and 1 RU plus 1 for the write (specs §3).
+            // Every write takes one of the app's writes; on Graph also 1 RU plus 1 for the write (specs §3),
+            // while ARM counts writes apart from reads (specs §6).
             inner.writes.acquire(1.0).await;
-            inner.budget.acquire(2.0).await;
+            if inner.api == Api::Graph {
+                inner.budget.acquire(2.0).await;
+            }
             let token = match inner.tokens.token(&inner.scope).await {
                 Ok(t) => t,
                 Err(e) if e.is_transient() && connect + 1 < inner.retry.transient_attempts => {
@@ -539,6 +549,7 @@ impl Client {
             let mut req = match method {
                 WriteMethod::Post => inner.http.post(&url),
                 WriteMethod::Patch => inner.http.patch(&url),
+                WriteMethod::Put => inner.http.put(&url),
                 WriteMethod::Delete => inner.http.delete(&url),
             }
             .bearer_auth(token.expose());
@@ -893,6 +904,13 @@ fn map_error(api: Api, status: u16, code: String, message: String, what: &str) -
                 ),
             }
         }
+        (403, "AuthorizationFailed") if !what.starts_with("GET ") => Error::MissingPermission {
+            permission: "Owner or User Access Administrator (Azure RBAC)".into(),
+            what: what.to_owned(),
+            hint: format!(
+                "assign the app Owner or User Access Administrator (Microsoft.Authorization/roleAssignments/write and delete) on that scope or above it; ARM said: {message}"
+            ),
+        },
         (403, "AuthorizationFailed") => Error::MissingPermission {
             permission: "Reader (Azure RBAC)".into(),
             what: what.to_owned(),

@@ -6,6 +6,13 @@
 //! assignment to the caller (or a group it belongs to) at or above the scope whose role grants the action.
 //! Paths are matched case-insensitively, as ARM does. Each subscription has its own read and write
 //! throttling buckets per caller.
+//!
+//! Ids come back in varying case, as ARM's do: role assignments keep the spelling their scope was
+//! written with, and resource providers spell resource-group segments their own way. Listings show
+//! this through [`spelled`]: a fixed spelling per item (from its name, so every listing agrees with
+//! itself), one of canonical, `resourcegroups` / `microsoft.storage/storageaccounts` in lower case, the
+//! subscription GUID in upper case, or the resource-group name in upper case. The stored state stays
+//! canonical; single-item answers (GET, PUT, DELETE of one assignment) echo it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -495,6 +502,51 @@ fn rg_of<'a>(st: &'a Store, sub: &Subscription, name: &str) -> Result<&'a Resour
         })
 }
 
+/// `id` (canonical) spelled as ARM's listings spell the item keyed `key`: see the module docs.
+pub fn spelled(id: &str, key: &[u8]) -> String {
+    let h = key
+        .iter()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)));
+    let mut segs: Vec<String> = id.split('/').map(str::to_string).collect();
+    match h % 4 {
+        1 => {
+            for s in segs.iter_mut() {
+                if ["resourceGroups", "Microsoft.Storage", "storageAccounts"].contains(&s.as_str()) {
+                    *s = s.to_ascii_lowercase();
+                }
+            }
+        }
+        2 => {
+            if segs.get(1).is_some_and(|s| s == "subscriptions")
+                && let Some(g) = segs.get_mut(2)
+            {
+                *g = g.to_ascii_uppercase();
+            }
+        }
+        3 => {
+            if segs.get(3).is_some_and(|s| s == "resourceGroups")
+                && let Some(g) = segs.get_mut(4)
+            {
+                *g = g.to_ascii_uppercase();
+            }
+        }
+        _ => {}
+    }
+    segs.join("/")
+}
+
+/// A role assignment as listings show it: scope and id in the assignment's own spelling.
+fn listed_assignment_json(a: &AzureRoleAssignment) -> Value {
+    let mut v = role_assignment_json(a);
+    let sc = spelled(&a.scope, a.name.as_bytes());
+    v["id"] = json!(format!(
+        "{sc}/providers/Microsoft.Authorization/roleAssignments/{}",
+        a.name
+    ));
+    v["properties"]["scope"] = json!(sc);
+    v
+}
+
 /// Checks that an ARM scope names something that exists; returns its canonical spelling.
 fn resolve_scope(st: &Store, segs: &[String]) -> Result<String, ArmError> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -787,7 +839,7 @@ fn dispatch(sim: &Sim, call: &Call) -> Result<(StatusCode, Value), ArmError> {
                 .filter(|x| x.subscription_id == sub.subscription_id && eq(&x.resource_group, rg) && eq(&x.account, acct))
                 .map(|x| {
                     json!({
-                        "id": x.arm_id(), "name": x.name, "type": "Microsoft.Storage/storageAccounts/blobServices/containers",
+                        "id": spelled(&x.arm_id(), x.arm_id().as_bytes()), "name": x.name, "type": "Microsoft.Storage/storageAccounts/blobServices/containers",
                         "etag": format!("\"0x8D{:X}\"", x.name.len() * 7919),
                         "properties": {"publicAccess": "None", "leaseStatus": "Unlocked", "leaseState": "Available",
                             "lastModifiedTime": "2024-01-01T00:00:00Z", "hasImmutabilityPolicy": false, "hasLegalHold": false},
@@ -846,7 +898,7 @@ fn resource_list(
             .filter(|a| in_scope(a.subscription_id, &a.resource_group))
             .map(|a| {
                 json!({
-                    "id": a.arm_id(), "kind": "StorageV2", "location": a.location, "name": a.name,
+                    "id": spelled(&a.arm_id(), a.arm_id().as_bytes()), "kind": "StorageV2", "location": a.location, "name": a.name,
                     "type": "Microsoft.Storage/storageAccounts", "sku": {"name": "Standard_LRS", "tier": "Standard"}, "tags": {},
                     "properties": {"creationTime": a.created, "provisioningState": "Succeeded", "primaryLocation": a.location,
                         "statusOfPrimary": "available", "isHnsEnabled": false, "allowBlobPublicAccess": false, "minimumTlsVersion": "TLS1_2",
@@ -1133,7 +1185,7 @@ fn list_assignments(
                     .as_ref()
                     .is_none_or(|ids| ids.contains(&a.principal_id))
         })
-        .map(role_assignment_json)
+        .map(listed_assignment_json)
         .collect())
 }
 

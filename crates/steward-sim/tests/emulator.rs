@@ -1130,7 +1130,8 @@ async fn arm_scopes_writes_and_authorization() {
         a["properties"]["scope"]
             .as_str()
             .unwrap()
-            .contains("/resourceGroups/")
+            .to_ascii_lowercase()
+            .contains("/resourcegroups/")
     }));
     // Listing at a resource group includes what is inherited from the subscription (above it).
     let some_rg = r
@@ -1148,7 +1149,10 @@ async fn arm_scopes_writes_and_authorization() {
     assert!(
         at_rg
             .iter()
-            .any(|a| a["properties"]["scope"] == json!(format!("/subscriptions/{sub}")))
+            .any(|a| a["properties"]["scope"]
+                .as_str()
+                .unwrap()
+                .eq_ignore_ascii_case(&format!("/subscriptions/{sub}")))
     );
     assert!(at_rg.iter().all(|a| {
         !a["properties"]["scope"]
