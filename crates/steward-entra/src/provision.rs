@@ -3,13 +3,16 @@
 //!
 //! Invariants:
 //! * Nothing is written unless provisioning is enabled ([`EntraConfig::provisioning`](crate::EntraConfig)).
-//! * Refusals come before any write and change nothing: dynamic and on-premises synced groups, a principal
+//! * Refusals come before any write and change nothing (removing a group member, where Graph refuses the
+//!   same cases, is explained by the same checks after its refusal): dynamic and on-premises synced groups, a principal
 //!   type the entitlement cannot take (or an id that is not of that type), an app role that the app does not
 //!   define or that does not accept the principal type, a group that is not role-assignable, a group's last
 //!   owner. A 403 names the write permission to grant.
 //! * Idempotence: the state is read first; what is held is reported "already held", what is absent "already
 //!   absent". A duplicate (or absent) answer to the write itself — someone else was faster — is reported
-//!   the same way.
+//!   the same way. Group membership is the exception to reading first: its list is as long as the group
+//!   (a 100,000-member group would cost 100 pages per change), and Graph's answer to the write says the
+//!   same — a duplicate member on add, 404 on remove — so the write goes first.
 //! * Retries never double-apply: [`Client::write`](steward_msgraph::Client::write) resends only what
 //!   certainly did not reach the service; when an answer is lost (reset, timeout, 5xx), the state is read
 //!   back, and the write is sent again only if it did not apply. A duplicate answer after a lost one means
@@ -318,7 +321,7 @@ impl Entra {
             end_in_tenant,
             read_back: false,
         };
-        if self.holds(&target, kind, pid).await?.is_some() {
+        if !matches!(target, Target::GroupMember(_)) && self.holds(&target, kind, pid).await?.is_some() {
             return Ok(change);
         }
         let req = self.grant_request(&target, pid, opts);
@@ -357,7 +360,12 @@ impl Entra {
             ))
         })?;
         let pid = principal.resource.as_str();
-        self.refusals(&target, kind, pid, false).await?;
+        // Removing a group member: the removal is tried first and only a refused one is explained by the
+        // checks (one request per removal instead of two; Graph's refusal changes nothing either).
+        let check_after = matches!(target, Target::GroupMember(_));
+        if !check_after {
+            self.refusals(&target, kind, pid, false).await?;
+        }
         let mut change = Change {
             outcome: Outcome::AlreadyAbsent,
             entitlement_id: entitlement_id.to_owned(),
@@ -369,8 +377,13 @@ impl Entra {
             end_in_tenant: false,
             read_back: false,
         };
-        let Some(held_id) = self.holds(&target, kind, pid).await? else {
-            return Ok(change);
+        let held_id = match &target {
+            // Removing a member is keyed by the member's own id; 404 means it was not a member.
+            Target::GroupMember(_) => pid.to_owned(),
+            _ => match self.holds(&target, kind, pid).await? {
+                Some(id) => id,
+                None => return Ok(change),
+            },
         };
         if let Target::GroupOwner(g) = &target {
             let owners = self
@@ -394,6 +407,10 @@ impl Entra {
                     body: None,
                 };
                 self.confirmed(&del, &target, kind, pid, false).await?
+            }
+            Err(e) if check_after => {
+                self.refusals(&target, kind, pid, false).await?;
+                return Err(e);
             }
             r => r?,
         };

@@ -1986,3 +1986,104 @@ async fn jit_two_servers_on_one_postgres_act_once() {
     j.server.stop().await;
     sim.stop().await;
 }
+
+/// Many grants due at once: removed together, confirmed by one partial sync instead of one listing of the
+/// group per grant, each request expired and audited once, the tenant left without any of them.
+#[tokio::test]
+async fn jit_expiry_sweep_removes_due_grants_in_batches() {
+    let (sim, _d) = small_sim().await;
+    for env in envs().await {
+        let j = jit_setup(&env, &sim.ready).await;
+        auto_rule(&j).await;
+        let users = fresh_users(&j, &sim).await;
+        assert!(
+            users.len() > 60,
+            "the small tenant has enough users outside the group"
+        );
+        let (first, _) = &users[0];
+        let ut = user_token(&j, first).await;
+        let (st, r) = j
+            .api
+            .post(
+                &ut,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "duration": 300}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        let template = wait_state(&j.api, &ut, r["id"].as_str().unwrap(), "provisioned").await;
+        let template: steward_platform::Request = serde_json::from_value(template).unwrap();
+        // Access put in place outside the request flow, then imported as provisioned requests.
+        let mut reqs = Vec::new();
+        for (u, _) in &users[1..] {
+            sim.sim
+                .store
+                .write()
+                .unwrap()
+                .add_group_member(j.gid, u.parse().unwrap())
+                .unwrap();
+            let mut r = template.clone();
+            r.id = uuid::Uuid::new_v4().to_string();
+            r.requester_id = u.clone();
+            reqs.push(r);
+        }
+        let n = reqs.len() + 1;
+        // Not provisioned: refused whole.
+        let mut bad = reqs[0].clone();
+        bad.state = steward_platform::RequestState::Approved;
+        assert!(j.server.platform.import_provisioned(vec![bad]).await.is_err());
+        assert_eq!(j.server.platform.import_provisioned(reqs).await.unwrap(), n - 1);
+        sim.sim.stats.reset();
+        j.clock.advance(time::Duration::seconds(301));
+        for _ in 0..600 {
+            let (_, p) = j
+                .api
+                .get(&j.admin, "/api/v1/requests?state=provisioned&limit=1")
+                .await;
+            if p["items"].as_array().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        for (u, _) in &users {
+            assert!(
+                !in_group(&sim, j.gid, u.parse().unwrap()),
+                "{u} is still a member"
+            );
+        }
+        let (_, log) = j
+            .api
+            .get(&j.admin, "/api/v1/audit?action=request.expired&limit=1000")
+            .await;
+        let mut targets: Vec<&str> = log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["target_id"].as_str().unwrap())
+            .collect();
+        targets.sort();
+        targets.dedup();
+        assert_eq!(
+            log["items"].as_array().unwrap().len(),
+            n,
+            "one expiry entry per request"
+        );
+        assert_eq!(targets.len(), n);
+        assert_eq!(
+            writes(&sim, "DELETE", "/members/"),
+            n as u64,
+            "one removal per grant"
+        );
+        // The group's members were listed by the confirming partial syncs only: one per claimed batch,
+        // not one (or two) per grant.
+        let listings = writes(&sim, "GET", "/groups/{id}/members");
+        assert!(
+            (1..=4).contains(&listings),
+            "{listings} listings of the group's members for {n} removals"
+        );
+        let (_, v) = j.api.get(&j.admin, "/api/v1/audit/verify").await;
+        assert_eq!(v["ok"], true, "{v}");
+        j.server.stop().await;
+    }
+    sim.stop().await;
+}

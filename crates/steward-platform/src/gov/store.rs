@@ -87,6 +87,9 @@ pub enum ConfigTable {
 pub trait GovStore: Send + Sync + 'static {
     /// Applies `w` atomically. False (and nothing applied) when a guarded request version moved on.
     async fn commit(&self, w: Write) -> Result<bool>;
+    /// Applies all of `ws` in one transaction, in order. False (and nothing applied) when any guarded
+    /// request version moved on.
+    async fn commit_all(&self, ws: &[Write]) -> Result<bool>;
     /// Access profiles.
     async fn profiles(&self) -> Result<Vec<AccessProfile>>;
     /// Policies.
@@ -111,8 +114,8 @@ pub trait GovStore: Send + Sync + 'static {
     async fn waiting_for(&self, approver: &str, limit: i64, offset: i64) -> Result<Vec<Request>>;
     /// Requests in these states.
     async fn requests_in(&self, states: &[RequestState]) -> Result<Vec<Request>>;
-    /// Claims the next due task for `owner` until `lease_until_s`.
-    async fn claim(&self, owner: &str, now_s: i64, lease_until_s: i64) -> Result<Option<Task>>;
+    /// Claims up to `limit` due tasks (earliest first) for `owner` until `lease_until_s`.
+    async fn claim(&self, owner: &str, now_s: i64, lease_until_s: i64, limit: i64) -> Result<Vec<Task>>;
     /// Puts a claimed task back to run at `run_at_s` (a retry), with the error.
     async fn retry_task(&self, id: &str, owner: &str, run_at_s: i64, error: &str) -> Result<()>;
     /// Gives up a claimed task (kept, state `dead`, with the error).
@@ -143,7 +146,8 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// Runs the body of [`GovStore::commit`] on an open transaction `$tx` of either backend.
+/// Applies one [`Write`] on an open transaction `$tx` of either backend (without committing); on a version
+/// conflict or a taken name it rolls back and returns from the enclosing function.
 macro_rules! apply_write {
     ($tx:ident, $w:ident) => {{
         if let Some((r, guard)) = &$w.request {
@@ -226,30 +230,39 @@ macro_rules! apply_write {
             sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', $1) ON CONFLICT (key) DO UPDATE SET value = $1")
                 .bind(format!("{seq} {prev}")).execute(&mut *$tx).await?;
         }
-        $tx.commit().await?;
-        Ok(true)
     }};
 }
 
 #[async_trait]
 impl GovStore for SqlStore {
     async fn commit(&self, w: Write) -> Result<bool> {
+        self.commit_all(std::slice::from_ref(&w)).await
+    }
+
+    async fn commit_all(&self, ws: &[Write]) -> Result<bool> {
         match self.db() {
             Db::Sqlite(p) => {
                 // Take the write lock first: reads inside then see the latest chain head.
                 let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
-                apply_write!(tx, w)
+                for w in ws {
+                    apply_write!(tx, w);
+                }
+                tx.commit().await?;
             }
             Db::Postgres(p) => {
                 let mut tx = p.begin().await?;
-                if !w.audit.is_empty() {
+                if ws.iter().any(|w| !w.audit.is_empty()) {
                     sqlx::query("SELECT pg_advisory_xact_lock(7202)")
                         .execute(&mut *tx)
                         .await?;
                 }
-                apply_write!(tx, w)
+                for w in ws {
+                    apply_write!(tx, w);
+                }
+                tx.commit().await?;
             }
         }
+        Ok(true)
     }
 
     async fn profiles(&self) -> Result<Vec<AccessProfile>> {
@@ -385,22 +398,30 @@ impl GovStore for SqlStore {
             .collect()
     }
 
-    async fn claim(&self, owner: &str, now_s: i64, lease_until_s: i64) -> Result<Option<Task>> {
-        let row: Option<(String, String, String, String, i64, i64)> = with_db!(self.db(), p => {
+    async fn claim(&self, owner: &str, now_s: i64, lease_until_s: i64, limit: i64) -> Result<Vec<Task>> {
+        // The outer condition is checked again on each row as it is updated: of two workers picking the
+        // same rows, only one gets each (PostgreSQL re-reads a row another transaction changed; SQLite
+        // has one writer at a time).
+        let rows: Vec<(String, String, String, String, i64, i64)> = with_db!(self.db(), p => {
             sqlx::query_as("UPDATE tasks SET lease_owner = $1, lease_until_s = $2, attempts = attempts + 1 \
-                WHERE id = (SELECT id FROM tasks WHERE state = 'queued' AND run_at_s <= $3 AND (lease_until_s IS NULL OR lease_until_s < $3) ORDER BY run_at_s, id LIMIT 1) \
+                WHERE id IN (SELECT id FROM tasks WHERE state = 'queued' AND run_at_s <= $3 AND (lease_until_s IS NULL OR lease_until_s < $3) ORDER BY run_at_s, id LIMIT $4) \
                 AND state = 'queued' AND (lease_until_s IS NULL OR lease_until_s < $3) \
                 RETURNING id, kind, ref_id, payload, run_at_s, attempts")
-                .bind(owner).bind(lease_until_s).bind(now_s).fetch_optional(p).await?
+                .bind(owner).bind(lease_until_s).bind(now_s).bind(limit).fetch_all(p).await?
         });
-        Ok(row.map(|(id, kind, ref_id, payload, run_at_s, attempts)| Task {
-            id,
-            kind,
-            ref_id,
-            payload: serde_json::from_str(&payload).unwrap_or_default(),
-            run_at_s,
-            attempts,
-        }))
+        let mut tasks: Vec<Task> = rows
+            .into_iter()
+            .map(|(id, kind, ref_id, payload, run_at_s, attempts)| Task {
+                id,
+                kind,
+                ref_id,
+                payload: serde_json::from_str(&payload).unwrap_or_default(),
+                run_at_s,
+                attempts,
+            })
+            .collect();
+        tasks.sort_by(|a, b| (a.run_at_s, &a.id).cmp(&(b.run_at_s, &b.id)));
+        Ok(tasks)
     }
 
     async fn retry_task(&self, id: &str, owner: &str, run_at_s: i64, error: &str) -> Result<()> {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde_json::json;
 use steward_model::ResourceId;
 
-use super::store::{NewAudit, Task};
+use super::store::{NewAudit, Task, Write};
 use super::types::*;
 use crate::Platform;
 use crate::error::{PlatformError, Result};
@@ -28,8 +28,11 @@ pub const MAX_PROVISION_ATTEMPTS: i64 = 6;
 pub const TASK_RETENTION_SECS: i64 = 7 * 24 * 3600;
 /// How long a connector client is reused by the worker.
 pub const CLIENT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
-/// Tasks one worker runs at once.
+/// Tasks (and tenant changes) one worker runs at once.
 pub const WORKER_CONCURRENCY: usize = 16;
+/// Tasks claimed at once: due `end` tasks of one claim are removed together and confirmed by one partial
+/// sync per connector, and their requests saved in one transaction.
+pub const CLAIM_BATCH: i64 = 256;
 /// Webhook delivery attempts.
 pub const MAX_WEBHOOK_ATTEMPTS: i64 = 8;
 
@@ -65,36 +68,47 @@ fn sys(action: &str, id: &str, detail: serde_json::Value) -> NewAudit {
 }
 
 impl Platform {
-    /// Runs the tasks that are due until none is left, up to [`WORKER_CONCURRENCY`] at a time; returns how
-    /// many ran.
+    /// Runs the tasks that are due until none is left; returns how many ran. Tasks are claimed up to
+    /// [`CLAIM_BATCH`] at a time: `end` tasks of a batch run together ([`Platform::run_ends`]), the others
+    /// [`WORKER_CONCURRENCY`] at a time.
     pub async fn work(&self) -> Result<usize> {
+        use futures::StreamExt;
         let mut n = 0;
         loop {
             let now = self.clock.now().unix_timestamp();
-            let mut batch = Vec::new();
-            while batch.len() < WORKER_CONCURRENCY {
-                match self.gov.claim(&self.worker_id, now, now + LEASE_SECS).await? {
-                    Some(t) => batch.push(t),
-                    None => break,
-                }
-            }
+            let batch = self
+                .gov
+                .claim(&self.worker_id, now, now + LEASE_SECS, CLAIM_BATCH)
+                .await?;
             if batch.is_empty() {
                 return Ok(n);
             }
             n += batch.len();
-            let results = futures::future::join_all(batch.iter().map(|t| self.run_task(t))).await;
-            for (t, r) in batch.iter().zip(results) {
-                if let Err(e) = r {
-                    tracing::warn!(task = %t.id, kind = %t.kind, error = %e, "task failed; retrying later");
-                    self.gov
-                        .retry_task(
-                            &t.id,
-                            &self.worker_id,
-                            now + backoff(t.attempts, 300),
-                            &e.to_string(),
-                        )
-                        .await?;
+            let (ends, others): (Vec<Task>, Vec<Task>) = batch.into_iter().partition(|t| t.kind == "end");
+            let ends_run = async {
+                if ends.is_empty() {
+                    return Vec::new();
                 }
+                let refs: Vec<&Task> = ends.iter().collect();
+                match self.run_ends(&refs).await {
+                    Ok(()) => Vec::new(),
+                    Err(e) => ends.iter().map(|t| (t.clone(), e.to_string())).collect(),
+                }
+            };
+            let others_run = futures::stream::iter(others)
+                .map(|t| async move {
+                    let r = self.run_task(&t).await;
+                    r.err().map(|e| (t, e.to_string()))
+                })
+                .buffer_unordered(WORKER_CONCURRENCY)
+                .collect::<Vec<Option<(Task, String)>>>();
+            let (mut failed, more) = futures::join!(ends_run, others_run);
+            failed.extend(more.into_iter().flatten());
+            for (t, e) in failed {
+                tracing::warn!(task = %t.id, kind = %t.kind, error = %e, "task failed; retrying later");
+                self.gov
+                    .retry_task(&t.id, &self.worker_id, now + backoff(t.attempts, 300), &e)
+                    .await?;
             }
         }
     }
@@ -102,7 +116,7 @@ impl Platform {
     async fn run_task(&self, t: &Task) -> Result<()> {
         match t.kind.as_str() {
             "provision" => self.run_provision(t).await,
-            "end" => self.run_end(t).await,
+            "end" => self.run_ends(&[t]).await,
             "webhook" => self.run_webhook(t).await,
             other => {
                 self.gov
@@ -179,32 +193,54 @@ impl Platform {
         entitlement: &str,
         principal: &ResourceId,
     ) -> std::result::Result<bool, Failure> {
+        let held = self
+            .confirm_many(
+                entra,
+                vec![resource],
+                vec![(entitlement.to_owned(), principal.clone())],
+            )
+            .await?;
+        Ok(held.first().copied().unwrap_or(false))
+    }
+
+    /// For each (entitlement, principal) of `pairs`, whether the tenant holds it, by one partial sync of
+    /// `resources` (the resources of those entitlements).
+    async fn confirm_many(
+        &self,
+        entra: Arc<steward_entra::Entra>,
+        mut resources: Vec<ResourceId>,
+        pairs: Vec<(String, ResourceId)>,
+    ) -> std::result::Result<Vec<bool>, Failure> {
+        resources.sort_by(|a, b| (&a.resource_type, &a.resource).cmp(&(&b.resource_type, &b.resource)));
+        resources.dedup();
         let file = self.work_file("c1z");
         let out = async {
             let sum = steward_sync::run_sync(
                 entra,
                 &file,
-                steward_sync::SyncPlan::Partial {
-                    resources: vec![resource],
-                },
+                steward_sync::SyncPlan::Partial { resources },
                 steward_sync::SyncOptions::default(),
                 None,
             )
             .await
             .map_err(|e| Failure::Transient(format!("confirming by a partial sync: {e}")))?;
-            let (f, ent, p) = (file.clone(), entitlement.to_owned(), principal.clone());
-            tokio::task::spawn_blocking(move || -> steward_c1z::Result<bool> {
+            let f = file.clone();
+            tokio::task::spawn_blocking(move || -> steward_c1z::Result<Vec<bool>> {
                 let mut r = steward_c1z::C1zReader::open(&f)?;
                 r.select_sync(&sum.sync_id)?;
-                let page = r.grants(
-                    &steward_c1z::GrantFilter {
-                        entitlement_id: Some(ent),
-                        principal: Some(p),
-                        resource: None,
-                    },
-                    &steward_c1z::PageRequest::first(10),
-                )?;
-                Ok(!page.items.is_empty())
+                let mut held = Vec::with_capacity(pairs.len());
+                for (ent, p) in pairs {
+                    let page = r.grants(
+                        &steward_c1z::GrantFilter {
+                            entitlement_id: Some(ent),
+                            principal: Some(p),
+                            resource: None,
+                        },
+                        &steward_c1z::PageRequest::first(1),
+                    )?;
+                    held.push(!page.items.is_empty());
+                }
+                Ok(held)
             })
             .await
             .map_err(|e| Failure::Transient(e.to_string()))?
@@ -419,104 +455,212 @@ impl Platform {
     }
 
     /// Ends access: expiry (`end_state` expired), revocation (revoked) or drift (`drift`: the request has
-    /// ended already and the access came back).
-    async fn run_end(&self, t: &Task) -> Result<()> {
-        let end_state = t
-            .payload
-            .get("end_state")
-            .and_then(|v| v.as_str())
-            .unwrap_or("expired");
-        let (mut r, ver) = self.load(&t.ref_id).await?;
-        let drift = end_state == "drift";
-        let ok_state = if drift {
-            matches!(r.state, RequestState::Expired | RequestState::Revoked)
-        } else {
-            r.state == RequestState::Provisioned
-        };
-        if !ok_state {
-            return self.finish(t).await;
+    /// ended already and the access came back). The tasks' removals run [`WORKER_CONCURRENCY`] at a time;
+    /// one partial sync per connector then confirms all of them; the requests that ended are saved in one
+    /// transaction. A request whose removal failed or is not confirmed keeps its task, retried with backoff.
+    async fn run_ends(&self, tasks: &[&Task]) -> Result<()> {
+        use futures::StreamExt;
+        struct Job<'a> {
+            t: &'a Task,
+            r: Request,
+            ver: i64,
+            end_state: String,
+            principal: ResourceId,
+            notes: Vec<String>,
+            failure: Option<String>,
         }
-        let principal = self.principal_of(&r).await?;
-        let mut notes = Vec::new();
-        let mut failure = None;
-        for tg in r.targets.clone() {
-            let step = async {
-                let entra = self.provisioner(&tg.connector_id).await?;
-                let change = entra
-                    .revoke_entitlement(&tg.entitlement, &principal)
-                    .await
-                    .map_err(classify)?;
-                let still = self
-                    .confirm(entra, change.resource(), &tg.entitlement, &principal)
-                    .await?;
-                if still {
-                    return Err(Failure::Transient(format!(
-                        "{change}, but a partial sync still shows it"
-                    )));
-                }
-                Ok::<_, Failure>(change)
+        let mut jobs = Vec::new();
+        let mut done = Vec::new();
+        for &t in tasks {
+            let end_state = t
+                .payload
+                .get("end_state")
+                .and_then(|v| v.as_str())
+                .unwrap_or("expired")
+                .to_owned();
+            let Some((r, ver)) = self.gov.request(&t.ref_id).await? else {
+                done.push(t);
+                continue;
+            };
+            let ok_state = if end_state == "drift" {
+                matches!(r.state, RequestState::Expired | RequestState::Revoked)
+            } else {
+                r.state == RequestState::Provisioned
+            };
+            if !ok_state {
+                done.push(t);
+                continue;
             }
-            .await;
-            match step {
-                Ok(change) => notes.push(format!("{change}; a partial sync confirms it is gone")),
-                Err(f) => {
-                    self.forget_provisioner(&tg.connector_id);
-                    failure = Some(f);
-                    break;
-                }
-            }
-        }
-        if let Some(Failure::Transient(m) | Failure::Permanent(m)) = failure {
-            // Ending access must stick: keep trying (backoff capped at an hour), and say so on the request.
-            let wait = backoff(t.attempts, 3600);
-            self.event(
-                &mut r,
-                "end_retry",
-                format!("removing access failed: {m}; retrying in {wait}s"),
-            );
-            self.save(
-                &r,
+            let principal = self.principal_of(&r).await?;
+            jobs.push(Job {
+                t,
+                r,
                 ver,
-                vec![sys("request.end_failed", &r.id, json!({"error": m}))],
-                None,
-                vec![],
-            )
-            .await?;
-            return self
-                .gov
-                .retry_task(
-                    &t.id,
-                    &self.worker_id,
-                    self.clock.now().unix_timestamp() + wait,
-                    &m,
+                end_state,
+                principal,
+                notes: Vec::new(),
+                failure: None,
+            });
+        }
+        if !done.is_empty() {
+            let ws: Vec<Write> = done
+                .iter()
+                .map(|t| {
+                    let mut w = self.write();
+                    w.finish_task = Some((t.id.clone(), self.worker_id.clone()));
+                    w
+                })
+                .collect();
+            self.gov.commit_all(&ws).await?;
+        }
+        // Remove every target of every job from the tenant.
+        let steps: Vec<(usize, Target)> = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| job.r.targets.iter().map(move |tg| (j, tg.clone())))
+            .collect();
+        let removed: Vec<_> = futures::stream::iter(steps)
+            .map(|(j, tg)| {
+                let principal = jobs[j].principal.clone();
+                async move {
+                    let out = async {
+                        let entra = self.provisioner(&tg.connector_id).await?;
+                        entra
+                            .revoke_entitlement(&tg.entitlement, &principal)
+                            .await
+                            .map_err(classify)
+                    }
+                    .await;
+                    (j, tg, out)
+                }
+            })
+            .buffered(WORKER_CONCURRENCY)
+            .collect()
+            .await;
+        // Confirm: one partial sync per connector of every resource a removal touched.
+        let mut by_connector: std::collections::BTreeMap<
+            String,
+            Vec<(usize, Target, steward_entra::Change)>,
+        > = Default::default();
+        for (j, tg, out) in removed {
+            match out {
+                Ok(change) => by_connector
+                    .entry(tg.connector_id.clone())
+                    .or_default()
+                    .push((j, tg, change)),
+                Err(Failure::Transient(m) | Failure::Permanent(m)) => {
+                    self.forget_provisioner(&tg.connector_id);
+                    jobs[j].failure.get_or_insert(m);
+                }
+            }
+        }
+        for (cid, list) in by_connector {
+            let resources = list.iter().map(|(_, _, c)| c.resource()).collect();
+            let pairs = list
+                .iter()
+                .map(|(j, tg, _)| (tg.entitlement.clone(), jobs[*j].principal.clone()))
+                .collect();
+            let held = match self.provisioner(&cid).await {
+                Ok(entra) => self.confirm_many(entra, resources, pairs).await,
+                Err(f) => Err(f),
+            };
+            match held {
+                Ok(held) => {
+                    for ((j, _, change), still) in list.into_iter().zip(held) {
+                        if still {
+                            self.forget_provisioner(&cid);
+                            jobs[j]
+                                .failure
+                                .get_or_insert(format!("{change}, but a partial sync still shows it"));
+                        } else {
+                            jobs[j]
+                                .notes
+                                .push(format!("{change}; a partial sync confirms it is gone"));
+                        }
+                    }
+                }
+                Err(Failure::Transient(m) | Failure::Permanent(m)) => {
+                    self.forget_provisioner(&cid);
+                    for (j, _, _) in list {
+                        jobs[j].failure.get_or_insert(m.clone());
+                    }
+                }
+            }
+        }
+        let mut ended = Vec::new();
+        for mut job in jobs {
+            if let Some(m) = job.failure.take() {
+                // Ending access must stick: keep trying (backoff capped at an hour), and say so on the request.
+                let wait = backoff(job.t.attempts, 3600);
+                self.event(
+                    &mut job.r,
+                    "end_retry",
+                    format!("removing access failed: {m}; retrying in {wait}s"),
+                );
+                self.save(
+                    &job.r,
+                    job.ver,
+                    vec![sys("request.end_failed", &job.r.id, json!({"error": m}))],
+                    None,
+                    vec![],
                 )
-                .await;
+                .await?;
+                self.gov
+                    .retry_task(
+                        &job.t.id,
+                        &self.worker_id,
+                        self.clock.now().unix_timestamp() + wait,
+                        &m,
+                    )
+                    .await?;
+                continue;
+            }
+            let r = &mut job.r;
+            for n in std::mem::take(&mut job.notes) {
+                self.event(r, "revoke", n);
+            }
+            let (action, event) = match job.end_state.as_str() {
+                "drift" => {
+                    self.event(
+                        r,
+                        "drift_revoked",
+                        "access that came back after it ended was removed again".into(),
+                    );
+                    ("drift.revoked", "drift.revoked")
+                }
+                "revoked" => {
+                    r.state = RequestState::Revoked;
+                    r.ended_at = Some(self.now());
+                    self.event(r, "revoked", "revoked and removed from the tenant".into());
+                    ("request.revoked", "request.revoked")
+                }
+                _ => {
+                    r.state = RequestState::Expired;
+                    r.ended_at = Some(self.now());
+                    self.event(r, "expired", "expired and removed from the tenant".into());
+                    ("request.expired", "request.expired")
+                }
+            };
+            let mut w = self.write();
+            self.notify(&mut w, event, r, &[]).await?;
+            w.request = Some((r.clone(), Some(job.ver)));
+            w.audit = vec![sys(action, &r.id, json!({}))];
+            w.finish_task = Some((job.t.id.clone(), self.worker_id.clone()));
+            ended.push(w);
         }
-        for n in notes {
-            self.event(&mut r, "revoke", n);
+        if ended.is_empty() {
+            return Ok(());
         }
-        let (action, event) = if drift {
-            self.event(
-                &mut r,
-                "drift_revoked",
-                "access that came back after it ended was removed again".into(),
-            );
-            ("drift.revoked", "drift.revoked")
-        } else if end_state == "revoked" {
-            r.state = RequestState::Revoked;
-            r.ended_at = Some(self.now());
-            self.event(&mut r, "revoked", "revoked and removed from the tenant".into());
-            ("request.revoked", "request.revoked")
-        } else {
-            r.state = RequestState::Expired;
-            r.ended_at = Some(self.now());
-            self.event(&mut r, "expired", "expired and removed from the tenant".into());
-            ("request.expired", "request.expired")
-        };
-        let mut w = self.write();
-        self.notify(&mut w, event, &r, &[]).await?;
-        self.save(&r, ver, vec![sys(action, &r.id, json!({}))], Some(t), w.tasks)
-            .await?;
+        let wake = ended.iter().any(|w| !w.tasks.is_empty());
+        if !self.gov.commit_all(&ended).await? {
+            // Someone moved one of the requests meanwhile: save the others one by one (a request that
+            // moved keeps its task, which finds the new state when it runs again).
+            for w in ended {
+                self.commit(w).await?;
+            }
+        } else if wake {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 

@@ -243,6 +243,11 @@ pub struct BenchArgs {
     /// Database URL (default: SQLite in a temporary data directory, the embedded default).
     #[arg(long)]
     pub db: Option<String>,
+    /// Further due grants for the expiry sweep, put in place without provisioning one by one: users are
+    /// added to groups linked to the tenant's apps (as virtual roles) in the emulator, and the matching
+    /// provisioned requests are imported into the platform.
+    #[arg(long, default_value_t = 0)]
+    pub sweep: usize,
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -324,23 +329,23 @@ async fn bench_async(a: BenchArgs) -> anyhow::Result<()> {
     );
     // The app whose first assigned group has the fewest members: every request adds one.
     let apps = c.get("/api/v1/apps?managed=false&limit=1000").await?;
-    let mut best: Option<(String, String, i64)> = None;
+    let mut linked: Vec<(String, String, i64)> = Vec::new();
     for app in apps["items"].as_array().into_iter().flatten() {
         let id = app["id"].as_str().unwrap_or_default();
         let le = c.get(&format!("/api/v1/apps/{id}/linked-entitlements")).await?;
         for l in le["items"].as_array().into_iter().flatten() {
-            let m = l["members"].as_i64().unwrap_or(0);
-            if best.as_ref().is_none_or(|b| m < b.2) {
-                best = Some((
-                    id.to_owned(),
-                    l["idp_entitlement_id"].as_str().unwrap_or_default().to_owned(),
-                    m,
-                ));
+            let idp = l["idp_entitlement_id"].as_str().unwrap_or_default();
+            if idp.starts_with("group:") && idp.ends_with(":member") {
+                linked.push((id.to_owned(), idp.to_owned(), l["members"].as_i64().unwrap_or(0)));
             }
         }
     }
-    let (app, idp, members) =
-        best.ok_or_else(|| anyhow::anyhow!("no enterprise app with an assigned group"))?;
+    linked.sort_by_key(|l| l.2);
+    linked.dedup_by(|a, b| a.1 == b.1);
+    let (app, idp, members) = linked
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no enterprise app with an assigned group"))?;
     c.post(&format!("/api/v1/apps/{app}/manage"), json!({})).await?;
     c.post(
         &format!("/api/v1/apps/{app}/linked-entitlements/{idp}"),
@@ -455,6 +460,32 @@ async fn bench_async(a: BenchArgs) -> anyhow::Result<()> {
         wait(id.clone(), tok.clone()).await?;
     }
     let burst_secs = t.elapsed().as_secs_f64();
+    let seeded = if a.sweep > 0 {
+        let t = std::time::Instant::now();
+        let template = burst_ids
+            .first()
+            .map(|b| b.0.clone())
+            .ok_or_else(|| anyhow::anyhow!("--sweep needs a --burst of at least one request"))?;
+        let n = seed_due_grants(
+            &c,
+            &server.platform,
+            &sim,
+            &cid,
+            &linked[1..],
+            &users,
+            a.sweep,
+            &template,
+        )
+        .await?;
+        eprintln!(
+            "put {n} further due grants in place in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        n
+    } else {
+        0
+    };
+    let want = want + seeded;
     // 3. The expiry sweep: jump past every end time and wait until all are expired and removed.
     let before = sim.sim.stats.json();
     let t = std::time::Instant::now();
@@ -479,10 +510,105 @@ async fn bench_async(a: BenchArgs) -> anyhow::Result<()> {
             "group_members_before": members,
             "sequential": {"requests": a.sequential, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0)},
             "burst": {"requests": a.burst, "filed_s": filed, "all_provisioned_s": burst_secs, "provisioned_per_s": a.burst as f64 / burst_secs},
-            "expiry_sweep": {"grants": want, "seconds": sweep_secs, "expired_per_s": want as f64 / sweep_secs, "graph_requests": graph(&after) - graph(&before)},
+            "expiry_sweep": {"grants": want, "imported": seeded, "seconds": sweep_secs, "expired_per_s": want as f64 / sweep_secs, "graph_requests": graph(&after) - graph(&before)},
         }))?
     );
     server.stop().await;
     sim.stop().await;
     Ok(())
+}
+
+/// Puts `n` further due grants in place for the sweep: makes the next linked groups virtual roles, adds
+/// users to them in the emulated tenant, and imports the matching provisioned requests (modelled on the
+/// request `template_id`) into the platform. Returns how many.
+#[allow(clippy::too_many_arguments)]
+async fn seed_due_grants(
+    c: &Client,
+    platform: &steward_platform::Platform,
+    sim: &steward_sim::Running,
+    connector: &str,
+    linked: &[(String, String, i64)],
+    users: &[String],
+    n: usize,
+    template_id: &str,
+) -> anyhow::Result<usize> {
+    let template: steward_platform::Request =
+        serde_json::from_value(c.get(&format!("/api/v1/requests/{template_id}")).await?)?;
+    let mut requests = Vec::with_capacity(n);
+    let mut managed = std::collections::HashSet::new();
+    for (app, idp, _) in linked {
+        if requests.len() >= n {
+            break;
+        }
+        let gid: uuid::Uuid = idp
+            .strip_prefix("group:")
+            .and_then(|s| s.strip_suffix(":member"))
+            .unwrap_or_default()
+            .parse()?;
+        if managed.insert(app.clone()) {
+            // Already managed (the first one, by the benchmark itself) answers 409: fine.
+            let _ = c.post(&format!("/api/v1/apps/{app}/manage"), json!({})).await;
+            c.post(
+                &format!("/api/v1/apps/{app}/entitlement-rules"),
+                json!({"resource_types": ["virtual_role"], "access_profiles": ["everyone"], "policy": "auto"}),
+            )
+            .await?;
+        }
+        let vr = c
+            .post(
+                &format!("/api/v1/apps/{app}/linked-entitlements/{idp}"),
+                json!({"action": "virtual_role", "name": format!("Sweep {gid}")}),
+            )
+            .await?;
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = steward_platform::clock::rfc3339(now);
+        let expires = steward_platform::clock::rfc3339(now + time::Duration::seconds(3600));
+        let mut added = Vec::new();
+        {
+            let mut st = sim
+                .sim
+                .store
+                .write()
+                .map_err(|_| anyhow::anyhow!("the emulator's state is poisoned"))?;
+            for u in users {
+                if requests.len() + added.len() >= n {
+                    break;
+                }
+                let Ok(uid) = u.parse::<uuid::Uuid>() else {
+                    continue;
+                };
+                // A user already in the group is skipped (its access is not the request's).
+                if st.add_group_member(gid, uid).is_ok() {
+                    added.push(u.clone());
+                }
+            }
+        }
+        for u in added {
+            let mut r = template.clone();
+            r.id = uuid::Uuid::new_v4().to_string();
+            r.requester_id = u.clone();
+            r.requester_name = u;
+            r.app_id = app.clone();
+            r.entitlement = format!("vr:{idp}");
+            r.entitlement_name = vr["name"].as_str().unwrap_or_default().to_owned();
+            r.targets = vec![steward_platform::Target {
+                connector_id: connector.to_owned(),
+                entitlement: idp.clone(),
+                confirmed: true,
+            }];
+            r.created_at = stamp.clone();
+            r.updated_at = stamp.clone();
+            r.provisioned_at = Some(stamp.clone());
+            r.expires_at = Some(expires.clone());
+            r.events.clear();
+            r.decisions.clear();
+            requests.push(r);
+        }
+    }
+    anyhow::ensure!(
+        requests.len() >= n,
+        "the tenant's linked groups take only {} further grants; ask for a smaller --sweep or a larger tenant",
+        requests.len()
+    );
+    Ok(platform.import_provisioned(requests).await?)
 }
