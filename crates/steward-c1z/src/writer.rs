@@ -246,10 +246,14 @@ impl C1zWriter {
         // index; 64 KiB pages make those scans and the appends several times cheaper. (Only takes effect
         // on a new database; readers accept any page size.)
         conn.execute_batch("PRAGMA page_size=65536;")?;
+        // No sorter threads: with N threads SQLite's index sorter keeps up to N+1 in-memory runs of
+        // `index_cache_kib` each, so peak memory grew with the sync (522 MiB at 10M grants with 2 threads)
+        // while the builds were no faster on our 2 cores (docs/benchmarks.md). One run at a time keeps the
+        // peak independent of the count.
         conn.execute_batch(&format!(
             "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode={}; PRAGMA synchronous=OFF;
              PRAGMA cache_size=-{}; PRAGMA temp_store=FILE; PRAGMA wal_autocheckpoint=10000;
-             PRAGMA threads=2;",
+             PRAGMA threads=0;",
             if opts.crash_safe { "WAL" } else { "OFF" },
             opts.cache_kib
         ))
