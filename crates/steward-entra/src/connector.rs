@@ -5,6 +5,11 @@
 //! read lazily, once, behind `OnceCell`s, so a resumed sync rebuilds it on demand. A group's first grants
 //! page reads its first members page and all of its owners concurrently; an app's reads its first
 //! assignments page and its owners concurrently.
+//!
+//! Every full sync first takes Graph delta links (two requests) and keeps them with the sync
+//! ([`Connector::sync_state`]); with [`Entra::set_previous`], the listings are served from the previous
+//! sync plus what changed since (see [`crate::incremental`]), falling back to a full read when that is not
+//! possible.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +22,7 @@ use tokio::sync::OnceCell;
 
 use crate::config::EntraConfig;
 use crate::error::EntraError;
+use crate::incremental::{self as inc, Changes, Links};
 use crate::index::{self, Index, Kind};
 use crate::managers::Managers;
 use crate::prefetch::Chain;
@@ -39,6 +45,25 @@ pub struct Entra {
     left_out: AtomicU64,
     user_pages: Chain,
     group_pages: Chain,
+    previous: std::sync::Mutex<Option<steward_sync::Previous>>,
+    mode: OnceCell<Mode>,
+    fell_back: std::sync::Mutex<Option<String>>,
+}
+
+/// How this sync reads the tenant: in full (with the delta links taken before reading), or
+/// incrementally.
+enum Mode {
+    Full(Links),
+    Incremental(Arc<Changes>),
+}
+
+impl Mode {
+    fn links(&self) -> &Links {
+        match self {
+            Mode::Full(l) => l,
+            Mode::Incremental(c) => &c.links,
+        }
+    }
 }
 
 impl std::fmt::Debug for Entra {
@@ -66,7 +91,63 @@ impl Entra {
             left_out: AtomicU64::new(0),
             user_pages: Chain::default(),
             group_pages: Chain::default(),
+            previous: std::sync::Mutex::new(None),
+            mode: OnceCell::new(),
+            fell_back: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Makes the next full sync incremental: `prev` is the file's previous full sync (see
+    /// `steward_sync::previous_sync`). Without delta links in it, or when Graph says they expired, the
+    /// sync reads everything (and says why in the log).
+    pub fn set_previous(&self, prev: steward_sync::Previous) {
+        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(prev);
+    }
+
+    /// `incremental` when this sync read only the changes, `full` when it read everything, `None`
+    /// before it started listing.
+    pub fn sync_mode(&self) -> Option<&'static str> {
+        self.mode.get().map(|m| match m {
+            Mode::Full(_) => "full",
+            Mode::Incremental(_) => "incremental",
+        })
+    }
+
+    /// Why an incremental sync read everything instead (also logged), if it did.
+    pub fn fell_back(&self) -> Option<String> {
+        self.fell_back.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Decides, once per sync and before anything is listed, how the tenant is read.
+    async fn mode(&self) -> Result<&Mode, EntraError> {
+        self.mode
+            .get_or_try_init(|| async {
+                self.size().await?;
+                let prev = self.previous.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(prev) = prev {
+                    let cx = inc::Ctx {
+                        graph: &self.graph,
+                        cfg: &self.cfg,
+                        sign_in: self.sign_in().await,
+                    };
+                    match inc::prepare(cx, prev).await? {
+                        Ok(ch) => return Ok(Mode::Incremental(Arc::new(ch))),
+                        Err(why) => {
+                            *self.fell_back.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                        }
+                    }
+                }
+                Ok::<_, EntraError>(Mode::Full(inc::latest(&self.graph).await?))
+            })
+            .await
+    }
+
+    /// The incremental changes, when this sync is incremental (never starts one).
+    fn changes(&self) -> Option<&Arc<Changes>> {
+        match self.mode.get() {
+            Some(Mode::Incremental(c)) => Some(c),
+            _ => None,
+        }
     }
 
     /// Graph request statistics so far.
@@ -112,6 +193,9 @@ impl Entra {
     }
 
     async fn index(&self) -> Result<Arc<Index>, EntraError> {
+        if let Some(c) = self.changes() {
+            return Ok(c.index.clone());
+        }
         self.size().await?;
         let ix = self
             .index
@@ -231,22 +315,7 @@ impl Entra {
 
     /// Mailbox purposes of `ids` through `$batch` with `--mailbox-settings`, else none.
     async fn mailbox_purposes(&self, ids: &[&str]) -> Result<Vec<Option<String>>, EntraError> {
-        if !self.cfg.mailbox_settings {
-            return Ok(vec![None; ids.len()]);
-        }
-        let paths: Vec<String> = ids
-            .iter()
-            .map(|id| format!("/v1.0/users/{id}/mailboxSettings?$select=userPurpose"))
-            .collect();
-        let mut out = Vec::with_capacity(paths.len());
-        for r in self.graph.batch_get(&paths).await {
-            match r {
-                Ok(v) => out.push(v["userPurpose"].as_str().map(str::to_owned)),
-                Err(GraphError::NotFound { .. }) => out.push(None),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(out)
+        mailbox_purposes(&self.graph, self.cfg.mailbox_settings, ids).await
     }
 
     /// One user by id, with its manager (and mailbox purpose), or `None` when it does not exist.
@@ -303,6 +372,17 @@ impl Entra {
         let ents = groups::entitlements(r);
         let (member, owner) = (&ents[0], &ents[1]);
         let mut out = Vec::new();
+        if let Some(ch) = self.changes().filter(|c| !c.group_is_new(&id)) {
+            let (members, owners) = ch.group_principals(&id)?;
+            for (ent, list) in [(owner, owners), (member, members)] {
+                for p in list {
+                    if let Some((k, pid)) = self.resolve(&ix, Some(&p)) {
+                        out.push(grants::to(ent, k, &pid));
+                    }
+                }
+            }
+            return Ok(Page::last(out));
+        }
         let members = if let Some(next) = token.strip_prefix("m|") {
             self.graph.get_page(next, false).await?
         } else {
@@ -326,6 +406,18 @@ impl Entra {
         let ents = apps::entitlements(r);
         let owner = &ents[0];
         let mut out = Vec::new();
+        if let Some(ch) = self.changes().filter(|c| !c.app_is_dirty(&id)) {
+            for (slug, p) in ch.app_grants(&id)? {
+                let Some(ent) = ents.iter().find(|e| e.slug == slug) else {
+                    self.left_out.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if let Some((k, pid)) = self.resolve(&ix, Some(&p)) {
+                    out.push(grants::to(ent, k, &pid));
+                }
+            }
+            return Ok(Page::last(out));
+        }
         let assigned = if let Some(next) = token.strip_prefix("a|") {
             self.graph.get_page(next, false).await?
         } else {
@@ -381,6 +473,14 @@ impl Entra {
         let ix = self.index().await?;
         let sku = rid(r)?;
         let ent = &licenses::entitlements(r)[0];
+        if let Some(ch) = self.changes() {
+            let holders = ch.license_holders(&sku)?;
+            let (items, next) = offset_page(&holders, token);
+            return Ok(Page {
+                items: items.iter().map(|u| grants::to(ent, Kind::User, u)).collect(),
+                next_page_token: next,
+            });
+        }
         let holders = ix.license_holders(&sku);
         let (items, next) = offset_page(holders, token);
         Ok(Page {
@@ -390,6 +490,15 @@ impl Entra {
     }
 
     async fn resources(&self, rt: &str, token: &str) -> Result<Page<Resource>, EntraError> {
+        if let Mode::Incremental(ch) = self.mode().await?
+            && (rt == types::USER || rt == types::GROUP)
+        {
+            let (items, next_page_token) = ch.resources(rt, token)?;
+            return Ok(Page {
+                items,
+                next_page_token,
+            });
+        }
         match rt {
             types::USER => self.list_users(token).await,
             types::GROUP => self.list_groups(token).await,
@@ -521,6 +630,30 @@ impl Entra {
     }
 }
 
+/// Mailbox purposes of `ids` through `$batch` when `enabled`, else none.
+pub(crate) async fn mailbox_purposes(
+    g: &Client,
+    enabled: bool,
+    ids: &[&str],
+) -> Result<Vec<Option<String>>, EntraError> {
+    if !enabled {
+        return Ok(vec![None; ids.len()]);
+    }
+    let paths: Vec<String> = ids
+        .iter()
+        .map(|id| format!("/v1.0/users/{id}/mailboxSettings?$select=userPurpose"))
+        .collect();
+    let mut out = Vec::with_capacity(paths.len());
+    for r in g.batch_get(&paths).await {
+        match r {
+            Ok(v) => out.push(v["userPurpose"].as_str().map(str::to_owned)),
+            Err(GraphError::NotFound { .. }) => out.push(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
 fn rid(r: &Resource) -> Result<String, EntraError> {
     r.id.as_ref()
         .map(|i| i.resource.clone())
@@ -565,6 +698,12 @@ impl Connector for Entra {
 
     async fn resource_types(&self) -> Result<Vec<ResourceType>, ConnectorError> {
         Ok(types::all())
+    }
+
+    /// The delta links taken before this sync read anything (or those its incremental read ended
+    /// with); none for a sync that listed nothing (a partial sync).
+    async fn sync_state(&self) -> Result<Option<String>, ConnectorError> {
+        Ok(self.mode.get().map(|m| m.links().to_json()))
     }
 
     async fn list_resources(

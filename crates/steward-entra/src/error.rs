@@ -23,6 +23,11 @@ pub enum EntraError {
         "provisioning is not enabled: pass --provisioning (or set BATON_PROVISIONING=true) to let the Entra ID connector grant and revoke"
     )]
     ProvisioningDisabled,
+    /// The previous sync in the file could not be read for an incremental sync.
+    #[error(
+        "cannot read the previous sync in the file for an incremental sync: {0}; run without --incremental for a full sync"
+    )]
+    Previous(String),
     /// A grant or revoke that cannot be done, with the reason; nothing was changed.
     #[error("refused, nothing was changed: {0}")]
     Refused(String),

@@ -102,16 +102,7 @@ impl Index {
                 ix.kinds.insert(id, Kind::Group);
             }
         }
-        for sp in sps {
-            let Some(id) = id_of(&sp) else { continue };
-            if is_managed_identity(&sp) {
-                ix.kinds.insert(id, Kind::ManagedIdentity);
-                ix.managed_identities.push(sp);
-            } else if include_app(&sp, cfg) {
-                ix.kinds.insert(id, Kind::App);
-                ix.apps.push(sp);
-            }
-        }
+        ix.add_service_principals(sps, cfg);
         tracing::info!(
             users = ix.users,
             principals = ix.kinds.len(),
@@ -120,6 +111,43 @@ impl Index {
             "directory indexed"
         );
         Ok(ix)
+    }
+
+    /// The index of an incremental sync: users and groups as given (the previous sync's, updated from
+    /// the delta queries), service principals listed again (one request per 999: Graph's service
+    /// principal changes are cheaper to read in full than to track). No license holders: an incremental
+    /// sync derives those from the previous sync's license grants.
+    pub async fn incremental(
+        g: &Client,
+        cfg: &EntraConfig,
+        users: impl Iterator<Item = String>,
+        groups: impl Iterator<Item = String>,
+    ) -> Result<Index, EntraError> {
+        let sp_url = format!("/v1.0/servicePrincipals?$select={SP_SELECT}&$top=999");
+        let sps = g.get_all(&sp_url, false).await?;
+        let mut ix = Index::default();
+        for u in users {
+            ix.kinds.insert(u, Kind::User);
+            ix.users += 1;
+        }
+        for gr in groups {
+            ix.kinds.insert(gr, Kind::Group);
+        }
+        ix.add_service_principals(sps, cfg);
+        Ok(ix)
+    }
+
+    fn add_service_principals(&mut self, sps: Vec<Value>, cfg: &EntraConfig) {
+        for sp in sps {
+            let Some(id) = id_of(&sp) else { continue };
+            if is_managed_identity(&sp) {
+                self.kinds.insert(id, Kind::ManagedIdentity);
+                self.managed_identities.push(sp);
+            } else if include_app(&sp, cfg) {
+                self.kinds.insert(id, Kind::App);
+                self.apps.push(sp);
+            }
+        }
     }
 
     /// The kind of a synced principal, `None` if it is not synced.

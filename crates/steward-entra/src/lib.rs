@@ -14,7 +14,8 @@
 //! directory index that keeps grants referentially intact), [`managers`] (users' managers, read in
 //! concurrent slices), [`types`], and one mapping module per kind
 //! ([`users`], [`groups`], [`apps`], [`roles`], [`licenses`], [`grants`]); [`provision`] (grant and
-//! revoke, safe to repeat and retry); [`error`].
+//! revoke, safe to repeat and retry); [`incremental`] (delta links kept with each sync, and the
+//! incremental sync that reads only what changed since); [`error`].
 
 pub mod apps;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod connector;
 pub mod error;
 pub mod grants;
 pub mod groups;
+pub mod incremental;
 pub mod index;
 pub mod licenses;
 pub mod managers;

@@ -1398,3 +1398,152 @@ async fn users_are_listed_999_per_page_and_keep_their_managers() {
         assert_eq!(&m, &bosses[*id], "manager of {id}, read alone");
     }
 }
+
+/// `steward diff` of the latest syncs of two files is empty: same rows, byte for byte.
+fn assert_no_diff(old: &Path, new: &Path) {
+    let (a, b) = (C1zReader::open(old).unwrap(), C1zReader::open(new).unwrap());
+    let d = steward_c1z::diff_syncs(&a, &b).unwrap();
+    let show = |x: &steward_c1z::DiffSet| {
+        format!(
+            "+{} -{} ~{} e.g. {:?}",
+            x.added.len(),
+            x.removed.len(),
+            x.changed.len(),
+            x.added
+                .iter()
+                .chain(&x.removed)
+                .chain(&x.changed)
+                .take(3)
+                .collect::<Vec<_>>()
+        )
+    };
+    assert!(
+        d.is_empty(),
+        "resources {}; entitlements {}; grants {}",
+        show(&d.resources),
+        show(&d.entitlements),
+        show(&d.grants)
+    );
+}
+
+/// Syncs into `path` (a file that may hold earlier syncs), incrementally from its previous full sync when
+/// `incremental`; returns the connector and the Graph requests the emulator saw.
+async fn sync_into(s: &Sim, path: &Path, incremental: bool) -> (Arc<Entra>, u64) {
+    let e = Arc::new(Entra::new(connector_config(s)).unwrap());
+    if incremental {
+        let prev = steward_sync::previous_sync(path)
+            .unwrap()
+            .expect("a previous full sync");
+        assert!(prev.state.is_some(), "the full sync kept its delta links");
+        e.set_previous(prev);
+    }
+    s.r.sim.stats.reset();
+    let opts = SyncOptions {
+        concurrency: 64,
+        ..SyncOptions::default()
+    };
+    run_sync(e.clone(), path, SyncPlan::Full, opts, None)
+        .await
+        .unwrap();
+    let requests = s.r.sim.stats.requests.load(std::sync::atomic::Ordering::Relaxed);
+    (e, requests)
+}
+
+#[tokio::test]
+async fn incremental_sync_after_churn_equals_a_full_sync_for_a_fraction_of_the_requests() {
+    let t = generate(Size::named("medium").unwrap(), 6);
+    let s = sim(t, Settings::default()).await;
+    let inc_path = s.dir.path().join("incremental.c1z");
+    let (e, full_requests) = sync_into(&s, &inc_path, false).await;
+    assert_eq!(e.sync_mode(), Some("full"));
+
+    // 1% churn: users created, disabled and deleted; members added and removed; an owner added; a group
+    // deleted; app assignments added (seen through the audit log); a directory role assigned.
+    let churn = steward_sim::graph::churn::churn(&mut s.r.sim.write(), 0.01, 7);
+    assert!(
+        !churn.created.is_empty()
+            && !churn.disabled.is_empty()
+            && !churn.deleted.is_empty()
+            && !churn.members_added.is_empty()
+            && !churn.members_removed.is_empty()
+            && !churn.owners_added.is_empty()
+            && churn.groups_deleted.len() == 1
+            && !churn.assignments_added.is_empty(),
+        "{churn:?}"
+    );
+
+    let (e, inc_requests) = sync_into(&s, &inc_path, true).await;
+    assert_eq!(e.sync_mode(), Some("incremental"), "{:?}", e.fell_back());
+    let full_path = s.dir.path().join("full.c1z");
+    let (_, _) = sync_into(&s, &full_path, false).await;
+
+    assert_no_diff(&full_path, &inc_path);
+    let (inc, full) = (read(&inc_path), read(&full_path));
+    assert_eq!(inc.resources, full.resources);
+    assert_eq!(inc.resource_ids, full.resource_ids);
+    assert_eq!(inc.entitlement_ids, full.entitlement_ids);
+    assert_eq!(inc.direct_ids, full.direct_ids, "direct grants");
+    assert_eq!(inc.all_grants, full.all_grants, "grants after expansion");
+    assert!(inc == full);
+    // What churn changed is in the incremental sync.
+    for u in &churn.created {
+        assert!(inc.resource_ids.contains(&format!("user:{u}")));
+    }
+    for u in &churn.deleted {
+        assert!(!inc.resource_ids.contains(&format!("user:{u}")));
+    }
+    for g in &churn.groups_deleted {
+        assert!(!inc.resource_ids.contains(&format!("group:{g}")));
+    }
+    for (g, m) in &churn.members_added {
+        assert!(inc.direct_ids.contains(&format!("group:{g}:member:user:{m}")));
+    }
+    for (g, m) in &churn.members_removed {
+        let gone = inc
+            .direct_ids
+            .iter()
+            .any(|id| id.starts_with(&format!("group:{g}:member:")) && id.ends_with(&m.to_string()));
+        assert!(!gone, "removed member {m} of {g}");
+    }
+    eprintln!(
+        "medium, 1% churn ({} writes): full sync {full_requests} Graph requests, incremental {inc_requests}",
+        churn.writes()
+    );
+    assert!(
+        inc_requests * 20 <= full_requests,
+        "incremental {inc_requests} requests > 5% of full {full_requests}"
+    );
+
+    // The incremental sync kept new links: another incremental sync with no change reads almost nothing
+    // and still equals the full sync.
+    let (e, again) = sync_into(&s, &inc_path, true).await;
+    assert_eq!(e.sync_mode(), Some("incremental"));
+    assert!(again <= inc_requests, "{again} > {inc_requests}");
+    assert_no_diff(&full_path, &inc_path);
+}
+
+#[tokio::test]
+async fn an_expired_delta_link_falls_back_to_a_full_sync_that_says_why() {
+    let t = generate(Size::named("small").unwrap(), 8);
+    let s = sim(t, Settings::default()).await;
+    let path = s.dir.path().join("sync.c1z");
+    let (_, full_requests) = sync_into(&s, &path, false).await;
+    steward_sim::graph::churn::churn(&mut s.r.sim.write(), 0.05, 9);
+    s.r.sim.write().expire_delta_tokens();
+
+    let (e, requests) = sync_into(&s, &path, true).await;
+    assert_eq!(e.sync_mode(), Some("full"));
+    let why = e.fell_back().expect("the fallback is explained");
+    assert!(
+        why.contains("expired") && why.contains("410 Gone") && why.contains("full sync"),
+        "{why}"
+    );
+    assert!(requests * 2 > full_requests, "it read the tenant in full");
+    let full_path = s.dir.path().join("full.c1z");
+    sync_into(&s, &full_path, false).await;
+    assert_no_diff(&full_path, &path);
+
+    // The full sync it fell back to kept fresh links: the next incremental sync works.
+    let (e, _) = sync_into(&s, &path, true).await;
+    assert_eq!(e.sync_mode(), Some("incremental"), "{:?}", e.fell_back());
+}

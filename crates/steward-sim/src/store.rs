@@ -35,7 +35,23 @@ pub struct Change {
     pub id: Uuid,
     /// (member id, added?) for group membership changes.
     pub members: Vec<(Uuid, bool)>,
+    /// (owner id, added?) for group owner changes (`owners@delta`).
+    pub owners: Vec<(Uuid, bool)>,
+    /// The object was deleted (soft: delta reports `@removed: {"reason": "changed"}`).
     pub deleted: bool,
+}
+
+/// One entry of the directory audit log (`/auditLogs/directoryAudits`): writes Graph has no delta query
+/// for (app role assignments and service principal owners) are found through it.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    pub id: Uuid,
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub category: &'static str,
+    pub activity: &'static str,
+    /// (id, type) of the objects the activity touched, the service principal first.
+    pub targets: Vec<(Uuid, &'static str)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +78,9 @@ pub struct State {
     pub assignments_by_resource: HashMap<Uuid, Vec<usize>>,
     pub changes: Vec<Change>,
     pub seq: u64,
+    pub audits: Vec<Audit>,
+    /// Delta tokens from before this position answer 410 `syncStateNotFound` (see `expire_delta_tokens`).
+    pub delta_floor: u64,
 }
 
 impl State {
@@ -75,6 +94,8 @@ impl State {
             assignments_by_resource: HashMap::new(),
             changes: Vec::new(),
             seq: 1,
+            audits: Vec::new(),
+            delta_floor: 0,
         };
         s.reindex();
         s
@@ -228,8 +249,151 @@ impl State {
             kind,
             id,
             members,
+            owners: Vec::new(),
             deleted: false,
         });
+    }
+
+    fn log_owner(&mut self, group: Uuid, owner: Uuid, added: bool) {
+        self.seq += 1;
+        self.changes.push(Change {
+            seq: self.seq,
+            kind: ChangeKind::Group,
+            id: group,
+            members: Vec::new(),
+            owners: vec![(owner, added)],
+            deleted: false,
+        });
+    }
+
+    fn log_deleted(&mut self, kind: ChangeKind, id: Uuid) {
+        self.seq += 1;
+        self.changes.push(Change {
+            seq: self.seq,
+            kind,
+            id,
+            members: Vec::new(),
+            owners: Vec::new(),
+            deleted: true,
+        });
+    }
+
+    fn audit(&mut self, activity: &'static str, sp: Uuid, other: Option<(Uuid, &'static str)>) {
+        let mut targets = vec![(sp, "ServicePrincipal")];
+        targets.extend(other);
+        self.audits.push(Audit {
+            id: Uuid::new_v4(),
+            time: crate::util::rfc3339(crate::util::now()),
+            category: "ApplicationManagement",
+            activity,
+            targets,
+        });
+    }
+
+    fn principal_audit_type(&self, id: &Uuid) -> &'static str {
+        match self.objects.get(id) {
+            Some(Obj::User(_)) => "User",
+            Some(Obj::Group(_)) => "Group",
+            _ => "ServicePrincipal",
+        }
+    }
+
+    /// Makes every delta token issued so far expired, as Graph does after about seven days or when it
+    /// drops a tenant's change-tracking state: the next round with such a token answers 410
+    /// `syncStateNotFound`.
+    pub fn expire_delta_tokens(&mut self) {
+        self.seq += 1;
+        self.delta_floor = self.seq;
+    }
+
+    /// Creates a user (`POST /users`), logged for `/users/delta`.
+    pub fn create_user(&mut self, u: User) -> Result<(), WriteError> {
+        let upn = u.user_principal_name.to_lowercase();
+        if self.users_by_upn.contains_key(&upn) {
+            return Err(WriteError::BadRequest(
+                "Another object with the same value for property userPrincipalName already exists.".into(),
+            ));
+        }
+        let id = u.id;
+        self.tenant.users.push(u);
+        let i = self.tenant.users.len() - 1;
+        self.objects.insert(id, Obj::User(i));
+        self.users_by_upn.insert(upn, i);
+        self.touch_user(id);
+        Ok(())
+    }
+
+    /// Removes `id` from every group's members and owners, logging each removal for `/groups/delta`.
+    fn drop_from_groups(&mut self, id: Uuid) {
+        let mut removed: Vec<(Uuid, bool)> = Vec::new();
+        for g in &mut self.tenant.groups {
+            let before = (g.members.len(), g.owners.len());
+            g.members.retain(|m| *m != id);
+            g.owners.retain(|m| *m != id);
+            if g.members.len() != before.0 {
+                removed.push((g.id, true));
+            }
+            if g.owners.len() != before.1 {
+                removed.push((g.id, false));
+            }
+        }
+        for (g, member) in removed {
+            if member {
+                self.log(ChangeKind::Group, g, vec![(id, false)]);
+            } else {
+                self.log_owner(g, id, false);
+            }
+        }
+    }
+
+    /// Removes what points at a deleted principal: app role assignments, role assignments and eligibility.
+    fn drop_principal_refs(&mut self, id: Uuid) {
+        let t = &mut self.tenant;
+        t.app_role_assignments.retain(|a| a.principal_id != id);
+        t.role_assignments.retain(|a| a.principal_id != id);
+        t.role_eligibilities.retain(|a| a.principal_id != id);
+    }
+
+    /// Deletes a user (`DELETE /users/{id}`; Graph moves it to deleted items): it leaves its groups, app
+    /// role assignments and directory roles, and its reports lose their manager (they show in
+    /// `/users/delta`).
+    pub fn delete_user(&mut self, id: Uuid) -> Result<(), WriteError> {
+        let Some(Obj::User(i)) = self.objects.get(&id).copied() else {
+            return Err(WriteError::NotFound(id));
+        };
+        self.tenant.users.remove(i);
+        self.drop_from_groups(id);
+        self.drop_principal_refs(id);
+        let reports: Vec<Uuid> = self
+            .tenant
+            .users
+            .iter_mut()
+            .filter(|u| u.manager == Some(id))
+            .map(|u| {
+                u.manager = None;
+                u.id
+            })
+            .collect();
+        self.reindex();
+        for r in reports {
+            self.touch_user(r);
+        }
+        self.log_deleted(ChangeKind::User, id);
+        Ok(())
+    }
+
+    /// Deletes a group (`DELETE /groups/{id}`): it leaves the groups it was a member of, and its app role
+    /// assignments and directory roles go with it.
+    pub fn delete_group(&mut self, id: Uuid) -> Result<(), WriteError> {
+        let Some(Obj::Group(i)) = self.objects.get(&id).copied() else {
+            return Err(WriteError::NotFound(id));
+        };
+        self.tenant.groups.remove(i);
+        self.drop_from_groups(id);
+        self.drop_principal_refs(id);
+        self.reindex();
+        self.log_deleted(ChangeKind::Group, id);
+        Ok(())
     }
 
     /// Records that a user's properties changed (for `/users/delta`).
@@ -324,7 +488,24 @@ impl State {
             return Err(WriteError::AlreadyExists);
         }
         owners.push(owner);
+        self.owner_changed(target, owner, true);
         Ok(())
+    }
+
+    fn owner_changed(&mut self, target: Uuid, owner: Uuid, added: bool) {
+        match self.objects.get(&target) {
+            Some(Obj::Group(_)) => self.log_owner(target, owner, added),
+            Some(Obj::Sp(_)) => {
+                let t = self.principal_audit_type(&owner);
+                let activity = if added {
+                    "Add owner to service principal"
+                } else {
+                    "Remove owner from service principal"
+                };
+                self.audit(activity, target, Some((owner, t)));
+            }
+            _ => {}
+        }
     }
 
     pub fn remove_owner(&mut self, target: Uuid, owner: Uuid) -> Result<(), WriteError> {
@@ -339,6 +520,7 @@ impl State {
             ));
         }
         owners.remove(pos);
+        self.owner_changed(target, owner, false);
         Ok(())
     }
 
@@ -397,6 +579,12 @@ impl State {
             .entry(resource)
             .or_default()
             .push(idx);
+        let t = self.principal_audit_type(&principal);
+        self.audit(
+            "Add app role assignment grant to user",
+            resource,
+            Some((principal, t)),
+        );
         Ok(idx)
     }
 
@@ -412,8 +600,15 @@ impl State {
         else {
             return Err(WriteError::Absent);
         };
+        let principal = self.tenant.app_role_assignments[pos].principal_id;
         self.tenant.app_role_assignments.remove(pos);
         self.reindex_assignments();
+        let t = self.principal_audit_type(&principal);
+        self.audit(
+            "Remove app role assignment from user",
+            resource,
+            Some((principal, t)),
+        );
         Ok(())
     }
 

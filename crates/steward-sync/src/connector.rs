@@ -122,6 +122,13 @@ pub trait Connector: Send + Sync + 'static {
         }
     }
 
+    /// State to keep with the finished sync (for example Graph delta links), asked once after every
+    /// listing is done; [`crate::previous_sync`] hands it back before the next sync, so that an incremental
+    /// sync can read only what changed. Default: none.
+    fn sync_state(&self) -> impl Future<Output = Result<Option<String>, ConnectorError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Grants `entitlement` to `principal`; returns the resulting grants.
     fn grant(
         &self,

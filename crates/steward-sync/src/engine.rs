@@ -168,6 +168,7 @@ enum Cmd {
         reply: oneshot::Sender<Result<(), SyncError>>,
     },
     Finish {
+        state: Option<String>,
         reply: oneshot::Sender<Result<EndReport, SyncError>>,
     },
 }
@@ -225,9 +226,24 @@ pub async fn run_sync<C: Connector>(
     let result = drive(&connector, &tx, &opts, &mut types, &mut summary, &progress).await;
     match result {
         Ok(()) => {
+            let state = match connector.sync_state().await {
+                Ok(s) => s,
+                Err(source) => {
+                    let (reply, rx) = oneshot::channel();
+                    if send(&tx, Cmd::Checkpoint { reply }).await.is_ok() {
+                        let _ = recv(rx).await;
+                    }
+                    drop(tx);
+                    let _ = writer.join();
+                    return Err(SyncError::Connector {
+                        during: "saving the connector's state".into(),
+                        source,
+                    });
+                }
+            };
             emit(ProgressEvent::Finishing);
             let (reply, rx) = oneshot::channel();
-            send(&tx, Cmd::Finish { reply }).await?;
+            send(&tx, Cmd::Finish { state, reply }).await?;
             summary.end = recv(rx).await??;
             drop(tx);
             let _ = writer.join();
@@ -740,8 +756,8 @@ fn writer_thread(
                 };
                 let _ = reply.send(r);
             }
-            Cmd::Finish { reply } => {
-                let r = finish(st);
+            Cmd::Finish { state, reply } => {
+                let r = finish(st, state);
                 let _ = reply.send(r);
                 return;
             }
@@ -750,14 +766,19 @@ fn writer_thread(
     // Channel closed without Finish: leave the working database at its last checkpoint.
 }
 
-fn finish(mut st: WriterState) -> Result<EndReport, SyncError> {
+fn finish(mut st: WriterState, state: Option<String>) -> Result<EndReport, SyncError> {
     if let Some(f) = st.failed {
         return Err(SyncError::Interrupted(format!(
             "writing the sync file failed: {f}"
         )));
     }
     st.w.session_clear(queue::PREFIX)?;
-    st.w.checkpoint("")?;
+    // A finished sync's token is the connector's state (read back by `previous_sync`), or empty.
+    st.w.checkpoint(
+        &state
+            .map(|s| crate::incremental::state_token(&s))
+            .unwrap_or_default(),
+    )?;
     let rep = st.w.end_sync()?;
     st.w.finish()?;
     Ok(rep)

@@ -5,6 +5,11 @@
 //! `@odata.deltaLink` holding the change-log position at which the round started. A later round returns
 //! each object changed since then once, with the net member additions and removals (`@removed`). Tokens
 //! older than seven days answer 410 `syncStateNotFound`, as Graph does, so clients must start over.
+//!
+//! Also as Graph: `$deltatoken=latest` answers no objects and a delta link at the current position (to
+//! start tracking without reading everything); with `owners` selected, owner changes arrive as
+//! `owners@delta` like members; an object deleted through the API is reported `@removed` with reason
+//! `changed` (it went to deleted items), one no longer known with reason `deleted`.
 
 use std::collections::HashMap;
 
@@ -57,6 +62,7 @@ pub fn delta(sim: &Sim, call: &Call, q: &Query, segs: &[&str]) -> Result<Reply, 
     }
     let st = sim.read();
     let with_members = kind == ChangeKind::Group && q.selects("members");
+    let with_owners = kind == ChangeKind::Group && q.selects("owners");
     let page = q.max_page_size.unwrap_or(PAGE).clamp(1, 999);
     let path = call.self_path();
     let mut value: Vec<Value> = Vec::new();
@@ -75,13 +81,20 @@ pub fn delta(sim: &Sim, call: &Call, q: &Query, segs: &[&str]) -> Result<Reply, 
     };
     // Phase "i" (initial): [object offset, member offset, start seq]; phase "c" (changes): [since, upto, offset].
     let tok = q.skiptoken.as_deref();
-    if let Some(dt) = &q.deltatoken {
+    if q.deltatoken.as_deref() == Some("latest") {
+        next = None;
+        delta_link = Some(q.next_link(
+            &path,
+            &encode_token("t", &[st.seq, now().unix_timestamp() as u64]),
+            "$deltatoken",
+        ));
+    } else if let Some(dt) = &q.deltatoken {
         let parts = decode_token("t", dt)?;
         let (since, issued) = (
             parts.first().copied().unwrap_or(0),
             parts.get(1).copied().unwrap_or(0) as i64,
         );
-        if now().unix_timestamp() - issued > TOKEN_DAYS * 86_400 {
+        if now().unix_timestamp() - issued > TOKEN_DAYS * 86_400 || since < st.delta_floor {
             return Err(GraphError::new(
                 axum::http::StatusCode::GONE,
                 "syncStateNotFound",
@@ -93,7 +106,7 @@ pub fn delta(sim: &Sim, call: &Call, q: &Query, segs: &[&str]) -> Result<Reply, 
             call,
             q,
             kind,
-            with_members,
+            (with_members, with_owners),
             since,
             st.seq,
             0,
@@ -111,7 +124,7 @@ pub fn delta(sim: &Sim, call: &Call, q: &Query, segs: &[&str]) -> Result<Reply, 
             call,
             q,
             kind,
-            with_members,
+            (with_members, with_owners),
             p[0],
             p[1],
             p[2] as usize,
@@ -147,6 +160,11 @@ pub fn delta(sim: &Sim, call: &Call, q: &Query, segs: &[&str]) -> Result<Reply, 
                     .map(|id| member_ref(&st, id, false))
                     .collect();
                 members_budget = members_budget.saturating_sub(chunk.len());
+                if with_owners && mem == 0 {
+                    let owners = st.tenant.groups[obj].owners.iter();
+                    let owners = owners.map(|id| member_ref(&st, id, false)).collect();
+                    m.insert("owners@delta".into(), Value::Array(owners));
+                }
                 mem += chunk.len();
                 m.insert("members@delta".into(), Value::Array(chunk));
                 value.push(Value::Object(m));
@@ -160,6 +178,11 @@ pub fn delta(sim: &Sim, call: &Call, q: &Query, segs: &[&str]) -> Result<Reply, 
                     break;
                 }
             } else {
+                if with_owners {
+                    let owners = st.tenant.groups[obj].owners.iter();
+                    let owners = owners.map(|id| member_ref(&st, id, false)).collect();
+                    m.insert("owners@delta".into(), Value::Array(owners));
+                }
                 value.push(Value::Object(m));
                 obj += 1;
             }
@@ -205,7 +228,7 @@ fn changes(
     _call: &Call,
     q: &Query,
     kind: ChangeKind,
-    with_members: bool,
+    (with_members, with_owners): (bool, bool),
     since: u64,
     upto: u64,
     offset: usize,
@@ -216,6 +239,8 @@ fn changes(
     // Net effect per object, in order of first change.
     let mut order: Vec<Uuid> = Vec::new();
     let mut net: HashMap<Uuid, Vec<(Uuid, bool)>> = HashMap::new();
+    let mut net_owners: HashMap<Uuid, Vec<(Uuid, bool)>> = HashMap::new();
+    let mut soft_deleted: HashMap<Uuid, bool> = HashMap::new();
     for c in st
         .changes
         .iter()
@@ -229,6 +254,12 @@ fn changes(
             entry.retain(|(x, _)| x != m);
             entry.push((*m, *added));
         }
+        let owners = net_owners.entry(c.id).or_default();
+        for (m, added) in &c.owners {
+            owners.retain(|(x, _)| x != m);
+            owners.push((*m, *added));
+        }
+        soft_deleted.insert(c.id, c.deleted);
     }
     let mut value = Vec::new();
     for id in order.iter().skip(offset).take(page) {
@@ -237,10 +268,24 @@ fn changes(
             _ => None,
         };
         let Some(i) = idx else {
-            value.push(json!({"id": id, "@removed": {"reason": "deleted"}}));
+            let reason = if soft_deleted.get(id) == Some(&true) {
+                "changed"
+            } else {
+                "deleted"
+            };
+            value.push(json!({"id": id, "@removed": {"reason": reason}}));
             continue;
         };
         let mut m = render_obj(i);
+        if with_owners {
+            let list: Vec<Value> = net_owners
+                .get(id)
+                .into_iter()
+                .flatten()
+                .map(|(mid, added)| member_ref(st, mid, !added))
+                .collect();
+            m.insert("owners@delta".into(), Value::Array(list));
+        }
         if with_members {
             let list: Vec<Value> = net
                 .get(id)
@@ -271,4 +316,50 @@ fn changes(
         );
         Ok((value, None, Some(dl)))
     }
+}
+
+/// `GET /auditLogs/directoryAudits` (AuditLog.Read.All): the audit entries of the writes Graph has no
+/// delta query for — app role assignments and service principal owners — newest first, with `$filter`
+/// (e.g. `activityDateTime ge 2026-11-29T12:00:00Z`), `$top` (at most 1000) and `$skiptoken` paging.
+pub fn directory_audits(sim: &Sim, call: &Call, q: &Query) -> Result<Reply, GraphError> {
+    call.need(&["AuditLog.Read.All"])?;
+    let st = sim.read();
+    let page = q.top.unwrap_or(1_000).clamp(1, 1_000);
+    let all: Vec<Value> = st
+        .audits
+        .iter()
+        .rev()
+        .map(|a| {
+            json!({
+                "id": a.id,
+                "category": a.category,
+                "activityDateTime": a.time,
+                "activityDisplayName": a.activity,
+                "operationType": if a.activity.starts_with("Add") { "Assign" } else { "Unassign" },
+                "result": "success",
+                "loggedByService": "Core Directory",
+                "targetResources": a.targets.iter().map(|(id, t)| json!({"id": id, "type": t})).collect::<Vec<_>>(),
+            })
+        })
+        .filter(|v| q.filter.as_ref().is_none_or(|f| f.eval(v)))
+        .collect();
+    let start = match q.skiptoken.as_deref() {
+        Some(t) => decode_token("a", t)?.first().copied().unwrap_or(0) as usize,
+        None => 0,
+    }
+    .min(all.len());
+    let end = (start + page).min(all.len());
+    let value: Vec<Value> = all[start..end].to_vec();
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(call.context("auditLogs/directoryAudits")),
+    );
+    if end < all.len() {
+        let next = q.next_link(&call.self_path(), &encode_token("a", &[end as u64]), "$skiptoken");
+        body.insert("@odata.nextLink".into(), json!(next));
+    }
+    let items = value.len();
+    body.insert("value".into(), Value::Array(value));
+    Ok(Reply::json(Value::Object(body), items))
 }

@@ -5,6 +5,7 @@
 //! inner request through `exec` with its own throttling. Reads go through `read`, writes through `write`,
 //! delta queries through `delta`. Permissions are checked per route against the token's roles.
 
+pub mod churn;
 mod delta;
 pub mod error;
 pub mod filter;
@@ -182,6 +183,8 @@ pub fn template(segs: &[String]) -> String {
         "microsoft.graph.servicePrincipal",
         "directoryRoles",
         "domains",
+        "auditLogs",
+        "directoryAudits",
     ];
     segs.iter()
         .map(|s| {
@@ -438,6 +441,9 @@ fn exec(sim: &Sim, call: &Call, q: &Query) -> Result<Reply, GraphError> {
     let segs: Vec<&str> = call.segs.iter().map(String::as_str).collect();
     if segs.last() == Some(&"delta") {
         return delta::delta(sim, call, q, &segs);
+    }
+    if call.method == Method::GET && segs == ["auditLogs", "directoryAudits"] {
+        return delta::directory_audits(sim, call, q);
     }
     match call.method {
         Method::GET => read::get(sim, call, q, &segs),

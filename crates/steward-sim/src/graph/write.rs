@@ -305,6 +305,30 @@ pub fn write(sim: &Sim, call: &Call, segs: &[&str]) -> Result<Reply, GraphError>
                 n,
             ))
         }
+        (&Method::POST, ["users"]) => {
+            call.need(WRITE_USERS)?;
+            create_user(sim, call)
+        }
+        (&Method::DELETE, ["users", key]) => {
+            call.need(WRITE_USERS)?;
+            let mut st = sim.write();
+            let id = st
+                .user(key)
+                .map(|u| u.id)
+                .ok_or_else(|| GraphError::not_found(key))?;
+            st.delete_user(id)
+                .map_err(|e| GraphError::from_write(e, "users"))?;
+            Ok(Reply::no_content())
+        }
+        (&Method::DELETE, ["groups", g]) => {
+            call.need(WRITE_GROUP_OWNERS)?;
+            let id = uuid_of(g)?;
+            sim.write().delete_group(id).map_err(|e| match e {
+                WriteError::NotFound(_) => GraphError::not_found(g),
+                other => GraphError::from_write(other, "groups"),
+            })?;
+            Ok(Reply::no_content())
+        }
         (&Method::PATCH, ["users", key]) => {
             call.need(WRITE_USERS)?;
             let body = call.json_body()?;
@@ -339,6 +363,57 @@ pub fn write(sim: &Sim, call: &Call, segs: &[&str]) -> Result<Reply, GraphError>
         }
         _ => Err(GraphError::no_route(&call.segs.join("/"))),
     }
+}
+
+/// `POST /users`: Graph's required properties (`accountEnabled`, `displayName`, `mailNickname`,
+/// `userPrincipalName`, `passwordProfile`), plus a few optional ones; answers 201 with the user.
+fn create_user(sim: &Sim, call: &Call) -> Result<Reply, GraphError> {
+    let body = call.json_body()?;
+    for required in ["displayName", "mailNickname", "userPrincipalName"] {
+        str_field(&body, required)?;
+    }
+    let Some(enabled) = body.get("accountEnabled").and_then(Value::as_bool) else {
+        return Err(GraphError::bad_request(
+            "The request body is missing the required property 'accountEnabled'.",
+        ));
+    };
+    if body.get("passwordProfile").is_none() {
+        return Err(GraphError::bad_request(
+            "The request body is missing the required property 'passwordProfile'.",
+        ));
+    }
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+    let upn = text("userPrincipalName").unwrap_or_default();
+    let user = crate::model::User {
+        id: Uuid::new_v4(),
+        user_principal_name: upn.clone(),
+        display_name: text("displayName").unwrap_or_default(),
+        given_name: text("givenName"),
+        surname: text("surname"),
+        mail: text("mail"),
+        user_type: Default::default(),
+        account_enabled: enabled,
+        created: rfc3339(now()),
+        on_premises_sync_enabled: false,
+        employee_id: text("employeeId"),
+        employee_type: text("employeeType"),
+        department: text("department"),
+        job_title: text("jobTitle"),
+        manager: None,
+        mailbox: None,
+        licenses: Vec::new(),
+        last_sign_in: None,
+    };
+    let id = user.id;
+    let mut st = sim.write();
+    st.create_user(user)
+        .map_err(|e| GraphError::from_write(e, "users"))?;
+    let Some(Obj::User(i)) = st.objects.get(&id).copied() else {
+        return Err(GraphError::not_found(&upn));
+    };
+    let mut v = Value::Object(render::user(&st.tenant.users[i], false));
+    v["@odata.context"] = json!(call.context("users/$entity"));
+    Ok(Reply::created(v))
 }
 
 fn assign(sim: &Sim, resource: Uuid, principal: Uuid, role: Uuid) -> Result<Reply, GraphError> {

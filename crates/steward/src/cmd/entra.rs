@@ -122,6 +122,10 @@ pub struct Settings {
     /// Graph requests in flight at most.
     #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 48)]
     pub concurrency: usize,
+    /// Read only what changed since the previous full sync in --file (Graph delta links kept with it);
+    /// the result is a full sync all the same. Falls back to a full read, saying why, when that is not possible.
+    #[arg(long, env = "BATON_INCREMENTAL")]
+    pub incremental: bool,
 }
 
 impl Settings {
@@ -201,6 +205,15 @@ pub fn run(a: EntraArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let entra = Arc::new(Entra::new(cfg)?);
         entra.validate().await?;
+        if s.incremental {
+            match steward_sync::previous_sync(&s.file)? {
+                Some(prev) => entra.set_previous(prev),
+                None => tracing::warn!(
+                    file = %s.file.display(),
+                    "--incremental: the file holds no finished full sync to start from; doing a full sync"
+                ),
+            }
+        }
         let started = Instant::now();
         let summary = sync_with_progress(entra.clone(), &s.file, s.log_format == "json").await?;
         print_summary(
@@ -394,15 +407,16 @@ fn print_summary(s: &SyncSummary, e: &Entra, took: Duration, file: &Path, json: 
     if json {
         eprintln!(
             "{}",
-            serde_json::json!({"msg": "sync finished", "file": file, "sync_id": s.sync_id, "seconds": took.as_secs_f64(),
+            serde_json::json!({"msg": "sync finished", "file": file, "sync_id": s.sync_id, "mode": e.sync_mode(), "seconds": took.as_secs_f64(),
                 "resources": s.resources, "entitlements": s.entitlements, "grants": s.grants,
                 "expanded_grants": s.end.expansion.grants_created, "requests": st, "left_out": e.left_out()})
         );
         return;
     }
     eprintln!(
-        "synced {} in {:.1} s: {} resources, {} entitlements, {} grants (+{} by group expansion); {} Graph requests ({} inside $batch), {} resource units, {} throttled, {} retried; {} members/assignees left out (not synced)",
+        "synced {} ({}) in {:.1} s: {} resources, {} entitlements, {} grants (+{} by group expansion); {} Graph requests ({} inside $batch), {} resource units, {} throttled, {} retried; {} members/assignees left out (not synced)",
         file.display(),
+        e.sync_mode().unwrap_or("full"),
         took.as_secs_f64(),
         s.resources,
         s.entitlements,
@@ -443,6 +457,7 @@ fn config_schema() -> serde_json::Value {
         f("arm-endpoint", "BATON_ARM_ENDPOINT", "url", serde_json::Value::Null, "ARM base URL override"),
         f("ca-file", "BATON_CA_FILE", "path", serde_json::Value::Null, "Extra CA certificate (PEM)"),
         f("concurrency", "BATON_CONCURRENCY", "int", 48.into(), "Graph requests in flight at most"),
+        f("incremental", "BATON_INCREMENTAL", "bool", false.into(), "Read only what changed since the previous full sync in --file (Graph delta links); falls back to a full read"),
     ]})
 }
 
@@ -467,6 +482,14 @@ pub struct BenchArgs {
     /// Graph requests in flight at most.
     #[arg(long, default_value_t = 48)]
     pub concurrency: usize,
+    /// After the full sync, change this share of the tenant (users, memberships, owners, a group, app
+    /// assignments) and sync again incrementally; report both syncs' requests and check the result
+    /// against a third, full sync of the changed tenant.
+    #[arg(long)]
+    pub incremental: bool,
+    /// The share changed before the incremental sync.
+    #[arg(long, default_value_t = 0.01)]
+    pub churn: f64,
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
@@ -563,10 +586,115 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             page_floor, user_pages, index_pages, slice_pages, slices, a.latency_ms
         );
         println!("  peak RSS (emulator + connector in one process): {peak} MiB");
+        if a.incremental {
+            incremental_bench(&running, &file, &dir, &a, &stats).await?;
+        }
         running.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     })
+}
+
+/// The incremental part of `steward bench entra --incremental`: churn, an incremental sync into the full
+/// sync's file, and a full sync of the changed tenant to compare with.
+async fn incremental_bench(
+    running: &steward_sim::Running,
+    file: &Path,
+    dir: &Path,
+    a: &BenchArgs,
+    full: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let ready = &running.ready;
+    let churn = steward_sim::graph::churn::churn(&mut running.sim.write(), a.churn, a.seed);
+    let connector = || -> anyhow::Result<Arc<Entra>> {
+        let mut cfg = EntraConfig::new(
+            &ready.tenant_id,
+            &ready.client_id,
+            Credential::Secret(Secret::new(ready.client_secret.clone())),
+        );
+        cfg.login_endpoint = Some(ready.login.clone());
+        cfg.graph_endpoint = Some(ready.graph.clone());
+        cfg.mailbox_settings = a.mailbox_settings;
+        cfg.concurrency = a.concurrency;
+        Ok(Arc::new(Entra::new(cfg)?))
+    };
+    let opts = SyncOptions {
+        concurrency: 64,
+        ..SyncOptions::default()
+    };
+    let stats = || async {
+        let v: serde_json::Value = reqwest::get(format!("{}/_sim/stats", ready.graph))
+            .await?
+            .json()
+            .await?;
+        Ok::<_, anyhow::Error>(v)
+    };
+    running.sim.stats.reset();
+    let entra = connector()?;
+    if let Some(prev) = steward_sync::previous_sync(file)? {
+        entra.set_previous(prev);
+    }
+    let t0 = Instant::now();
+    run_sync(entra.clone(), file, SyncPlan::Full, opts.clone(), None).await?;
+    let wall = t0.elapsed().as_secs_f64();
+    let inc = stats().await?;
+    let mode = entra.sync_mode().unwrap_or("full");
+    running.sim.stats.reset();
+    let check = dir.join("check.c1z");
+    run_sync(connector()?, &check, SyncPlan::Full, opts, None).await?;
+    let (old, new) = (
+        steward_c1z::C1zReader::open(&check)?,
+        steward_c1z::C1zReader::open(file)?,
+    );
+    let diff = steward_c1z::diff_syncs(&old, &new)?;
+    let n = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    println!(
+        "incremental sync ({mode}) after {:.1}% churn ({} writes: {} users created, {} disabled, {} deleted, {} members added, {} removed, {} owners added, {} group deleted, {} app assignments added): {wall:.2} s wall",
+        a.churn * 100.0,
+        churn.writes(),
+        churn.created.len(),
+        churn.disabled.len(),
+        churn.deleted.len(),
+        churn.members_added.len(),
+        churn.members_removed.len(),
+        churn.owners_added.len(),
+        churn.groups_deleted.len(),
+        churn.assignments_added.len()
+    );
+    println!(
+        "  Graph: {} requests ({:.2}% of the full sync's {}), {} resource units ({:.2}% of {}), {} throttled",
+        inc["requests"],
+        100.0 * n(&inc, "requests") / n(full, "requests").max(1.0),
+        full["requests"],
+        inc["resource_units"],
+        100.0 * n(&inc, "resource_units") / n(full, "resource_units").max(1.0),
+        full["resource_units"],
+        inc["throttled"]
+    );
+    if let Some(routes) = inc["by_route"].as_object() {
+        let list: Vec<String> = routes.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
+        println!("  requests by route: {}", list.join("; "));
+    }
+    println!(
+        "  against a full sync of the same tenant state: {}",
+        if diff.is_empty() {
+            "no difference (steward diff is empty)".to_owned()
+        } else {
+            format!(
+                "DIFFERENT: resources +{} -{} ~{}, entitlements +{} -{} ~{}, grants +{} -{} ~{}",
+                diff.resources.added.len(),
+                diff.resources.removed.len(),
+                diff.resources.changed.len(),
+                diff.entitlements.added.len(),
+                diff.entitlements.removed.len(),
+                diff.entitlements.changed.len(),
+                diff.grants.added.len(),
+                diff.grants.removed.len(),
+                diff.grants.changed.len()
+            )
+        }
+    );
+    Ok(())
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
