@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -113,6 +114,11 @@ struct Fake {
     vanished: BTreeSet<String>,
     /// Fail fatally on call number N.
     fail_on_call: Option<u64>,
+    /// Requests already answered "rate limited" once; their retries are let through. Without this the
+    /// global every-Nth-call rule can hit the same request again on its retries (the concurrent calls and
+    /// the 1 ms retries line up on the runtime's timer ticks): under load one request was throttled on
+    /// all 11 attempts and the sync failed (about 1 run in 30).
+    throttled: Mutex<BTreeSet<String>>,
 }
 
 impl Fake {
@@ -126,6 +132,7 @@ impl Fake {
             max_in_flight: AtomicUsize::new(0),
             vanished: BTreeSet::new(),
             fail_on_call: None,
+            throttled: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -142,8 +149,9 @@ impl Fake {
         }
     }
 
-    /// Bookkeeping shared by every call: concurrency, throttling, injected failure.
-    async fn enter(&self) -> Result<(), ConnectorError> {
+    /// Bookkeeping shared by every call: concurrency, throttling, injected failure. `request` names the
+    /// call and its arguments (the same for a retry).
+    async fn enter(&self, request: String) -> Result<(), ConnectorError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let cur = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(cur, Ordering::SeqCst);
@@ -153,7 +161,10 @@ impl Fake {
         if self.fail_on_call == Some(n) {
             return Err(ConnectorError::Fatal("injected failure".into()));
         }
-        if self.throttle_every > 0 && n.is_multiple_of(self.throttle_every) {
+        if self.throttle_every > 0
+            && n.is_multiple_of(self.throttle_every)
+            && self.throttled.lock().unwrap().insert(request)
+        {
             return Err(ConnectorError::RateLimited {
                 retry_after: Duration::from_millis(1),
             });
@@ -204,7 +215,7 @@ impl Connector for Fake {
     }
 
     async fn resource_types(&self) -> Result<Vec<ResourceType>, ConnectorError> {
-        self.enter().await?;
+        self.enter("resource_types".into()).await?;
         Ok(self.t.types.clone())
     }
 
@@ -214,7 +225,8 @@ impl Connector for Fake {
         parent: Option<&ResourceId>,
         page_token: &str,
     ) -> Result<Page<Resource>, ConnectorError> {
-        self.enter().await?;
+        self.enter(format!("list_resources {resource_type} {parent:?} {page_token}"))
+            .await?;
         let all = match (resource_type, parent) {
             ("user", None) => self.t.users.clone(),
             ("group", None) => self.t.groups.clone(),
@@ -231,7 +243,8 @@ impl Connector for Fake {
         resource: &Resource,
         page_token: &str,
     ) -> Result<Page<Entitlement>, ConnectorError> {
-        self.enter().await?;
+        self.enter(format!("list_entitlements {:?} {page_token}", resource.id))
+            .await?;
         let id = resource.id.clone().unwrap_or_default();
         assert_ne!(
             id.resource_type, "audit",
@@ -268,7 +281,8 @@ impl Connector for Fake {
         resource: &Resource,
         page_token: &str,
     ) -> Result<Page<Grant>, ConnectorError> {
-        self.enter().await?;
+        self.enter(format!("list_grants {:?} {page_token}", resource.id))
+            .await?;
         let id = resource.id.clone().unwrap_or_default();
         if self.vanished.contains(&id.resource) {
             return Err(ConnectorError::NotFound(format!(
