@@ -226,7 +226,17 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V3_COMMON,
         postgres: V3_COMMON,
     },
+    Migration {
+        version: 4,
+        name: "read paths: bindings by IdP entitlement (access paths without a scan of linked_entitlements)",
+        sqlite: V4_COMMON,
+        postgres: V4_COMMON,
+    },
 ];
+
+/// `Platform::access` looks the bindings of each group on an access path up by IdP entitlement alone (the
+/// primary key starts with the app).
+const V4_COMMON: &str = "CREATE INDEX linked_entitlements_idp ON linked_entitlements (idp_entitlement_id)";
 
 /// `Store::identity` looks identities up by id or by `lower(upn)`; both sides of its UNION use an index.
 const V3_COMMON: &str = "CREATE INDEX identities_upn_lower ON identities (lower(upn))";

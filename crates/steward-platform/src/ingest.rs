@@ -209,16 +209,33 @@ pub fn extract(
     identity_source: bool,
     sink: &mut impl Sink,
 ) -> Result<Counts> {
+    extract_from(
+        file.db_path(),
+        file.sync_id(),
+        connector_id,
+        identity_source,
+        sink,
+    )
+}
+
+/// [`extract`] from the unpacked database at `db` (sync `sid`): what a thread other than the one holding
+/// the [`SyncFile`] calls.
+pub fn extract_from(
+    db: &Path,
+    sid: &str,
+    connector_id: &str,
+    identity_source: bool,
+    sink: &mut impl Sink,
+) -> Result<Counts> {
     let err = |e: rusqlite::Error| PlatformError::SyncFile(format!("reading the sync file: {e}"));
     let bad = PlatformError::SyncFile;
     let conn = Connection::open_with_flags(
-        file.db_path(),
+        db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(err)?;
     conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA mmap_size = 4294967296;")
         .map_err(err)?;
-    let sid = file.sync_id();
     let mut n = Counts::default();
 
     let mut st = conn

@@ -71,7 +71,7 @@ pub fn is_secret_setting(k: &str) -> bool {
 const KINDS: &[&str] = &["entra", "azure", "baton"];
 
 /// App detail: the app with its entitlements.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AppDetail {
     /// The app.
     #[serde(flatten)]
@@ -624,13 +624,6 @@ impl Platform {
     pub async fn access(&self, a: &Actor, id: &str) -> Result<Vec<AccessItem>> {
         let ident = self.identity_for(a, id).await?;
         let grants = self.store.grants_of_identity(&ident.id).await?;
-        let app_of: HashMap<(String, String), String> = self
-            .store
-            .app_ids_by_resource()
-            .await?
-            .into_iter()
-            .map(|(app, c, r)| ((c, r), app))
-            .collect();
         let by_ent: HashMap<(&str, &str), &store::HeldGrant> = grants
             .iter()
             .map(|g| ((g.0.as_str(), g.1.entitlement_id.as_str()), g))
@@ -696,10 +689,7 @@ impl Platform {
                     }
                 }
             }
-            let app_id = app_of
-                .get(&(cid.clone(), g.4.clone()))
-                .filter(|_| g.3 == "enterprise_application")
-                .cloned();
+            let app_id = g.5.clone();
             out.push(AccessItem {
                 connector_id: cid.clone(),
                 grant_id: row.id.clone(),

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything.
@@ -35,7 +35,7 @@ impl Role {
 }
 
 /// Who is calling.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Actor {
     /// Token id.
     pub token_id: String,
@@ -48,7 +48,7 @@ pub struct Actor {
 }
 
 /// A stored token (without its hash).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Id.
     pub id: String,
@@ -63,7 +63,7 @@ pub struct TokenInfo {
 }
 
 /// A freshly minted token: the only time the secret is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NewToken {
     /// The token's record.
     #[serde(flatten)]
@@ -73,7 +73,7 @@ pub struct NewToken {
 }
 
 /// A page of a list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     /// The rows.
     pub items: Vec<T>,
@@ -83,7 +83,7 @@ pub struct Page<T> {
 }
 
 /// Paging and search on a list.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct ListQuery {
     /// Substring search (case-insensitive) on names.
     pub q: Option<String>,
@@ -126,7 +126,7 @@ pub fn page_of<T>(mut rows: Vec<T>, limit: i64, offset: i64) -> Page<T> {
 }
 
 /// Connector status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectorStatus {
     /// Never synced.
@@ -161,7 +161,7 @@ impl ConnectorStatus {
 }
 
 /// A connector as the API shows it: settings without secrets, and which secrets are set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Connector {
     /// Id.
     pub id: String,
@@ -170,6 +170,7 @@ pub struct Connector {
     /// Unique name.
     pub name: String,
     /// Settings without the secret ones.
+    #[schema(value_type = Object)]
     pub settings: serde_json::Map<String, serde_json::Value>,
     /// Names of the secret settings that are set (their values are write-only).
     pub secrets_set: Vec<String>,
@@ -194,7 +195,7 @@ pub struct Connector {
 }
 
 /// `POST /api/v1/connectors`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConnector {
     /// `entra`, `azure` or `baton`.
@@ -203,6 +204,7 @@ pub struct CreateConnector {
     pub name: String,
     /// Settings in snake_case (the connector's flag names); secret ones are encrypted and never returned.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub settings: serde_json::Map<String, serde_json::Value>,
     /// Owners.
     #[serde(default)]
@@ -216,7 +218,7 @@ pub struct CreateConnector {
 }
 
 /// One sync of a connector.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SyncRecord {
     /// Id.
     pub id: String,
@@ -239,7 +241,7 @@ pub struct SyncRecord {
 }
 
 /// Counts of one ingest.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct IngestStats {
     /// Resources.
     pub resources: u64,
@@ -256,7 +258,7 @@ pub struct IngestStats {
 }
 
 /// A person or workload identity.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Identity {
     /// Object id.
     pub id: String,
@@ -281,7 +283,7 @@ pub struct Identity {
 }
 
 /// An app in the catalog.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct App {
     /// Id.
     pub id: String,
@@ -302,7 +304,7 @@ pub struct App {
 }
 
 /// `POST /api/v1/apps`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApp {
     /// Name.
@@ -316,7 +318,7 @@ pub struct CreateApp {
 }
 
 /// `POST /api/v1/apps/{id}/manage`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManageApp {
     /// Owners (identity ids or UPNs); default: the caller's identity if it has one.
@@ -325,7 +327,7 @@ pub struct ManageApp {
 }
 
 /// An entitlement of an app.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AppEntitlement {
     /// Id (for IdP-backed ones, the IdP entitlement id).
     pub id: String,
@@ -342,7 +344,7 @@ pub struct AppEntitlement {
 }
 
 /// An IdP entitlement linked to an app (a group assigned to its enterprise application), with its binding.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LinkedEntitlement {
     /// The IdP entitlement (`group:<id>:member`).
     pub idp_entitlement_id: String,
@@ -363,7 +365,7 @@ pub struct LinkedEntitlement {
 }
 
 /// `POST /api/v1/apps/{id}/linked-entitlements/{idpEntitlement}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LinkAction {
     /// A role that exists only in Steward and provisions the IdP group.
@@ -381,7 +383,7 @@ pub enum LinkAction {
 }
 
 /// A holder of an entitlement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Holder {
     /// Principal type.
     pub principal_type: String,
@@ -396,7 +398,7 @@ pub struct Holder {
 }
 
 /// One step of how access is held.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PathStep {
     /// `direct`, `group`, `virtual_role`.
     pub kind: String,
@@ -407,7 +409,7 @@ pub struct PathStep {
 }
 
 /// One thing an identity holds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AccessItem {
     /// Connector.
     pub connector_id: String,

@@ -12,8 +12,9 @@ use crate::model::*;
 
 /// A binding: (app or IdP entitlement id, action, virtual role name, app entitlement id).
 pub type Binding = (String, String, Option<String>, Option<String>);
-/// A grant held by an identity: (connector, grant, entitlement name, resource type, resource id).
-pub type HeldGrant = (String, GrantRow, String, String, String);
+/// A grant held by an identity: (connector, grant, entitlement name, resource type, resource id, the app
+/// of that resource when it is a discovered enterprise application).
+pub type HeldGrant = (String, GrantRow, String, String, String, Option<String>);
 
 /// A resource row of a snapshot.
 #[derive(Debug, Clone)]
@@ -134,14 +135,13 @@ pub trait Store: Send + Sync + 'static {
     async fn identities(&self, q: &ListQuery) -> Result<Page<Identity>>;
     /// One identity by id or UPN.
     async fn identity(&self, id_or_upn: &str) -> Result<Option<Identity>>;
-    /// Everything an identity's accounts hold: (connector, grant, entitlement name, resource type, resource id).
+    /// Everything an identity's accounts hold, each with the app of its enterprise application resource
+    /// (looked up per grant: the cost follows the identity's access, not the catalog's size).
     async fn grants_of_identity(&self, identity_id: &str) -> Result<Vec<HeldGrant>>;
     /// Apps.
     async fn apps(&self, managed: Option<bool>, q: &ListQuery) -> Result<Page<App>>;
     /// One app.
     async fn app(&self, id: &str) -> Result<Option<App>>;
-    /// Apps of enterprise application resources.
-    async fn app_ids_by_resource(&self) -> Result<Vec<(String, String, String)>>;
     /// Stores a new app.
     async fn insert_app(&self, a: &App) -> Result<()>;
     /// Marks an app managed with owners and its entitlements, atomically.
@@ -399,11 +399,74 @@ async fn ingest_sqlite(
         ));
     }
     let cid = cid.to_owned();
-    joined(tokio::task::spawn_blocking(move || load_sqlite(&path, &cid, identity_source, &file)).await)
+    joined(
+        tokio::task::spawn_blocking(move || {
+            let r = load_sqlite(&path, &cid, identity_source, &file);
+            // Deleting the multi-GB unpacked file is not part of the ingest.
+            std::thread::spawn(move || drop(file));
+            r
+        })
+        .await,
+    )
 }
 
-/// Bulk writer into the open SQLite transaction.
-struct SqliteSink<'c> {
+/// A row of the sync file, owned, on its way from the reader thread to the SQLite writer.
+enum LiteRow {
+    Resource(ResourceRow),
+    Identity(Identity),
+    Entitlement(EntitlementRow),
+    Grant(GrantRow),
+}
+
+/// Rows per message from the reader thread to the writer.
+const LITE_BATCH: usize = 4096;
+
+/// The reader thread's sink: copies rows into batches for the writer thread.
+struct ChannelSink {
+    tx: std::sync::mpsc::SyncSender<Vec<LiteRow>>,
+    buf: Vec<LiteRow>,
+}
+
+impl ChannelSink {
+    fn push(&mut self, r: LiteRow) -> Result<()> {
+        self.buf.push(r);
+        if self.buf.len() >= LITE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<()> {
+        let b = std::mem::replace(&mut self.buf, Vec::with_capacity(LITE_BATCH));
+        self.tx
+            .send(b)
+            .map_err(|_| PlatformError::SyncFile("the database writer stopped".into()))
+    }
+}
+
+impl Sink for ChannelSink {
+    fn resource(&mut self, r: &ResourceRow) -> Result<()> {
+        self.push(LiteRow::Resource(r.clone()))
+    }
+    fn identity(&mut self, i: &Identity) -> Result<()> {
+        self.push(LiteRow::Identity(i.clone()))
+    }
+    fn entitlement(&mut self, e: &EntitlementRow) -> Result<()> {
+        self.push(LiteRow::Entitlement(e.clone()))
+    }
+    fn grant(&mut self, g: &GrantRef<'_>) -> Result<()> {
+        self.push(LiteRow::Grant(GrantRow {
+            id: g.id.to_owned(),
+            entitlement_id: g.entitlement_id.to_owned(),
+            principal_type: g.principal_type.to_owned(),
+            principal_id: g.principal_id.to_owned(),
+            direct: g.direct,
+            via: g.via.map(str::to_owned),
+        }))
+    }
+}
+
+/// Bulk writer into the open SQLite transaction (prepared single-row inserts).
+struct SqliteWriter<'c> {
     cid: &'c str,
     resources: rusqlite::Statement<'c>,
     entitlements: rusqlite::Statement<'c>,
@@ -411,10 +474,10 @@ struct SqliteSink<'c> {
     identities: rusqlite::Statement<'c>,
 }
 
-impl Sink for SqliteSink<'_> {
-    fn resource(&mut self, r: &ResourceRow) -> Result<()> {
-        self.resources
-            .execute(rusqlite::params![
+impl SqliteWriter<'_> {
+    fn write(&mut self, row: &LiteRow) -> Result<()> {
+        match row {
+            LiteRow::Resource(r) => self.resources.execute(rusqlite::params![
                 self.cid,
                 r.resource_type,
                 r.resource_id,
@@ -423,13 +486,8 @@ impl Sink for SqliteSink<'_> {
                 r.login,
                 r.email,
                 r.profile
-            ])
-            .map_err(lite)?;
-        Ok(())
-    }
-    fn identity(&mut self, i: &Identity) -> Result<()> {
-        self.identities
-            .execute(rusqlite::params![
+            ]),
+            LiteRow::Identity(i) => self.identities.execute(rusqlite::params![
                 i.id,
                 i.connector_id,
                 i.kind,
@@ -440,26 +498,16 @@ impl Sink for SqliteSink<'_> {
                 i.job_title,
                 i.manager_id,
                 i.status
-            ])
-            .map_err(lite)?;
-        Ok(())
-    }
-    fn entitlement(&mut self, e: &EntitlementRow) -> Result<()> {
-        self.entitlements
-            .execute(rusqlite::params![
+            ]),
+            LiteRow::Entitlement(e) => self.entitlements.execute(rusqlite::params![
                 self.cid,
                 e.id,
                 e.resource_type,
                 e.resource_id,
                 e.display_name,
                 e.slug
-            ])
-            .map_err(lite)?;
-        Ok(())
-    }
-    fn grant(&mut self, g: &GrantRef<'_>) -> Result<()> {
-        self.grants
-            .execute(rusqlite::params![
+            ]),
+            LiteRow::Grant(g) => self.grants.execute(rusqlite::params![
                 self.cid,
                 g.id,
                 g.entitlement_id,
@@ -467,10 +515,51 @@ impl Sink for SqliteSink<'_> {
                 g.principal_id,
                 g.direct,
                 g.via
-            ])
-            .map_err(lite)?;
+            ]),
+        }
+        .map_err(lite)?;
         Ok(())
     }
+}
+
+/// Reads `file` on a second thread while this one writes its rows through `w` (the two cores split the
+/// protobuf decoding and the B-tree inserts). The reader's error wins: it is the cause when both fail.
+fn pipe_rows(
+    file: &SyncFile,
+    cid: &str,
+    identity_source: bool,
+    w: &mut SqliteWriter<'_>,
+) -> Result<ingest::Counts> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LiteRow>>(8);
+    let (db, sid) = (file.db_path(), file.sync_id());
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut sink = ChannelSink {
+                tx,
+                buf: Vec::with_capacity(LITE_BATCH),
+            };
+            let n = ingest::extract_from(db, sid, cid, identity_source, &mut sink)?;
+            sink.flush()?;
+            Ok::<_, PlatformError>(n)
+        });
+        let mut written = Ok(());
+        for batch in rx.iter() {
+            written = batch.iter().try_for_each(|r| w.write(r));
+            if written.is_err() {
+                break;
+            }
+        }
+        // Dropping the receiver stops a reader still sending (it fails with "the writer stopped").
+        drop(rx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(PlatformError::SyncFile("the sync file reader panicked".into())));
+        match (read, written) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(e),
+            (Ok(n), Ok(())) => Ok(n),
+        }
+    })
 }
 
 /// The `grants` indexes (name, DDL), as created by migration 1.
@@ -499,7 +588,7 @@ fn load_sqlite(
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(lite)?;
     conn.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -131072; PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = OFF;",
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -131072; PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 0;",
     )
     .map_err(lite)?;
     let t0 = std::time::Instant::now();
@@ -557,14 +646,14 @@ fn load_sqlite(
     let mut st = IngestStats::default();
     let t_delete = t0.elapsed();
     {
-        let mut sink = SqliteSink {
+        let mut w = SqliteWriter {
             cid,
             resources: tx.prepare("INSERT INTO resources (connector_id, resource_type, resource_id, display_name, parent, login, email, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").map_err(lite)?,
             entitlements: tx.prepare("INSERT INTO entitlements (connector_id, id, resource_type, resource_id, display_name, slug) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(lite)?,
             grants: tx.prepare("INSERT INTO grants (connector_id, id, entitlement_id, principal_type, principal_id, direct, via) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").map_err(lite)?,
             identities: tx.prepare(UPSERT_IDENTITY).map_err(lite)?,
         };
-        let n = ingest::extract(file, cid, identity_source, &mut sink)?;
+        let n = pipe_rows(file, cid, identity_source, &mut w)?;
         st.resources = n.resources;
         st.entitlements = n.entitlements;
         st.grants = n.grants;
@@ -608,6 +697,13 @@ fn load_sqlite(
     tx.execute(RENAME_APPS, [cid]).map_err(lite)?;
     let t_finish = t0.elapsed();
     tx.commit().map_err(lite)?;
+    // The new snapshot is committed (in the WAL) and visible. Copying it into the database file (the
+    // checkpoint, as large as the snapshot) runs on its own thread instead of inside this commit.
+    std::thread::spawn(move || {
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!(error = %e, "checkpoint after an ingest");
+        }
+    });
     tracing::debug!(
         connector = cid,
         rebuild,
@@ -832,9 +928,11 @@ async fn ingest_pg(
             buf: Vec::with_capacity(PG_CHUNK + 4096),
             identities: Vec::new(),
         };
-        let n = ingest::extract(&file, &owned_cid, identity_source, &mut sink)?;
+        let n = ingest::extract(&file, &owned_cid, identity_source, &mut sink);
+        // Deleting the multi-GB unpacked file is not part of the ingest.
+        std::thread::spawn(move || drop(file));
         sink.finish()?;
-        Ok(n)
+        n
     });
     while let Some(m) = crx.recv().await {
         let CopyMsg::Start(stmt) = m else {
@@ -1125,9 +1223,10 @@ impl Store for SqlStore {
             Option<String>,
             Option<String>,
             Option<String>,
+            Option<String>,
         );
         let rows: Vec<T> = with_db!(&self.db, p => {
-            sqlx::query_as("SELECT g.connector_id, g.id, g.entitlement_id, g.principal_type, g.principal_id, g.direct, g.via, e.display_name, e.resource_type, e.resource_id FROM account_links l JOIN grants g ON g.connector_id = l.connector_id AND g.principal_type = l.resource_type AND g.principal_id = l.resource_id LEFT JOIN entitlements e ON e.connector_id = g.connector_id AND e.id = g.entitlement_id WHERE l.identity_id = $1 ORDER BY g.connector_id, g.id")
+            sqlx::query_as("SELECT g.connector_id, g.id, g.entitlement_id, g.principal_type, g.principal_id, g.direct, g.via, e.display_name, e.resource_type, e.resource_id, a.id FROM account_links l JOIN grants g ON g.connector_id = l.connector_id AND g.principal_type = l.resource_type AND g.principal_id = l.resource_id LEFT JOIN entitlements e ON e.connector_id = g.connector_id AND e.id = g.entitlement_id LEFT JOIN apps a ON e.resource_type = 'enterprise_application' AND a.connector_id = g.connector_id AND a.resource_id = e.resource_id WHERE l.identity_id = $1 ORDER BY g.connector_id, g.id")
                 .bind(identity_id).fetch_all(p).await?
         });
         Ok(rows
@@ -1147,6 +1246,7 @@ impl Store for SqlStore {
                     name,
                     t.8.unwrap_or_default(),
                     t.9.unwrap_or_default(),
+                    t.10,
                 )
             })
             .collect())
@@ -1166,13 +1266,6 @@ impl Store for SqlStore {
             sqlx::query_as(AssertSqlSafe(format!("SELECT {APP_COLS} FROM apps WHERE id = $1"))).bind(id).fetch_optional(p).await?
         });
         Ok(row.map(app_from))
-    }
-
-    async fn app_ids_by_resource(&self) -> Result<Vec<(String, String, String)>> {
-        let rows: Vec<(String, String, String)> = with_db!(&self.db, p => {
-            sqlx::query_as("SELECT id, connector_id, resource_id FROM apps WHERE connector_id IS NOT NULL AND resource_id IS NOT NULL").fetch_all(p).await?
-        });
-        Ok(rows)
     }
 
     async fn insert_app(&self, a: &App) -> Result<()> {

@@ -143,8 +143,21 @@ fn ok<T: serde::Serialize>(v: T) -> ApiResult<Response> {
 
 // ---- handlers ----
 
+/// `GET /healthz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`.
+    status: &'static str,
+    /// `sqlite` or `postgres`.
+    database: &'static str,
+}
+
 async fn healthz(State(s): State<AppState>) -> Response {
-    axum::Json(json!({"status": "ok", "database": s.platform.store().backend()})).into_response()
+    axum::Json(Health {
+        status: "ok",
+        database: s.platform.store().backend(),
+    })
+    .into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -172,11 +185,16 @@ async fn me(Auth(a): Auth) -> ApiResult<Response> {
     ok(a)
 }
 
-#[derive(Deserialize)]
+/// `POST /api/v1/tokens`: a user token (`user`: id or UPN of a synced identity) or a role token
+/// (`role` and `name`).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenReq {
+    /// The identity a user token acts as.
     user: Option<String>,
+    /// `super_admin`, `connector_admin` or `user`.
     role: Option<String>,
+    /// A name for the token.
     name: Option<String>,
 }
 
@@ -227,9 +245,34 @@ async fn connector_status(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let c = s.platform.connector(&a, &id).await?;
-    ok(
-        json!({"status": c.status, "status_reason": c.status_reason, "last_sync_at": c.last_sync_at, "current_sync_id": c.current_sync_id}),
-    )
+    ok(ConnectorState {
+        status: c.status,
+        status_reason: c.status_reason,
+        last_sync_at: c.last_sync_at,
+        current_sync_id: c.current_sync_id,
+    })
+}
+
+/// `GET /api/v1/connectors/{id}/status`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ConnectorState {
+    /// Status.
+    status: ConnectorStatus,
+    /// Why it is in error.
+    status_reason: Option<String>,
+    /// Last successful ingest.
+    last_sync_at: Option<String>,
+    /// The sync whose snapshot is current.
+    current_sync_id: Option<String>,
+}
+
+/// `GET /api/v1/idp-entitlements/{idpEntitlement}/bindings`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Bindings {
+    /// The IdP entitlement.
+    idp_entitlement_id: String,
+    /// Its bindings: `{app_id, action, name, app_entitlement_id}` each.
+    bindings: Vec<Value>,
 }
 
 async fn start_sync(State(s): State<AppState>, Auth(a): Auth, Path(id): Path<String>) -> ApiResult<Response> {
@@ -343,7 +386,11 @@ async fn link(
 }
 
 async fn bindings(State(s): State<AppState>, Auth(a): Auth, Path(idp): Path<String>) -> ApiResult<Response> {
-    ok(json!({"idp_entitlement_id": idp, "bindings": s.platform.bindings_of(&a, &idp).await?}))
+    let bindings = s.platform.bindings_of(&a, &idp).await?;
+    ok(Bindings {
+        idp_entitlement_id: idp,
+        bindings,
+    })
 }
 
 async fn list_identities(
@@ -374,7 +421,7 @@ async fn not_found() -> ApiError {
     ApiError(PlatformError::not_found("route", "no such endpoint"))
 }
 
-/// One route: method, path, who may call it, summary, handler.
+/// One route: method, path, who may call it, summary, what it takes and answers, handler.
 pub struct RouteDef {
     /// `get` or `post`.
     pub method: &'static str,
@@ -384,18 +431,95 @@ pub struct RouteDef {
     pub auth: &'static str,
     /// What it does.
     pub summary: &'static str,
+    /// The request body.
+    pub request: In,
+    /// The successful response.
+    pub response: Out,
     handler: MethodRouter<AppState>,
+}
+
+/// The schemas named so far in `components/schemas` (name → JSON schema).
+pub type Schemas = BTreeMap<String, Value>;
+
+/// Writes a type's schema (and those it refers to) into [`Schemas`] and returns the schema to put where
+/// the type is used (a `$ref`, or an inline wrapper around one).
+pub type SchemaFn = fn(&mut Schemas) -> Value;
+
+/// A route's request body.
+#[derive(Clone, Copy)]
+pub enum In {
+    /// None.
+    Empty,
+    /// A JSON document of this schema.
+    Json(SchemaFn),
+    /// A JSON document of this schema, or an empty body (defaults).
+    Optional(SchemaFn),
+    /// A file (`application/octet-stream`).
+    File,
+}
+
+/// A route's successful response.
+#[derive(Clone, Copy)]
+pub enum Out {
+    /// JSON with this status and schema.
+    Json(u16, SchemaFn),
+    /// Text of this content type.
+    Text(&'static str),
+}
+
+const NO_BODY: In = In::Empty;
+
+fn add_schema(out: &mut Schemas, name: &str, s: &utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>) {
+    if !out.contains_key(name) {
+        out.insert(name.to_owned(), serde_json::to_value(s).unwrap_or(Value::Null));
+    }
+}
+
+fn add_deps<T: utoipa::ToSchema>(out: &mut Schemas) {
+    let mut deps = Vec::new();
+    T::schemas(&mut deps);
+    for (n, s) in &deps {
+        add_schema(out, n, s);
+    }
+}
+
+fn reference(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// A type's own schema, by reference.
+fn one<T: utoipa::ToSchema>(out: &mut Schemas) -> Value {
+    add_deps::<T>(out);
+    let name = T::name();
+    add_schema(out, &name, &T::schema());
+    reference(&name)
+}
+
+/// `{"items": [T]}`: the lists that are not paged.
+fn items<T: utoipa::ToSchema>(out: &mut Schemas) -> Value {
+    json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": one::<T>(out)}}})
+}
+
+/// [`Page`] of T, named `<T>Page`.
+fn page<T: utoipa::ToSchema>(out: &mut Schemas) -> Value {
+    one::<T>(out);
+    add_deps::<Page<T>>(out);
+    let name = format!("{}Page", T::name());
+    add_schema(out, &name, &<Page<T> as utoipa::PartialSchema>::schema());
+    reference(&name)
 }
 
 /// Every route of the server (the router and the OpenAPI document are built from this).
 pub fn routes() -> Vec<RouteDef> {
     macro_rules! r {
-        ($m:ident, $p:expr, $auth:expr, $s:expr, $h:expr) => {
+        ($m:ident, $p:expr, $auth:expr, $s:expr, $h:expr, $req:expr, $resp:expr) => {
             RouteDef {
                 method: stringify!($m),
                 path: $p,
                 auth: $auth,
                 summary: $s,
+                request: $req,
+                response: $resp,
                 handler: $m($h),
             }
         };
@@ -406,317 +530,424 @@ pub fn routes() -> Vec<RouteDef> {
             "/healthz",
             "public",
             "Liveness and the database backend",
-            healthz
+            healthz,
+            NO_BODY,
+            Out::Json(200, one::<Health>)
         ),
-        r!(get, "/metrics", "public", "Prometheus metrics", metrics),
-        r!(get, "/api/v1/openapi.json", "public", "This document", openapi),
+        r!(
+            get,
+            "/metrics",
+            "public",
+            "Prometheus metrics",
+            metrics,
+            NO_BODY,
+            Out::Text("text/plain")
+        ),
+        r!(
+            get,
+            "/api/v1/openapi.json",
+            "public",
+            "This document",
+            openapi,
+            NO_BODY,
+            Out::Json(200, one::<Value>)
+        ),
         r!(
             get,
             "/api/v1/me",
             "any",
             "The caller's token: role and identity",
-            me
+            me,
+            NO_BODY,
+            Out::Json(200, one::<Actor>)
         ),
         r!(
             post,
             "/api/v1/tokens",
             "super_admin",
             "Mint a token ({user} or {role, name}); the secret is shown once",
-            create_token
+            create_token,
+            In::Json(one::<TokenReq>),
+            Out::Json(201, one::<NewToken>)
         ),
         r!(
             get,
             "/api/v1/connectors",
             "super_admin, connector_admin",
             "List connectors (q, limit, page_token)",
-            list_connectors
+            list_connectors,
+            NO_BODY,
+            Out::Json(200, page::<Connector>)
         ),
         r!(
             post,
             "/api/v1/connectors",
             "super_admin, connector_admin",
             "Register a connector {kind, name, settings, owners}; secret settings are write-only",
-            create_connector
+            create_connector,
+            In::Json(one::<CreateConnector>),
+            Out::Json(201, one::<Connector>)
         ),
         r!(
             get,
             "/api/v1/connectors/{id}",
             "super_admin, connector_admin",
             "A connector (without secrets)",
-            get_connector
+            get_connector,
+            NO_BODY,
+            Out::Json(200, one::<Connector>)
         ),
         r!(
             get,
             "/api/v1/connectors/{id}/status",
             "super_admin, connector_admin",
             "not_connected, syncing, connected or error with the reason",
-            connector_status
+            connector_status,
+            NO_BODY,
+            Out::Json(200, one::<ConnectorState>)
         ),
         r!(
             post,
             "/api/v1/connectors/{id}/sync",
             "super_admin, connector_admin",
             "Run the connector now (202; poll status)",
-            start_sync
+            start_sync,
+            NO_BODY,
+            Out::Json(202, one::<Connector>)
         ),
         r!(
             get,
             "/api/v1/connectors/{id}/syncs",
             "super_admin, connector_admin",
             "Sync history with stats and logs",
-            list_syncs
+            list_syncs,
+            NO_BODY,
+            Out::Json(200, page::<SyncRecord>)
         ),
         r!(
             post,
             "/api/v1/connectors/{id}/syncs",
             "super_admin, connector_admin",
             "Upload a Baton .c1z (body = the file); it replaces the connector's snapshot atomically",
-            upload_sync
+            upload_sync,
+            In::File,
+            Out::Json(201, one::<SyncRecord>)
         ),
         r!(
             get,
             "/api/v1/apps",
             "any",
             "The app catalog (managed=true|false, q, limit, page_token)",
-            list_apps
+            list_apps,
+            NO_BODY,
+            Out::Json(200, page::<App>)
         ),
         r!(
             post,
             "/api/v1/apps",
             "super_admin",
             "Create a managed app {name, description, owners}",
-            create_app
+            create_app,
+            In::Json(one::<CreateApp>),
+            Out::Json(201, one::<AppDetail>)
         ),
         r!(
             get,
             "/api/v1/apps/{id}",
             "any",
             "An app with its entitlements and holder counts",
-            get_app
+            get_app,
+            NO_BODY,
+            Out::Json(200, one::<AppDetail>)
         ),
         r!(
             post,
             "/api/v1/apps/{id}/manage",
             "super_admin",
             "Manage a discovered app {owners}; nothing changes in the IdP",
-            manage_app
+            manage_app,
+            In::Optional(one::<ManageApp>),
+            Out::Json(200, one::<AppDetail>)
         ),
         r!(
             get,
             "/api/v1/apps/{id}/entitlements/{entitlement}/holders",
             "super_admin, connector_admin, app owner",
             "Who holds an app entitlement",
-            holders
+            holders,
+            NO_BODY,
+            Out::Json(200, page::<Holder>)
         ),
         r!(
             get,
             "/api/v1/apps/{id}/linked-entitlements",
             "super_admin, app owner",
             "IdP groups assigned to the app's enterprise application, with their bindings",
-            linked
+            linked,
+            NO_BODY,
+            Out::Json(200, items::<LinkedEntitlement>)
         ),
         r!(
             post,
             "/api/v1/apps/{id}/linked-entitlements/{idpEntitlement}",
             "super_admin, app owner",
             "Bind: {action: virtual_role, name} | {action: provision_for, entitlement} | {action: skip}",
-            link
+            link,
+            In::Json(one::<LinkAction>),
+            Out::Json(200, one::<LinkedEntitlement>)
         ),
         r!(
             get,
             "/api/v1/idp-entitlements/{idpEntitlement}/bindings",
             "super_admin, connector_admin",
             "Bindings of an IdP entitlement (the IdP side)",
-            bindings
+            bindings,
+            NO_BODY,
+            Out::Json(200, one::<Bindings>)
         ),
         r!(
             get,
             "/api/v1/identities",
             "super_admin, connector_admin",
             "Identities (q, limit, page_token)",
-            list_identities
+            list_identities,
+            NO_BODY,
+            Out::Json(200, page::<Identity>)
         ),
         r!(
             get,
             "/api/v1/identities/{id}",
             "super_admin, connector_admin, self",
             "One identity (id or UPN)",
-            get_identity
+            get_identity,
+            NO_BODY,
+            Out::Json(200, one::<Identity>)
         ),
         r!(
             get,
             "/api/v1/identities/{id}/access",
             "super_admin, connector_admin, self",
             "Everything an identity holds, with paths",
-            identity_access
+            identity_access,
+            NO_BODY,
+            Out::Json(200, items::<AccessItem>)
         ),
         r!(
             get,
             "/api/v1/access-profiles",
             "any",
             "Access profiles (everyone is built in)",
-            requests::list_profiles
+            requests::list_profiles,
+            NO_BODY,
+            Out::Json(200, items::<AccessProfile>)
         ),
         r!(
             post,
             "/api/v1/access-profiles",
             "super_admin",
             "Define a profile {name, kind: group, group} | {name, kind: attribute, attributes}",
-            requests::create_profile
+            requests::create_profile,
+            In::Json(one::<CreateProfile>),
+            Out::Json(201, one::<AccessProfile>)
         ),
         r!(
             get,
             "/api/v1/policies",
             "any",
             "Request policies",
-            requests::list_policies
+            requests::list_policies,
+            NO_BODY,
+            Out::Json(200, items::<Policy>)
         ),
         r!(
             post,
             "/api/v1/policies",
             "super_admin",
             "Create a policy {name, steps | rules, require_justification, max_duration, allow_self_approval, revoke_drift}",
-            requests::create_policy
+            requests::create_policy,
+            In::Json(one::<PolicySpec>),
+            Out::Json(201, one::<Policy>)
         ),
         r!(
             get,
             "/api/v1/apps/{id}/entitlements",
             "any",
             "An app's entitlements (their ids are what requests name)",
-            requests::app_entitlements
+            requests::app_entitlements,
+            NO_BODY,
+            Out::Json(200, items::<AppEntitlement>)
         ),
         r!(
             get,
             "/api/v1/apps/{id}/entitlement-rules",
             "any",
             "What of the app is requestable, by whom, under which policy",
-            requests::list_rules
+            requests::list_rules,
+            NO_BODY,
+            Out::Json(200, items::<EntitlementRule>)
         ),
         r!(
             post,
             "/api/v1/apps/{id}/entitlement-rules",
             "super_admin, app owner",
             "Make entitlements requestable {enabled, resource_types | entitlements, access_profiles, policy, max_duration}",
-            requests::create_rule
+            requests::create_rule,
+            In::Json(one::<RuleSpec>),
+            Out::Json(201, one::<EntitlementRule>)
         ),
         r!(
             get,
             "/api/v1/catalog",
             "user token",
             "What the caller may request, and why",
-            requests::catalog
+            requests::catalog,
+            NO_BODY,
+            Out::Json(200, items::<CatalogItem>)
         ),
         r!(
             post,
             "/api/v1/requests",
             "user token",
             "Request access {entitlement, app?, justification, duration}",
-            requests::create_request
+            requests::create_request,
+            In::Json(one::<CreateRequest>),
+            Out::Json(201, one::<steward_platform::Request>)
         ),
         r!(
             get,
             "/api/v1/requests",
             "any (users see their own)",
             "Requests (mine=true, state, limit, page_token)",
-            requests::list_requests
+            requests::list_requests,
+            NO_BODY,
+            Out::Json(200, page::<steward_platform::Request>)
         ),
         r!(
             get,
             "/api/v1/requests/{id}",
             "requester, approvers, app owners, admins",
             "A request with its steps, decisions and history",
-            requests::get_request
+            requests::get_request,
+            NO_BODY,
+            Out::Json(200, one::<steward_platform::Request>)
         ),
         r!(
             post,
             "/api/v1/requests/{id}/approve",
             "a current approver",
             "Approve the current step {comment?}",
-            requests::approve
+            requests::approve,
+            In::Optional(one::<Decide>),
+            Out::Json(200, one::<steward_platform::Request>)
         ),
         r!(
             post,
             "/api/v1/requests/{id}/deny",
             "a current approver",
             "Deny the request {comment?}",
-            requests::deny
+            requests::deny,
+            In::Optional(one::<Decide>),
+            Out::Json(200, one::<steward_platform::Request>)
         ),
         r!(
             post,
             "/api/v1/requests/{id}/cancel",
             "requester",
             "Withdraw a request before provisioning",
-            requests::cancel
+            requests::cancel,
+            NO_BODY,
+            Out::Json(200, one::<steward_platform::Request>)
         ),
         r!(
             post,
             "/api/v1/requests/{id}/retry",
             "super_admin, app owner",
             "Retry the provisioning of a failed request",
-            requests::retry
+            requests::retry,
+            NO_BODY,
+            Out::Json(200, one::<steward_platform::Request>)
         ),
         r!(
             post,
             "/api/v1/requests/{id}/revoke",
             "super_admin, app owner, requester",
             "End provisioned access now (removed from the tenant)",
-            requests::revoke
+            requests::revoke,
+            NO_BODY,
+            Out::Json(200, one::<steward_platform::Request>)
         ),
         r!(
             get,
             "/api/v1/approvals",
             "user token",
             "Requests waiting for the caller's decision",
-            requests::approvals
+            requests::approvals,
+            NO_BODY,
+            Out::Json(200, page::<steward_platform::Request>)
         ),
         r!(
             get,
             "/api/v1/audit",
             "super_admin",
             "The audit log (action, actor, target_type, target_id, since, until; format=json|jsonl|csv)",
-            requests::audit
+            requests::audit,
+            NO_BODY,
+            Out::Json(200, page::<AuditEntry>)
         ),
         r!(
             get,
             "/api/v1/audit/verify",
             "super_admin",
             "Check the audit log's hash chain",
-            requests::audit_verify
+            requests::audit_verify,
+            NO_BODY,
+            Out::Json(200, one::<AuditVerdict>)
         ),
         r!(
             get,
             "/api/v1/tokens",
             "super_admin",
             "Tokens (never their secrets) and whether each is revoked",
-            requests::list_tokens
+            requests::list_tokens,
+            NO_BODY,
+            Out::Json(200, items::<Value>)
         ),
         r!(
             post,
             "/api/v1/tokens/{id}/revoke",
             "super_admin",
             "Revoke a token: it stops working at once",
-            requests::revoke_token
+            requests::revoke_token,
+            NO_BODY,
+            Out::Json(200, one::<Value>)
         ),
         r!(
             get,
             "/api/v1/webhooks",
             "super_admin",
             "Outbound webhooks",
-            requests::list_webhooks
+            requests::list_webhooks,
+            NO_BODY,
+            Out::Json(200, items::<Webhook>)
         ),
         r!(
             post,
             "/api/v1/webhooks",
             "super_admin",
             "Add a webhook {url, events, format: slack|json}",
-            requests::create_webhook
+            requests::create_webhook,
+            In::Json(one::<CreateWebhook>),
+            Out::Json(201, one::<Webhook>)
         ),
     ]
 }
 
-/// The OpenAPI 3.1 document, built from [`routes`].
+/// The OpenAPI 3.1 document, built from [`routes`]: request and response schemas come from the
+/// `utoipa::ToSchema` derives of the types the handlers parse and return.
 pub fn openapi_document() -> Value {
     let mut paths = serde_json::Map::new();
+    let mut schemas = Schemas::new();
+    let error = |code: &str| (code.to_owned(), json!({"$ref": "#/components/responses/Error"}));
     for r in routes() {
         let params: Vec<Value> = r
             .path
@@ -724,18 +955,48 @@ pub fn openapi_document() -> Value {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        let (status, ok) = match r.response {
+            Out::Json(status, f) => (
+                status,
+                json!({"description": "OK", "content": {"application/json": {"schema": f(&mut schemas)}}}),
+            ),
+            Out::Text(ct) => (
+                200,
+                json!({"description": "OK", "content": {ct: {"schema": {"type": "string"}}}}),
+            ),
+        };
+        let mut responses = serde_json::Map::new();
+        responses.insert(status.to_string(), ok);
+        let mut codes = vec!["400", "404", "500"];
+        if r.auth != "public" {
+            codes.extend(["401", "403"]);
+        }
+        if r.method == "post" {
+            codes.push("409");
+        }
+        if matches!(r.request, In::File) {
+            codes.extend(["422", "502"]);
+        }
+        responses.extend(codes.into_iter().map(error));
         let mut op = json!({
+            "operationId": format!("{}{}", r.method, r.path.replace(['/', '{', '}', '.', '-'], "_")),
             "summary": r.summary,
             "description": format!("Roles: {}.", r.auth),
             "parameters": params,
-            "responses": {
-                "200": {"description": "OK"},
-                "400": {"$ref": "#/components/responses/Error"},
-                "401": {"$ref": "#/components/responses/Error"},
-                "403": {"$ref": "#/components/responses/Error"},
-                "404": {"$ref": "#/components/responses/Error"}
-            }
+            "responses": responses,
         });
+        let body = match r.request {
+            In::Empty => None,
+            In::Json(f) => Some((true, json!({"application/json": {"schema": f(&mut schemas)}}))),
+            In::Optional(f) => Some((false, json!({"application/json": {"schema": f(&mut schemas)}}))),
+            In::File => Some((
+                true,
+                json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}),
+            )),
+        };
+        if let Some((required, content)) = body {
+            op["requestBody"] = json!({"required": required, "content": content});
+        }
         if r.auth == "public" {
             op["security"] = json!([]);
         }
@@ -752,9 +1013,11 @@ pub fn openapi_document() -> Value {
         "info": {"title": "Steward API", "version": env!("CARGO_PKG_VERSION")},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
             "responses": {"Error": {"description": "An error", "content": {"application/json": {"schema": {
                 "type": "object",
-                "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}
+                "required": ["error"],
+                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}
             }}}}}
         },
         "security": [{"bearer": []}],

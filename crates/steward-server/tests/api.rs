@@ -834,21 +834,182 @@ async fn permissions_for_every_role() {
     }
 }
 
+/// The properties a schema declares, through `$ref`, `allOf` (a `#[serde(flatten)]` field) and the
+/// alternatives of `oneOf`/`anyOf`, or `None` when it is not an object schema with properties.
+fn declared(doc: &Value, s: &Value) -> Option<Vec<String>> {
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        let name = r.strip_prefix("#/components/schemas/")?;
+        return declared(doc, &doc["components"]["schemas"][name]);
+    }
+    let mut out: Vec<String> = s
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut any = s.get("properties").is_some();
+    let parts = ["allOf", "oneOf", "anyOf"]
+        .into_iter()
+        .filter_map(|k| s.get(k).and_then(Value::as_array));
+    for part in parts.flatten() {
+        if let Some(p) = declared(doc, part) {
+            out.extend(p);
+            any = true;
+        }
+    }
+    any.then_some(out)
+}
+
+/// Checks `v` against the OpenAPI schema `s` (what the document uses: `$ref`, `type`, `properties`,
+/// `required`, `items`, `enum`, `oneOf`/`anyOf`/`allOf`) and that an object has no field its schema does not
+/// declare. The first mismatch, with where it is.
+fn conforms(doc: &Value, s: &Value, v: &Value, at: &str) -> Result<(), String> {
+    check(doc, s, v, at, false)
+}
+
+/// [`conforms`]; `loose`: `s` is one part of an `allOf`, whose other parts declare the other fields.
+fn check(doc: &Value, s: &Value, v: &Value, at: &str, loose: bool) -> Result<(), String> {
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .ok_or(format!("{at}: reference {r} is not to a schema"))?;
+        let t = &doc["components"]["schemas"][name];
+        if t.is_null() {
+            return Err(format!("{at}: {r} is not in the document"));
+        }
+        return check(doc, t, v, at, loose);
+    }
+    let parts = s.get("allOf").and_then(Value::as_array);
+    for part in parts.into_iter().flatten() {
+        check(doc, part, v, at, true)?;
+    }
+    for k in ["oneOf", "anyOf"] {
+        if let Some(alts) = s.get(k).and_then(Value::as_array) {
+            let errs: Vec<String> = alts
+                .iter()
+                .filter_map(|x| check(doc, x, v, at, loose).err())
+                .collect();
+            if errs.len() == alts.len() {
+                return Err(format!("{at}: {v} matches none of {k}: {errs:?}"));
+            }
+        }
+    }
+    if let Some(e) = s.get("enum").and_then(Value::as_array)
+        && !e.contains(v)
+    {
+        return Err(format!("{at}: {v} is not one of {e:?}"));
+    }
+    if let Some(t) = s.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(x) => vec![x.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let ok = types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        });
+        if !ok {
+            return Err(format!("{at}: {v} is not of type {t}"));
+        }
+    }
+    if let Some(o) = v.as_object() {
+        for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+            let k = r.as_str().unwrap();
+            if !o.contains_key(k) {
+                return Err(format!("{at}: required field {k} is missing in {v}"));
+            }
+        }
+        let props = s.get("properties").and_then(Value::as_object);
+        for (k, x) in o {
+            if let Some(ps) = props.and_then(|p| p.get(k)) {
+                check(doc, ps, x, &format!("{at}.{k}"), false)?;
+            }
+        }
+        if !loose
+            && s.get("oneOf").is_none()
+            && let Some(known) = declared(doc, s)
+            && let Some(k) = o.keys().find(|k| !known.contains(k))
+        {
+            return Err(format!("{at}: field {k} is not in the schema"));
+        }
+    }
+    if let (Some(items), Some(a)) = (s.get("items"), v.as_array()) {
+        for (i, x) in a.iter().enumerate() {
+            check(doc, items, x, &format!("{at}[{i}]"), false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every `$ref` in `v`.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get("$ref") {
+                out.push(r.clone());
+            }
+            o.values().for_each(|x| refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
 #[tokio::test]
-async fn openapi_lists_every_route() {
+async fn openapi_lists_every_route_with_its_schemas() {
     let env = envs().await.remove(0);
     let (server, api, admin) = start(&env).await;
     let (st, doc) = api.get("", "/api/v1/openapi.json").await;
     assert_eq!(st, StatusCode::OK);
     let routes = steward_server::routes();
     assert!(routes.len() >= 20);
+    let mut op_ids = std::collections::BTreeSet::new();
     for r in &routes {
+        let op = &doc["paths"][r.path][r.method];
         assert!(
-            doc["paths"][r.path][r.method].is_object(),
+            op.is_object(),
             "{} {} missing from the OpenAPI document",
             r.method,
             r.path
         );
+        assert!(op_ids.insert(op["operationId"].as_str().unwrap().to_owned()));
+        // The successful response declares its content, with a schema.
+        let ok: Vec<(&String, &Value)> = op["responses"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with('2'))
+            .collect();
+        assert_eq!(ok.len(), 1, "{} {}: {op}", r.method, r.path);
+        let content = ok[0].1["content"].as_object().unwrap();
+        assert!(
+            content.values().all(|c| c["schema"].is_object()),
+            "{} {}: {op}",
+            r.method,
+            r.path
+        );
+        // A route that reads a JSON body declares its schema.
+        match r.request {
+            steward_server::In::Json(_) | steward_server::In::Optional(_) => assert!(
+                op["requestBody"]["content"]["application/json"]["schema"].is_object(),
+                "{} {} takes JSON but declares no schema: {op}",
+                r.method,
+                r.path
+            ),
+            steward_server::In::File => assert!(
+                op["requestBody"]["content"]["application/octet-stream"].is_object(),
+                "{} {}",
+                r.method,
+                r.path
+            ),
+            steward_server::In::Empty => assert!(op.get("requestBody").is_none()),
+        }
         // And the route is served (not the 404 fallback).
         let path = r
             .path
@@ -874,6 +1035,137 @@ async fn openapi_lists_every_route() {
         .map(|p| p.as_object().unwrap().len())
         .sum();
     assert_eq!(n, routes.len());
+    // Every reference resolves.
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.len() > routes.len());
+    for r in &all {
+        let parts: Vec<&str> = r.trim_start_matches("#/").split('/').collect();
+        assert_eq!(parts.len(), 3, "{r}");
+        assert!(
+            doc[parts[0]][parts[1]][parts[2]].is_object(),
+            "{r} is referenced but not defined"
+        );
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "CreateConnector",
+        "Connector",
+        "AccessItem",
+        "PathStep",
+        "LinkAction",
+        "AppDetail",
+    ] {
+        assert!(schemas.contains_key(name), "{name} missing: {:?}", schemas.keys());
+    }
+
+    // Real responses conform to the schemas the document gives for them.
+    let cid = baton_connector(&api, &admin).await;
+    let (st, _) = api
+        .upload(&admin, &format!("/api/v1/connectors/{cid}/syncs"), fixture(false))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (_, apps) = api.get(&admin, "/api/v1/apps?q=sales").await;
+    let app = apps["items"][0]["id"].as_str().unwrap().to_owned();
+    let (st, _) = api
+        .post(
+            &admin,
+            &format!("/api/v1/apps/{app}/manage"),
+            json!({"owners": ["u-alice"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let schema_of = |route: &str, method: &str, status: &str| {
+        doc["paths"][route][method]["responses"][status]["content"]["application/json"]["schema"].clone()
+    };
+    let checks: Vec<(&str, &str, String)> = vec![
+        ("/healthz", "get", "/healthz".into()),
+        ("/api/v1/me", "get", "/api/v1/me".into()),
+        ("/api/v1/connectors", "get", "/api/v1/connectors".into()),
+        (
+            "/api/v1/connectors/{id}",
+            "get",
+            format!("/api/v1/connectors/{cid}"),
+        ),
+        (
+            "/api/v1/connectors/{id}/status",
+            "get",
+            format!("/api/v1/connectors/{cid}/status"),
+        ),
+        (
+            "/api/v1/connectors/{id}/syncs",
+            "get",
+            format!("/api/v1/connectors/{cid}/syncs"),
+        ),
+        ("/api/v1/apps", "get", "/api/v1/apps".into()),
+        ("/api/v1/apps/{id}", "get", format!("/api/v1/apps/{app}")),
+        (
+            "/api/v1/apps/{id}/linked-entitlements",
+            "get",
+            format!("/api/v1/apps/{app}/linked-entitlements"),
+        ),
+        (
+            "/api/v1/idp-entitlements/{idpEntitlement}/bindings",
+            "get",
+            "/api/v1/idp-entitlements/group:g-sales:member/bindings".into(),
+        ),
+        ("/api/v1/identities", "get", "/api/v1/identities".into()),
+        (
+            "/api/v1/identities/{id}",
+            "get",
+            "/api/v1/identities/u-alice".into(),
+        ),
+        (
+            "/api/v1/identities/{id}/access",
+            "get",
+            "/api/v1/identities/u-alice/access".into(),
+        ),
+        ("/api/v1/access-profiles", "get", "/api/v1/access-profiles".into()),
+        ("/api/v1/policies", "get", "/api/v1/policies".into()),
+        (
+            "/api/v1/apps/{id}/entitlements",
+            "get",
+            format!("/api/v1/apps/{app}/entitlements"),
+        ),
+        ("/api/v1/tokens", "get", "/api/v1/tokens".into()),
+        ("/api/v1/audit", "get", "/api/v1/audit".into()),
+        ("/api/v1/audit/verify", "get", "/api/v1/audit/verify".into()),
+    ];
+    for (route, method, path) in &checks {
+        let (st, v) = api.get(&admin, path).await;
+        assert_eq!(st, StatusCode::OK, "{path}: {v}");
+        let s = schema_of(route, method, "200");
+        assert!(s.is_object(), "{route}");
+        if let Err(e) = conforms(&doc, &s, &v, path) {
+            panic!("{route}: the response does not conform to its schema: {e}\n{v}");
+        }
+    }
+    // The access response is not empty, so its items were checked.
+    let (_, acc) = api.get(&admin, "/api/v1/identities/u-alice/access").await;
+    assert!(!acc["items"].as_array().unwrap().is_empty());
+    let (st, created) = api
+        .post(
+            &admin,
+            "/api/v1/apps",
+            json!({"name": "Schema check", "owners": ["u-alice"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    conforms(
+        &doc,
+        &schema_of("/api/v1/apps", "post", "201"),
+        &created,
+        "POST /api/v1/apps",
+    )
+    .unwrap();
+    // The checker itself rejects what does not conform.
+    let conn = schema_of("/api/v1/connectors/{id}", "get", "200");
+    let (_, mut c) = api.get(&admin, &format!("/api/v1/connectors/{cid}")).await;
+    c["undeclared"] = json!(1);
+    assert!(conforms(&doc, &conn, &c, "c").is_err());
+    c.as_object_mut().unwrap().remove("undeclared");
+    c.as_object_mut().unwrap().remove("name");
+    assert!(conforms(&doc, &conn, &c, "c").is_err());
     server.stop().await;
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const EVERYONE: &str = "everyone";
 
 /// Who an access profile contains.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProfileSpec {
     /// Every identity (the built-in `everyone` profile).
@@ -28,7 +28,7 @@ pub enum ProfileSpec {
 }
 
 /// An access profile.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccessProfile {
     /// Id (`everyone` for the built-in one).
     pub id: String,
@@ -42,7 +42,7 @@ pub struct AccessProfile {
 }
 
 /// `POST /api/v1/access-profiles`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct CreateProfile {
     /// Unique name.
     pub name: String,
@@ -52,7 +52,7 @@ pub struct CreateProfile {
 }
 
 /// What kind of approval a step asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
     /// Approved at once.
@@ -68,7 +68,7 @@ pub enum StepKind {
 }
 
 /// Whether one approver is enough or all must approve.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepMode {
     /// Any one approver decides.
@@ -79,7 +79,7 @@ pub enum StepMode {
 }
 
 /// One approval step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// The kind.
@@ -99,7 +99,7 @@ pub struct Step {
 }
 
 /// When a policy rule applies. Every present field must match.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// Requester attributes (as in attribute profiles): attribute → accepted values.
@@ -118,7 +118,7 @@ pub struct Condition {
 }
 
 /// An ordered rule of a policy: the first whose condition matches chooses the steps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     /// When it applies.
@@ -129,7 +129,7 @@ pub struct PolicyRule {
 }
 
 /// A request policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// Unique name.
@@ -162,7 +162,7 @@ fn yes() -> bool {
 }
 
 /// A stored policy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Policy {
     /// Id.
     pub id: String,
@@ -176,7 +176,7 @@ pub struct Policy {
 }
 
 /// `POST /api/v1/apps/{id}/entitlement-rules`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Whether it is in force.
@@ -198,7 +198,7 @@ pub struct RuleSpec {
 }
 
 /// A stored entitlement rule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntitlementRule {
     /// Id.
     pub id: String,
@@ -212,7 +212,7 @@ pub struct EntitlementRule {
 }
 
 /// One requestable thing in the catalog.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CatalogItem {
     /// App.
     pub app_id: String,
@@ -239,7 +239,7 @@ pub struct CatalogItem {
 }
 
 /// `POST /api/v1/requests`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// The app entitlement id (as listed under `GET /api/v1/apps/{id}/entitlements`).
@@ -256,7 +256,7 @@ pub struct CreateRequest {
 }
 
 /// `POST /api/v1/requests/{id}/approve|deny`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Decide {
     /// A comment.
@@ -265,7 +265,7 @@ pub struct Decide {
 }
 
 /// Where a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestState {
     /// Waiting for the current step's approvers.
@@ -316,7 +316,7 @@ impl RequestState {
 }
 
 /// A decision on a step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Decision {
     /// Step index.
     pub step: usize,
@@ -331,7 +331,7 @@ pub struct Decision {
 }
 
 /// One thing that happened to a request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestEvent {
     /// When.
     pub at: String,
@@ -342,7 +342,7 @@ pub struct RequestEvent {
 }
 
 /// One IdP change a request makes: grant `entitlement` to the requester through `connector_id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Target {
     /// The connector.
     pub connector_id: String,
@@ -354,7 +354,7 @@ pub struct Target {
 }
 
 /// An access request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Request {
     /// Id.
     pub id: String,
@@ -414,7 +414,7 @@ pub struct Request {
 }
 
 /// `GET /api/v1/requests` filters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct RequestQuery {
     /// Only the caller's own.
     #[serde(default)]
@@ -428,7 +428,7 @@ pub struct RequestQuery {
 }
 
 /// One audit log entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Position in the chain (1, 2, …).
     pub seq: i64,
@@ -451,7 +451,7 @@ pub struct AuditEntry {
 }
 
 /// `GET /api/v1/audit` filters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct AuditQuery {
     /// Action (exact, or a prefix ending in `.`).
     pub action: Option<String>,
@@ -474,7 +474,7 @@ pub struct AuditQuery {
 }
 
 /// The result of checking the audit chain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditVerdict {
     /// Whether the chain is intact.
     pub ok: bool,
@@ -485,7 +485,7 @@ pub struct AuditVerdict {
 }
 
 /// An outbound webhook.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Webhook {
     /// Id.
     pub id: String,
@@ -501,7 +501,7 @@ pub struct Webhook {
 }
 
 /// `POST /api/v1/webhooks`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// Where to POST.
