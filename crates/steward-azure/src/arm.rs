@@ -172,4 +172,13 @@ impl<T> PerKey<T> {
         };
         m.entry(key.to_ascii_lowercase()).or_default().clone()
     }
+
+    /// Forgets the value of `key`: the next [`cell`](Self::cell) computes it again.
+    pub fn forget(&self, key: &str) {
+        let mut m = match self.0.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.remove(&key.to_ascii_lowercase());
+    }
 }

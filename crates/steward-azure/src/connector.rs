@@ -194,6 +194,12 @@ impl Azure {
         Ok(d.clone())
     }
 
+    /// Forgets what was read of subscription `sub`'s roles and assignments, after a change there: the
+    /// next listing (e.g. the partial sync confirming the change) reads them again.
+    pub(crate) fn changed(&self, sub: &str) {
+        self.subs.forget(sub);
+    }
+
     /// Whether the P2 warning was given (the tenant lacks Entra ID P2 and `skip_p2` is off).
     pub fn p2_missing(&self) -> bool {
         self.p2_warned.load(Ordering::Relaxed)
@@ -521,6 +527,39 @@ impl Azure {
         }
     }
 
+    /// One resource by id (partial syncs, e.g. after a one-shot grant): scope resources are found in
+    /// their parent's listing (ids in any spelling), identities through the Entra ID code or the
+    /// external file.
+    async fn resource_by_id(&self, id: &ResourceId) -> Result<Option<Resource>, AzureError> {
+        let rt = id.resource_type.as_str();
+        let (want, parent) = match rt {
+            types::SUBSCRIPTION => (id.resource.to_ascii_lowercase(), None),
+            types::RESOURCE_GROUP | types::STORAGE_ACCOUNT | types::CONTAINER => {
+                let want = scope::canonical(&id.resource);
+                let Some((prt, pid)) = scope::parent(rt, &want) else {
+                    return Ok(None);
+                };
+                (want, Some(ResourceId::new(prt, pid)))
+            }
+            types::USER | types::GROUP | types::APP if self.external.is_none() => {
+                return Ok(self.entra.get_resource(id).await?);
+            }
+            _ => (id.resource.clone(), None),
+        };
+        let mut token = String::new();
+        loop {
+            let page = self.resources(rt, parent.as_ref(), &token).await?;
+            let found = page.items.into_iter().find(|r| {
+                r.id.as_ref()
+                    .is_some_and(|i| i.resource.eq_ignore_ascii_case(&want))
+            });
+            if found.is_some() || page.next_page_token.is_empty() {
+                return Ok(found);
+            }
+            token = page.next_page_token;
+        }
+    }
+
     // ---- entitlements and grants --------------------------------------------------------------------
 
     /// The role entitlements of scope resource `r`, keyed by (role GUID, eligible).
@@ -723,6 +762,10 @@ impl Connector for Azure {
         page_token: &str,
     ) -> Result<Page<Resource>, ConnectorError> {
         Ok(self.resources(resource_type, parent, page_token).await?)
+    }
+
+    async fn get_resource(&self, id: &ResourceId) -> Result<Option<Resource>, ConnectorError> {
+        Ok(self.resource_by_id(id).await?)
     }
 
     async fn list_entitlements(

@@ -7,6 +7,8 @@
 //!   groups); the one at exactly that scope with that role is deleted. One assigned to the principal above
 //!   the scope (inherited) is refused, naming where it is assigned; so is a grant derived from a group's
 //!   assignment (expanded, `GrantImmutable`), naming the group. Absent: success, nothing changed.
+//! * After a change (or one that may have applied) the subscription's cached roles and assignments are
+//!   forgotten, so a partial sync by the same connector confirms what ARM now holds.
 //! * 403 `AuthorizationFailed` is explained (Owner or User Access Administrator on that scope); PIM-eligible
 //!   entitlements are refused (they are managed through PIM requests); everything else is an error.
 //!
@@ -126,10 +128,12 @@ impl Azure {
         for _ in 0..PUT_ATTEMPTS {
             match arm.write(WriteMethod::Put, &path, Some(&body)).await {
                 Ok(Written::Done(_)) => {
+                    self.changed(&t.sub);
                     tracing::info!(scope = %t.scope, role = %t.role, principal = %pid, "role assignment created");
                     return Ok(vec![entra_grants::to(ent, kind, &pid)]);
                 }
                 Ok(Written::Unconfirmed(m)) => {
+                    self.changed(&t.sub);
                     tracing::debug!(scope = %t.scope, role = %t.role, principal = %pid, "PUT unconfirmed, sent again: {m}");
                     last = m;
                 }
@@ -192,10 +196,14 @@ impl Azure {
                 let path = format!("{id}?api-version={AUTHZ_API}");
                 return match arm.write(WriteMethod::Delete, &path, None).await {
                     Ok(Written::Done(_)) => {
+                        self.changed(&t.sub);
                         tracing::info!(scope = %t.scope, role = %t.role, principal = %pid, "role assignment deleted");
                         Ok(())
                     }
-                    Ok(Written::Unconfirmed(m)) => Err(AzureError::Unconfirmed(m)),
+                    Ok(Written::Unconfirmed(m)) => {
+                        self.changed(&t.sub);
+                        Err(AzureError::Unconfirmed(m))
+                    }
                     Err(e) => Err(forbidden(e.into(), &t.scope)),
                 };
             }

@@ -99,6 +99,20 @@ pub fn of(resource_type: &str, id: &str) -> Option<String> {
     }
 }
 
+/// The scope resource directly above the scope resource `(resource_type, canonical id)`, as this
+/// connector parents them: a resource group's subscription, a storage account's resource group, a
+/// container's storage account.
+pub fn parent(resource_type: &str, id: &str) -> Option<(&'static str, String)> {
+    let segs: Vec<&str> = id.split('/').filter(|s| !s.is_empty()).collect();
+    let (keep, rt) = match resource_type {
+        types::RESOURCE_GROUP => return subscription_of(id).map(|s| (types::SUBSCRIPTION, s.to_owned())),
+        types::STORAGE_ACCOUNT => (4, types::RESOURCE_GROUP),
+        types::CONTAINER => (8, types::STORAGE_ACCOUNT),
+        _ => return None,
+    };
+    (segs.len() > keep).then(|| (rt, format!("/{}", segs[..keep].join("/"))))
+}
+
 /// The subscription GUID of an ARM id or scope.
 pub fn subscription_of(scope: &str) -> Option<&str> {
     let rest = scope.strip_prefix("/subscriptions/").or_else(|| {
@@ -203,6 +217,28 @@ mod tests {
             "/providers/Microsoft.Management/managementGroups/root"
         );
         assert_eq!(canonical("/"), "/");
+        let (rt, acct) = parent(types::CONTAINER, want).unwrap();
+        assert_eq!(rt, types::STORAGE_ACCOUNT);
+        assert_eq!(
+            acct,
+            "/subscriptions/0a1b2c3d-0000-4000-8000-00000000000a/resourceGroups/rg-app/providers/Microsoft.Storage/storageAccounts/stapp1"
+        );
+        let (rt, rg) = parent(types::STORAGE_ACCOUNT, &acct).unwrap();
+        assert_eq!(
+            (rt, rg.as_str()),
+            (
+                types::RESOURCE_GROUP,
+                "/subscriptions/0a1b2c3d-0000-4000-8000-00000000000a/resourceGroups/rg-app"
+            )
+        );
+        assert_eq!(
+            parent(types::RESOURCE_GROUP, &rg),
+            Some((
+                types::SUBSCRIPTION,
+                "0a1b2c3d-0000-4000-8000-00000000000a".to_owned()
+            ))
+        );
+        assert_eq!(parent(types::SUBSCRIPTION, "s"), None);
         assert_eq!(canonical("/subscriptions/AB"), "/subscriptions/ab");
     }
 }

@@ -1037,3 +1037,229 @@ async fn tls_with_a_ca_file_and_endpoint_overrides() {
         .unwrap();
     assert_eq!(assigned(&s, &sc, &reader, &u.id.to_string()), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_shot_change_shows_in_the_file_through_a_partial_sync() {
+    let s = sim("small").await;
+    let mut cfg = config(&s);
+    cfg.provisioning = true;
+    let (path, a) = sync(&s, cfg, "oneshot.c1z").await;
+    let t = s.r.sim.read().tenant.clone();
+    let rg = scope::canonical(
+        &t.azure
+            .resource_groups
+            .iter()
+            .find(|g| g.name == MIXED_RG)
+            .unwrap()
+            .arm_id(),
+    );
+    let rg_id = ResourceId::new("resource_group", rg.clone());
+    let u = t
+        .users
+        .iter()
+        .find(|u| {
+            u.given_name.is_some()
+                && !t.azure.role_assignments.iter().any(|x| {
+                    x.principal_id == u.id
+                        && x.role_definition.to_string() == READER
+                        && scope::covers(&x.scope, &rg)
+                })
+        })
+        .unwrap();
+    let ent = role_ent("resource_group", &rg, READER, false);
+    let principal = steward_model::builders::ResourceBuilder::new("user", &u.id.to_string(), "u").build();
+    // Direct grants of Reader at the resource group (not derived through groups or from above).
+    let held = |r: &C1zReader| {
+        r.grants(
+            &GrantFilter {
+                entitlement_id: Some(ent.id.clone()),
+                ..GrantFilter::default()
+            },
+            &PageRequest::first(10_000),
+        )
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|g| !g.annotations.contains::<GrantImmutable>())
+        .count()
+    };
+    let before = held(&C1zReader::open(&path).unwrap());
+    assert!(before > 0, "someone holds Reader there already");
+    let partial = |a: Arc<Azure>| {
+        let path = path.clone();
+        let rg_id = rg_id.clone();
+        async move {
+            run_sync(
+                a,
+                &path,
+                SyncPlan::Partial {
+                    resources: vec![rg_id],
+                },
+                SyncOptions::default(),
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let g = a.grant(&principal, &ent).await.unwrap();
+    partial(a.clone()).await;
+    let r = C1zReader::open(&path).unwrap();
+    assert_eq!(
+        r.overlay_sync_ids().len(),
+        1,
+        "the partial sync is laid over the full one"
+    );
+    assert!(r.grant(&g[0].id).unwrap().is_some(), "the new grant shows");
+    assert_eq!(held(&r), before + 1);
+    assert_eq!(
+        r.resources(
+            &ResourceFilter {
+                resource_type: Some("resource_group".into()),
+                parent: None,
+            },
+            &PageRequest::first(100_000),
+        )
+        .unwrap()
+        .items
+        .iter()
+        .filter(|x| x.display_name == MIXED_RG)
+        .count(),
+        1
+    );
+    drop(r);
+    a.revoke(&g[0]).await.unwrap();
+    partial(a.clone()).await;
+    let r = C1zReader::open(&path).unwrap();
+    assert_eq!(r.overlay_sync_ids().len(), 2);
+    assert!(r.grant(&g[0].id).unwrap().is_none(), "the revoked grant is gone");
+    assert_eq!(held(&r), before, "the other direct grants stay");
+}
+
+/// Set in the child process of [`national_clouds_use_their_own_hosts`]: what it is to do, as JSON.
+const NATIONAL_CHILD: &str = "STEWARD_AZURE_TEST_NATIONAL_CLOUD";
+
+/// `--graph-domain` of a national cloud, no endpoint overrides: the connector signs in at that cloud's login
+/// host, reads Graph and ARM at its hosts, and grants there. The emulator answers for Microsoft's host
+/// names through its CONNECT proxy; the proxy comes from `HTTPS_PROXY`, as for any user behind one, so the
+/// grant and then the sync run in a child process (this test binary again, running only this test) that has it
+/// in its environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn national_clouds_use_their_own_hosts() {
+    if let Ok(spec) = std::env::var(NATIONAL_CHILD) {
+        national_cloud_child(serde_json::from_str(&spec).unwrap()).await;
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(Options {
+        tenant: tenant("small", 7),
+        settings: Settings::default(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: false,
+        proxy: Some("127.0.0.1:0".parse().unwrap()),
+        state_dir: dir.path().to_owned(),
+    })
+    .await
+    .unwrap();
+    let s = Sim { r, dir };
+    let proxy = format!("http://{}", s.r.ready.proxy.clone().unwrap());
+    let t = s.r.sim.read().tenant.clone();
+    let sa = t.azure.storage_accounts[0].arm_id();
+    for (k, (domain, login, arm)) in [
+        (
+            "graph.microsoft.us",
+            "login.microsoftonline.us",
+            "management.usgovcloudapi.net",
+        ),
+        (
+            "dod-graph.microsoft.us",
+            "login.microsoftonline.us",
+            "management.usgovcloudapi.net",
+        ),
+        (
+            "microsoftgraph.chinacloudapi.cn",
+            "login.chinacloudapi.cn",
+            "management.chinacloudapi.cn",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.r.sim.stats.reset();
+        let user = t
+            .users
+            .iter()
+            .filter(|u| {
+                !t.azure.role_assignments.iter().any(|x| {
+                    x.principal_id == u.id
+                        && x.role_definition.to_string() == READER
+                        && scope::covers(&x.scope, &sa)
+                })
+            })
+            .nth(k)
+            .unwrap()
+            .id
+            .to_string();
+        let out = s.dir.path().join(format!("{domain}.c1z"));
+        let spec = serde_json::json!({
+            "tenant": s.r.ready.tenant_id, "client_id": s.r.ready.client_id,
+            "secret": s.r.ready.client_secret, "ca_file": s.r.ready.ca_file,
+            "graph_domain": domain, "out": out, "scope": sa, "user": user,
+        });
+        let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "national_clouds_use_their_own_hosts", "--nocapture"])
+            .env(NATIONAL_CHILD, spec.to_string())
+            .env("HTTPS_PROXY", &proxy)
+            .env("https_proxy", &proxy)
+            .env("NO_PROXY", "")
+            .env("no_proxy", "")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{domain}: {}\n{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        let seen = read(&out);
+        check_full(&s, &seen);
+        assert_eq!(assigned(&s, &sa, READER, &user), 1, "{domain}: granted at {sa}");
+        let tunnels: BTreeSet<String> = s.r.sim.stats.tunnels.lock().unwrap().keys().cloned().collect();
+        let want: BTreeSet<String> = [login, domain, arm].iter().map(|h| h.to_string()).collect();
+        assert_eq!(tunnels, want, "{domain}: only that cloud's hosts were reached");
+    }
+}
+
+async fn national_cloud_child(spec: serde_json::Value) {
+    let v = |k: &str| spec[k].as_str().unwrap().to_owned();
+    let mut c = AzureConfig::new(
+        &v("tenant"),
+        &v("client_id"),
+        Credential::Secret(Secret::new(v("secret"))),
+    );
+    c.entra.graph_domain = v("graph_domain");
+    c.entra.ca_file = Some(PathBuf::from(v("ca_file")));
+    c.provisioning = true;
+    let a = Arc::new(Azure::new(c).unwrap());
+    let principal = steward_model::builders::ResourceBuilder::new("user", &v("user"), "u").build();
+    a.grant(
+        &principal,
+        &role_ent("storage_account", &v("scope"), READER, false),
+    )
+    .await
+    .unwrap();
+    let summary = run_sync(
+        a.clone(),
+        &PathBuf::from(v("out")),
+        SyncPlan::Full,
+        SyncOptions {
+            concurrency: 32,
+            ..SyncOptions::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.end.dropped_grants, 0);
+}

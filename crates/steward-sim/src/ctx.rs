@@ -45,6 +45,8 @@ pub struct Stats {
     pub resource_units: AtomicU64,
     pub faults: AtomicU64,
     pub by_route: Mutex<BTreeMap<String, u64>>,
+    /// Host names tunnelled through the CONNECT proxy (which cloud a client chose), with counts.
+    pub tunnels: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Stats {
@@ -55,14 +57,22 @@ impl Stats {
         }
     }
 
+    pub fn tunnel(&self, host: &str) {
+        if let Ok(mut m) = self.tunnels.lock() {
+            *m.entry(host.to_string()).or_default() += 1;
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         let by_route = self.by_route.lock().map(|m| m.clone()).unwrap_or_default();
+        let tunnels = self.tunnels.lock().map(|m| m.clone()).unwrap_or_default();
         serde_json::json!({
             "requests": self.requests.load(Ordering::Relaxed),
             "throttled": self.throttled.load(Ordering::Relaxed),
             "resource_units": self.resource_units.load(Ordering::Relaxed),
             "faults": self.faults.load(Ordering::Relaxed),
             "by_route": by_route,
+            "tunnels": tunnels,
         })
     }
 
@@ -72,6 +82,9 @@ impl Stats {
         self.resource_units.store(0, Ordering::Relaxed);
         self.faults.store(0, Ordering::Relaxed);
         if let Ok(mut m) = self.by_route.lock() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.tunnels.lock() {
             m.clear();
         }
     }

@@ -289,7 +289,7 @@ pub async fn start(opts: Options) -> Result<Running, SimError> {
             ("graph", with_scheme(routers[1].clone(), true)),
             ("arm", with_scheme(routers[2].clone(), true)),
         ];
-        tasks.push(spawn_proxy(l, by_kind, p.acceptor.clone(), rx.clone()));
+        tasks.push(spawn_proxy(l, by_kind, p.acceptor.clone(), rx.clone(), sim.clone()));
     }
     Ok(Running {
         ready: Ready {
@@ -315,6 +315,7 @@ fn spawn_proxy(
     routers: [(&'static str, Router); 3],
     acceptor: TlsAcceptor,
     mut stop: watch::Receiver<bool>,
+    sim: Arc<Sim>,
 ) -> tokio::task::JoinHandle<()> {
     let routers = Arc::new(routers);
     tokio::spawn(async move {
@@ -326,8 +327,9 @@ fn spawn_proxy(
             let Ok((stream, _)) = accepted else { continue };
             let routers = routers.clone();
             let acceptor = acceptor.clone();
+            let sim = sim.clone();
             tokio::spawn(async move {
-                let _ = proxy_conn(stream, &routers, acceptor).await;
+                let _ = proxy_conn(stream, &routers, acceptor, &sim).await;
             });
         }
     })
@@ -338,6 +340,7 @@ async fn proxy_conn(
     mut stream: TcpStream,
     routers: &[(&str, Router); 3],
     acceptor: TlsAcceptor,
+    sim: &Sim,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -375,6 +378,7 @@ async fn proxy_conn(
         stream.write_all(resp.as_bytes()).await?;
         return Ok(());
     };
+    sim.stats.tunnel(&host);
     stream
         .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         .await?;

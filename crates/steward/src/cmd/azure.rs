@@ -4,7 +4,9 @@
 //! Settings are flags that are also read from the `BATON_*` environment variables of ConductorOne's
 //! documentation for the Azure Infrastructure connector. One-shot mode syncs into `--file`; with
 //! `--provisioning`, `--grant-entitlement ID --grant-principal ID --grant-principal-type TYPE` or
-//! `--revoke-grant ID` change one role assignment, looked up by the ids of an earlier sync in `--file`.
+//! `--revoke-grant ID` change one role assignment, looked up by the ids of an earlier sync in `--file`
+//! (a role not yet in use at a synced scope is granted by its entitlement id alone), then partially sync
+//! the scope into `--file` so that readers show the change.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -195,6 +197,9 @@ async fn provision(a: &AzureArgs, az: &Arc<Azure>) -> anyhow::Result<()> {
     if !a.provisioning {
         bail!("{}", steward_azure::AzureError::ProvisioningDisabled);
     }
+    if a.grant_entitlement.is_some() && a.revoke_grant.is_some() {
+        bail!("give either --grant-entitlement or --revoke-grant, not both");
+    }
     if !a.file.exists() {
         bail!(
             "{} does not exist: run a sync first (steward azure -f {} …), then provision by the ids it holds",
@@ -202,51 +207,126 @@ async fn provision(a: &AzureArgs, az: &Arc<Azure>) -> anyhow::Result<()> {
             a.file.display()
         );
     }
-    if let Some(ent) = &a.grant_entitlement {
+    let scope = if let Some(ent_id) = &a.grant_entitlement {
         let (Some(pid), Some(pt)) = (&a.grant_principal, &a.grant_principal_type) else {
             bail!(
                 "--grant-entitlement needs --grant-principal ID and --grant-principal-type TYPE (user, group, managed_identity, enterprise_application)"
             );
         };
-        let grants = steward_sync::provision::grant_by_ids(az.as_ref(), &a.file, ent, pt, pid).await?;
+        let (ent, principal) = {
+            let r = steward_c1z::C1zReader::open(&a.file)
+                .with_context(|| format!("reading {}", a.file.display()))?;
+            let pid = steward_model::ResourceId::new(pt.as_str(), pid.as_str());
+            let Some(principal) = r.resource(&pid)? else {
+                bail!(
+                    "principal {pid} is not in {}; run a full sync first",
+                    a.file.display()
+                );
+            };
+            let ent = match r.entitlement(ent_id)? {
+                Some(e) => e,
+                // A role not yet in use at that scope has no entitlement in the file: its id says it all,
+                // as long as the scope itself was synced.
+                None => {
+                    let e = entitlement_from_id(ent_id)?;
+                    if r.resource(&scope_id(&e)?)?.is_none() {
+                        bail!(
+                            "the scope of {ent_id} is not in {}; run a full sync first",
+                            a.file.display()
+                        );
+                    }
+                    e
+                }
+            };
+            (ent, principal)
+        };
+        let grants = az.grant(&principal, &ent).await?;
         for g in grants {
             println!("granted {}", g.id);
         }
-    } else if let Some(id) = &a.revoke_grant {
-        match steward_sync::provision::revoke_by_id(az.as_ref(), &a.file, id).await {
-            Ok(()) => {}
+        scope_id(&ent)?
+    } else {
+        let id = a.revoke_grant.clone().unwrap_or_default();
+        let g = match steward_c1z::C1zReader::open(&a.file)
+            .with_context(|| format!("reading {}", a.file.display()))?
+            .grant(&id)?
+        {
+            Some(g) => g,
             // Not in the file (e.g. granted after the last sync): the id says everything needed.
-            Err(steward_sync::SyncError::NotFound(_)) => {
-                let g = grant_from_id(id)?;
-                az.revoke(&g).await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+            None => grant_from_id(&id)?,
+        };
+        az.revoke(&g).await?;
         println!("revoked {id}");
-    }
-    eprintln!("run a sync to record the change in {}", a.file.display());
+        scope_id(g.entitlement.as_ref().context("the grant names no entitlement")?)?
+    };
+    // Record what the scope now holds: a partial sync of it, which readers lay over the full sync.
+    let opts = SyncOptions {
+        concurrency: 16,
+        ..SyncOptions::default()
+    };
+    let plan = SyncPlan::Partial {
+        resources: vec![scope.clone()],
+    };
+    let summary = run_sync(az.clone(), &a.file, plan, opts, None).await.with_context(|| {
+        format!(
+            "the change is made, but the partial sync of {scope} into {} failed; run a sync to update the file",
+            a.file.display()
+        )
+    })?;
+    eprintln!(
+        "updated {}: partial sync {} of {scope} ({} grants; grants derived through groups or from scopes above it show again after the next full sync)",
+        a.file.display(),
+        summary.sync_id,
+        summary.grants
+    );
     Ok(())
 }
 
-/// A grant rebuilt from its id `<type>:<id>:role:<guid>[:eligible]:<principal type>:<principal id>` (ARM ids
-/// hold no `:`).
-fn grant_from_id(id: &str) -> anyhow::Result<steward_model::Grant> {
-    let mut parts = id.rsplitn(3, ':');
-    let (Some(pid), Some(pt), Some(ent)) = (parts.next(), parts.next(), parts.next()) else {
-        bail!("{id} is not a grant id of this connector");
+/// The scope resource an Azure role entitlement is on, its id canonical.
+fn scope_id(e: &steward_model::Entitlement) -> anyhow::Result<steward_model::ResourceId> {
+    let id = e
+        .resource
+        .as_ref()
+        .and_then(|r| r.id.clone())
+        .with_context(|| format!("entitlement {} names no resource", e.id))?;
+    if !steward_azure::types::SCOPES.contains(&id.resource_type.as_str()) {
+        bail!("{} is not an Azure role entitlement", e.id);
+    }
+    let canonical = match steward_azure::scope::of(&id.resource_type, &id.resource) {
+        Some(sc) if id.resource_type == steward_azure::types::SUBSCRIPTION => {
+            steward_azure::scope::subscription_of(&sc)
+                .unwrap_or_default()
+                .to_owned()
+        }
+        Some(sc) => sc,
+        None => id.resource.clone(),
     };
+    Ok(steward_model::ResourceId::new(id.resource_type, canonical))
+}
+
+/// An entitlement rebuilt from its id `<type>:<id>:role:<guid>[:eligible]` (ARM ids hold no `:`).
+fn entitlement_from_id(ent: &str) -> anyhow::Result<steward_model::Entitlement> {
     let (rt, rest) = ent.split_once(':').unwrap_or_default();
     let Some(i) = rest.find(":role:") else {
-        bail!("{id} is not an Azure role grant id (<type>:<id>:role:<guid>:<principal type>:<principal id>)");
+        bail!("{ent} is not an Azure role entitlement id (<type>:<id>:role:<guid>)");
     };
     let resource = steward_model::builders::ResourceBuilder::new(rt, &rest[..i], &rest[..i]).build();
-    let e = steward_model::builders::entitlement(
+    Ok(steward_model::builders::entitlement(
         &resource,
         &rest[i + 1..],
         ent,
         steward_model::pb::entitlement::PurposeValue::Assignment,
         &[],
-    );
+    ))
+}
+
+/// A grant rebuilt from its id `<type>:<id>:role:<guid>[:eligible]:<principal type>:<principal id>`.
+fn grant_from_id(id: &str) -> anyhow::Result<steward_model::Grant> {
+    let mut parts = id.rsplitn(3, ':');
+    let (Some(pid), Some(pt), Some(ent)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("{id} is not a grant id of this connector");
+    };
+    let e = entitlement_from_id(ent).with_context(|| format!("{id} is not an Azure role grant id"))?;
     let principal = steward_model::builders::ResourceBuilder::new(pt, pid, pid).build();
     Ok(steward_model::builders::grant(&e, &principal))
 }
