@@ -14,8 +14,8 @@
 //!
 //! Both writes go through the subscription's ARM client (`steward-msgraph`): its writes bucket, token,
 //! CA settings, retries of what certainly did not apply (429, 401, no connection) and error mapping. A PUT
-//! whose answer was lost (reset, timeout, 5xx) is sent again under the same GUID, up to
-//! [`PUT_ATTEMPTS`] times in all.
+//! whose answer was lost (reset, timeout, 5xx) is sent again under the same GUID, and a DELETE of the same
+//! assignment id again (204 once gone), up to [`PUT_ATTEMPTS`] times in all.
 
 use serde_json::json;
 use steward_entra::grants as entra_grants;
@@ -28,7 +28,7 @@ use crate::connector::{Azure, rid};
 use crate::error::AzureError;
 use crate::{scope, types};
 
-/// PUTs sent at most for one grant when answers are lost.
+/// PUTs (or DELETEs) sent at most for one grant (or revoke) when answers are lost.
 pub const PUT_ATTEMPTS: u32 = 4;
 
 /// Where an entitlement applies: scope, subscription, role GUID.
@@ -194,18 +194,24 @@ impl Azure {
             }
             if who.eq_ignore_ascii_case(&pid) && scope::same(sc, &t.scope) {
                 let path = format!("{id}?api-version={AUTHZ_API}");
-                return match arm.write(WriteMethod::Delete, &path, None).await {
-                    Ok(Written::Done(_)) => {
-                        self.changed(&t.sub);
-                        tracing::info!(scope = %t.scope, role = %t.role, principal = %pid, "role assignment deleted");
-                        Ok(())
+                // DELETE of one assignment by id is idempotent (204 once it is gone): resent when unconfirmed.
+                let mut last = String::new();
+                for _ in 0..PUT_ATTEMPTS {
+                    match arm.write(WriteMethod::Delete, &path, None).await {
+                        Ok(Written::Done(_)) => {
+                            self.changed(&t.sub);
+                            tracing::info!(scope = %t.scope, role = %t.role, principal = %pid, "role assignment deleted");
+                            return Ok(());
+                        }
+                        Ok(Written::Unconfirmed(m)) => {
+                            self.changed(&t.sub);
+                            tracing::debug!(scope = %t.scope, role = %t.role, principal = %pid, "DELETE unconfirmed, sent again: {m}");
+                            last = m;
+                        }
+                        Err(e) => return Err(forbidden(e.into(), &t.scope)),
                     }
-                    Ok(Written::Unconfirmed(m)) => {
-                        self.changed(&t.sub);
-                        Err(AzureError::Unconfirmed(m))
-                    }
-                    Err(e) => Err(forbidden(e.into(), &t.scope)),
-                };
+                }
+                return Err(AzureError::Unconfirmed(last));
             }
             inherited.get_or_insert((scope::canonical(sc), who.to_ascii_lowercase()));
         }

@@ -709,6 +709,58 @@ async fn provisioning_at_every_scope() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("inherited"), "{e}");
+    // A grant derived from a group's assignment (a member's) is refused, naming the group.
+    let (ga, member) = t
+        .azure
+        .role_assignments
+        .iter()
+        .filter(|x| x.principal_type == PrincipalType::Group && kind_of(&x.scope) == "resource_group")
+        .find_map(|x| {
+            let g = t.groups.iter().find(|g| g.id == x.principal_id)?;
+            let m = g.members.iter().find(|m| {
+                t.users.iter().any(|u| u.id == **m)
+                    && !t.azure.role_assignments.iter().any(|y| {
+                        y.principal_id == **m
+                            && y.role_definition == x.role_definition
+                            && scope::covers(&y.scope, &x.scope)
+                    })
+            })?;
+            Some((x, *m))
+        })
+        .expect("a group with a user member assigned at a resource group");
+    let ent = role_ent(
+        "resource_group",
+        &ga.scope,
+        &ga.role_definition.to_string(),
+        false,
+    );
+    let mut derived = steward_model::builders::grant(
+        &ent,
+        &steward_model::builders::ResourceBuilder::new("user", &member.to_string(), "m").build(),
+    );
+    derived.annotations.push_msg(&GrantImmutable::default());
+    let e = a.revoke(&derived).await.unwrap_err().to_string();
+    assert!(
+        e.contains("through group") && e.contains(&ga.principal_id.to_string()),
+        "{e}"
+    );
+    assert_eq!(s.r.sim.read().tenant.azure.role_assignments.len(), before);
+    // Any other error is an error, with ARM's code: a role that does not exist.
+    let e = a
+        .grant(
+            &principal,
+            &role_ent(
+                "resource_group",
+                &child,
+                "00000000-0000-4000-8000-0000000000aa",
+                false,
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, steward_sync::ConnectorError::Fatal(_)), "{e}");
+    assert!(e.to_string().contains("RoleDefinitionDoesNotExist"), "{e}");
+    assert_eq!(s.r.sim.read().tenant.azure.role_assignments.len(), before);
     // PIM-eligible entitlements are not granted here.
     let e = a
         .grant(&principal, &role_ent("subscription", &sub, &reader, true))
@@ -975,6 +1027,50 @@ async fn throttling_and_faults_leave_the_result_unchanged() {
     let seen = read(&p);
     assert_eq!(seen, base);
     assert!(a.stats().arm.retries > 0, "faults were met and retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provisioning_survives_faults() {
+    // Almost a third of all answers fail or are lost: a grant is resent under its GUID and a revoke by its
+    // assignment id until one is known to have applied, and neither leaves a second assignment or a leftover.
+    let settings = Settings {
+        throttle: true,
+        faults: Some("0.3:500,503,reset".parse().unwrap()),
+        ..Settings::default()
+    };
+    let s = sim_with(tenant("small", 7), settings).await;
+    let mut cfg = config(&s);
+    cfg.provisioning = true;
+    let a = Azure::new(cfg).unwrap();
+    let t = s.r.sim.read().tenant.clone();
+    let scopes = [
+        ("resource_group", t.azure.resource_groups[0].arm_id()),
+        ("storage_account", t.azure.storage_accounts[0].arm_id()),
+        ("container", t.azure.containers[0].arm_id()),
+    ];
+    for (kind, sc) in &scopes {
+        let u = t
+            .users
+            .iter()
+            .find(|u| {
+                !t.azure.role_assignments.iter().any(|x| {
+                    x.principal_id == u.id
+                        && x.role_definition.to_string() == READER
+                        && scope::covers(&x.scope, sc)
+                })
+            })
+            .unwrap();
+        let uid = u.id.to_string();
+        let p = steward_model::builders::ResourceBuilder::new("user", &uid, "u").build();
+        let g = a.grant(&p, &role_ent(kind, sc, READER, false)).await.unwrap();
+        assert_eq!(assigned(&s, sc, READER, &uid), 1, "granted once at {sc}");
+        a.revoke(&g[0]).await.unwrap();
+        assert_eq!(assigned(&s, sc, READER, &uid), 0, "revoked at {sc}");
+    }
+    assert!(
+        s.r.sim.stats.faults.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "faults were injected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
