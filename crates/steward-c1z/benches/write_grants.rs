@@ -3,7 +3,9 @@
 //! Tenant shape: N/1000 users (with a profile and UserTrait), 1000 groups with a `member` entitlement, every
 //! user a direct member of every group, plus a chain of 10 nested groups (expandable grants) so that the
 //! end of the sync also expands. Prints grants/s of the put phase and of the whole write (put + indexes +
-//! expansion + compression), file size vs raw protobuf size, peak RSS of writing and of reading.
+//! expansion + compression), the CPU seconds of each phase (all threads; far less sensitive than wall time
+//! to other processes on the machine), file size vs raw protobuf size, peak RSS of writing and of reading.
+//! Runs on jemalloc, the allocator of the `steward` binary.
 //!
 //! `STEWARD_BENCH_SHAPE=baton` embeds only the principal's id in each grant (what baton-sdk's `NewGrant`
 //! writes); the default `full` embeds the whole principal (profile, UserTrait), as the spec prefers.
