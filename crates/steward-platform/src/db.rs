@@ -232,7 +232,28 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V4_COMMON,
         postgres: V4_COMMON,
     },
+    Migration {
+        version: 5,
+        name: "ingest: grants partitioned by connector on PostgreSQL (each snapshot loaded aside, indexed once, swapped in)",
+        sqlite: "",
+        postgres: V5_POSTGRES,
+    },
 ];
+
+/// PostgreSQL: `grants` becomes a table partitioned by connector; the rows ingested before stay in its
+/// default partition (each connector's rows there are deleted by its next ingest). SQLite keeps one table.
+const V5_POSTGRES: &str = r#"
+CREATE TABLE grant_partitions (connector_id TEXT PRIMARY KEY, table_name TEXT NOT NULL);
+ALTER TABLE grants RENAME TO grants_unpartitioned;
+ALTER INDEX grants_entitlement RENAME TO grants_unpartitioned_entitlement;
+ALTER INDEX grants_principal RENAME TO grants_unpartitioned_principal;
+CREATE TABLE grants (connector_id TEXT NOT NULL, id TEXT NOT NULL, entitlement_id TEXT NOT NULL,
+  principal_type TEXT NOT NULL, principal_id TEXT NOT NULL, direct BOOLEAN NOT NULL, via TEXT)
+  PARTITION BY LIST (connector_id);
+CREATE INDEX grants_entitlement ON grants (connector_id, entitlement_id);
+CREATE INDEX grants_principal ON grants (principal_id, principal_type);
+ALTER TABLE grants ATTACH PARTITION grants_unpartitioned DEFAULT
+"#;
 
 /// `Platform::access` looks the bindings of each group on an access path up by IdP entitlement alone (the
 /// primary key starts with the app).

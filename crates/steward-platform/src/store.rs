@@ -339,7 +339,11 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 //   inside the transaction and rebuilt before the commit (a sorted build instead of random B-tree inserts);
 //   concurrent readers keep the old schema and rows until the commit.
 // - PostgreSQL: `COPY … FROM STDIN` (text format) fed from the blocking reader over a bounded channel, so
-//   encoding and the server's insert work run on different cores.
+//   encoding and the server's insert work run on different cores. `grants` is partitioned by connector
+//   (migration 5): the new snapshot's grants are copied (`FREEZE`) into a new table created in the
+//   transaction, indexed once after the load, and swapped in at the end — old partition detached and
+//   dropped, new one attached — so no index is maintained row by row. `grant_partitions` names each
+//   connector's partition. A rollback drops the new table and leaves the old partition attached.
 
 const LINK_BY_OBJECT_ID: &str = "INSERT INTO account_links (connector_id, resource_type, resource_id, identity_id, matched_by) SELECT r.connector_id, r.resource_type, r.resource_id, i.id, 'object_id' FROM resources r JOIN identities i ON i.id = r.resource_id WHERE r.connector_id = $1 AND r.resource_type IN ('user', 'managed_identity')";
 
@@ -732,6 +736,9 @@ const PG_COPY_ENTITLEMENTS: &str =
     "COPY entitlements (connector_id, id, resource_type, resource_id, display_name, slug) FROM STDIN";
 const PG_COPY_GRANTS: &str =
     "COPY grants (connector_id, id, entitlement_id, principal_type, principal_id, direct, via) FROM STDIN";
+/// The columns of [`PG_COPY_GRANTS`], for the COPY into the new partition.
+const PG_GRANT_COLUMNS: &str =
+    "(connector_id, id, entitlement_id, principal_type, principal_id, direct, via)";
 const PG_COPY_IDENTITIES: &str = "COPY steward_ingest_identities (id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status) FROM STDIN";
 /// Bytes per COPY data message.
 const PG_CHUNK: usize = 1 << 20;
@@ -903,11 +910,25 @@ async fn ingest_pg(
         .execute(&mut *tx)
         .await?;
     for t in SNAPSHOT_TABLES {
+        // `grants` is partitioned by connector: the connector's partition is swapped below, and this
+        // only deletes rows left in the default partition from before migration 5.
         sqlx::query(AssertSqlSafe(format!("DELETE FROM {t} WHERE connector_id = $1")))
             .bind(cid)
             .execute(&mut *tx)
             .await?;
     }
+    // The new snapshot's grants go into a table of their own, without indexes while loading; it
+    // becomes the connector's partition at the end.
+    let part = format!("grants_s_{}", uuid::Uuid::new_v4().simple());
+    let cid_literal = cid.replace('\'', "''");
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {part} (LIKE grants INCLUDING DEFAULTS, CHECK (connector_id = '{cid_literal}'))"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+        .execute(&mut *tx)
+        .await?;
     if identity_source {
         sqlx::query("DELETE FROM identities WHERE connector_id = $1")
             .bind(cid)
@@ -940,7 +961,14 @@ async fn ingest_pg(
                 "COPY data outside a COPY",
             )));
         };
-        let mut copy = tx.copy_in_raw(stmt).await?;
+        let stmt = if stmt == PG_COPY_GRANTS {
+            // FREEZE: the table was created in this transaction, so its rows need no later hint-bit
+            // writes or freezing by vacuum.
+            format!("COPY {part} {PG_GRANT_COLUMNS} FROM STDIN WITH (FREEZE)")
+        } else {
+            stmt.to_owned()
+        };
+        let mut copy = tx.copy_in_raw(&stmt).await?;
         let complete = loop {
             match crx.recv().await {
                 Some(CopyMsg::Data(b)) => {
@@ -960,6 +988,16 @@ async fn ingest_pg(
     }
     let n = joined(reader.await)?;
     let t_load = t0.elapsed();
+    // Both indexes built once over the loaded rows (sorted), matching the partitioned indexes of
+    // `grants` so that ATTACH adopts them instead of building new ones.
+    for ddl in [
+        format!("CREATE INDEX {part}_entitlement ON {part} (connector_id, entitlement_id)"),
+        format!("CREATE INDEX {part}_principal ON {part} (principal_id, principal_type)"),
+        format!("ANALYZE {part}"),
+    ] {
+        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+    }
+    let t_index = t0.elapsed();
     let mut st = IngestStats {
         resources: n.resources,
         entitlements: n.entitlements,
@@ -1004,13 +1042,43 @@ async fn ingest_pg(
     }
     sqlx::query(RENAME_APPS).bind(cid).execute(&mut *tx).await?;
     let t_finish = t0.elapsed();
+    // The swap, last: detaching takes an exclusive lock on `grants` until the commit, so readers wait for
+    // this short moment (and then see the new snapshot) instead of ever seeing a part of it.
+    let old: Option<(String,)> =
+        sqlx::query_as("SELECT table_name FROM grant_partitions WHERE connector_id = $1")
+            .bind(cid)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some((old,)) = &old {
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER TABLE grants DETACH PARTITION {old}"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE {old}")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER TABLE grants ATTACH PARTITION {part} FOR VALUES IN ('{cid_literal}')"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO grant_partitions (connector_id, table_name) VALUES ($1, $2) ON CONFLICT (connector_id) DO UPDATE SET table_name = excluded.table_name")
+        .bind(cid)
+        .bind(&part)
+        .execute(&mut *tx)
+        .await?;
+    let t_swap = t0.elapsed();
     tx.commit().await?;
     tracing::debug!(
         connector = cid,
         lock_and_delete = ?t_delete,
         copy = ?(t_load - t_delete),
-        identities_links_and_apps = ?(t_finish - t_load),
-        commit = ?(t0.elapsed() - t_finish),
+        indexes = ?(t_index - t_load),
+        identities_links_and_apps = ?(t_finish - t_index),
+        swap = ?(t_swap - t_finish),
+        commit = ?(t0.elapsed() - t_swap),
         "PostgreSQL snapshot replaced"
     );
     Ok(st)
@@ -1543,7 +1611,7 @@ mod tests {
         corrupt_last_grant(&bigger, &bad, dir.path());
         let p = Platform::open(
             &OpenOptions {
-                db_url,
+                db_url: db_url.clone(),
                 data_dir: Some(dir.path().to_owned()),
             },
             Arc::new(SystemClock),
@@ -1590,6 +1658,33 @@ mod tests {
         };
         let rec = p.ingest(&c, &good, "upload", vec![]).await.unwrap();
         assert_eq!(rec.stats.as_ref().unwrap()["grants"], 40);
+        let pg = match &db_url {
+            Some(u) => Some(sqlx::PgPool::connect(u).await.unwrap()),
+            None => None,
+        };
+        // PostgreSQL: the connector's partition of `grants` (and whether that table exists).
+        let partition = |pg: &sqlx::PgPool| {
+            let (pg, cid) = (pg.clone(), c.id.clone());
+            async move {
+                let (name,): (String,) =
+                    sqlx::query_as("SELECT table_name FROM grant_partitions WHERE connector_id = $1")
+                        .bind(&cid)
+                        .fetch_one(&pg)
+                        .await
+                        .unwrap();
+                let (attached,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'grants' AND c.relname = $1")
+                    .bind(&name)
+                    .fetch_one(&pg)
+                    .await
+                    .unwrap();
+                assert_eq!(attached, 1, "{name} is attached to grants");
+                name
+            }
+        };
+        let first_partition = match &pg {
+            Some(pg) => Some(partition(pg).await),
+            None => None,
+        };
         assert_eq!(holders(&p).await.len(), 40);
         let u0 = p.store().identity(&format!("{tag}u0")).await.unwrap().unwrap();
         assert_eq!(u0.display_name, "Tab\there \\ new\nline");
@@ -1619,8 +1714,23 @@ mod tests {
             assert_eq!(n, 2);
         }
 
+        if let (Some(pg), Some(first)) = (&pg, &first_partition) {
+            // The failed ingest's table went with its rollback; the old partition is still the one.
+            assert_eq!(&partition(pg).await, first);
+        }
+
         let rec = p.ingest(&c, &bigger, "upload", vec![]).await.unwrap();
         assert_eq!(rec.stats.as_ref().unwrap()["grants"], 60);
+        if let (Some(pg), Some(first)) = (&pg, &first_partition) {
+            // Swapped: a new partition, and the old table is gone.
+            assert_ne!(&partition(pg).await, first);
+            let (gone,): (Option<String>,) = sqlx::query_as("SELECT to_regclass($1)::text")
+                .bind(first)
+                .fetch_one(pg)
+                .await
+                .unwrap();
+            assert_eq!(gone, None);
+        }
         assert_eq!(holders(&p).await.len(), 60);
         assert_eq!(
             p.store()
