@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 use steward_c1z::{C1zReader, GrantFilter, PageRequest, ResourceFilter};
-use steward_model::{AnnotationsExt, Grant, GrantImmutable, Resource, ResourceId};
+use steward_model::{AnnotationsExt, Grant, GrantImmutable, Resource};
 use steward_msgraph::{Client, Error as GraphError};
 use steward_sync::Previous;
 
@@ -126,9 +126,82 @@ pub async fn latest(g: &Client) -> Result<Links, EntraError> {
     })
 }
 
+/// The previous sync's direct grants on groups, apps and licenses, read in one pass over its grants
+/// (a query per resource would scan the grants table once per group) and held compactly: ids interned.
+#[derive(Default)]
+struct PrevGrants {
+    names: Vec<String>,
+    ids: HashMap<String, u32>,
+    /// Resource id → (entitlement slug, principal id), as name indexes.
+    by_resource: HashMap<u32, Vec<(u32, u32)>>,
+}
+
+impl PrevGrants {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(i) = self.ids.get(s) {
+            return *i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.to_owned());
+        self.ids.insert(s.to_owned(), i);
+        i
+    }
+
+    fn read(r: &C1zReader) -> Result<PrevGrants, EntraError> {
+        let mut out = PrevGrants::default();
+        let mut n = 0u64;
+        r.for_each_grant(&GrantFilter::default(), |g| {
+            if g.annotations.contains::<GrantImmutable>() {
+                return Ok(()); // derived by expansion, which runs again
+            }
+            let Some(ent) = g.entitlement.as_ref() else {
+                return Ok(());
+            };
+            let Some(res) = ent.resource.as_ref().and_then(|x| x.id.as_ref()) else {
+                return Ok(());
+            };
+            if !matches!(
+                res.resource_type.as_str(),
+                types::GROUP | types::APP | types::LICENSE
+            ) {
+                return Ok(());
+            }
+            let Some((_, pid)) = principal_of(&g) else {
+                return Ok(());
+            };
+            let prefix = format!("{}:{}:", res.resource_type, res.resource);
+            let Some(slug) = ent.id.strip_prefix(&prefix) else {
+                return Ok(());
+            };
+            let (rk, sk, pk) = (out.intern(&res.resource), out.intern(slug), out.intern(&pid));
+            out.by_resource.entry(rk).or_default().push((sk, pk));
+            n += 1;
+            Ok(())
+        })
+        .map_err(prev_err)?;
+        tracing::debug!(
+            grants = n,
+            resources = out.by_resource.len(),
+            "previous direct grants read"
+        );
+        Ok(out)
+    }
+
+    /// (slug, principal id) of the previous direct grants on resource `id`.
+    fn of(&self, id: &str) -> impl Iterator<Item = (&str, &str)> {
+        self.ids
+            .get(id)
+            .and_then(|k| self.by_resource.get(k))
+            .into_iter()
+            .flatten()
+            .map(|(s, p)| (self.names[*s as usize].as_str(), self.names[*p as usize].as_str()))
+    }
+}
+
 /// What changed since the previous sync, and that sync's rows.
 pub struct Changes {
     prev: Mutex<C1zReader>,
+    grants: PrevGrants,
     /// The links to keep with this sync.
     pub links: Links,
     /// The directory index (previous users and groups, updated; service principals listed again).
@@ -379,6 +452,7 @@ pub async fn prepare(cx: Ctx<'_>, prev: Previous) -> Result<Result<Changes, Stri
         .cloned()
         .chain(new_groups.iter().cloned());
     let index = Index::incremental(g, cx.cfg, user_ids, group_ids).await?;
+    let grants = PrevGrants::read(&prev.reader)?;
     tracing::info!(
         previous = %prev.sync_id,
         users_changed = users_map.len(),
@@ -390,6 +464,7 @@ pub async fn prepare(cx: Ctx<'_>, prev: Previous) -> Result<Result<Changes, Stri
     );
     Ok(Ok(Changes {
         prev: Mutex::new(prev.reader),
+        grants,
         links: Links {
             users: users_link,
             groups: groups_link,
@@ -469,25 +544,6 @@ impl Changes {
         Ok((items, next))
     }
 
-    /// The previous sync's direct grants on `resource` (expanded ones, which carry `GrantImmutable`,
-    /// are left out: expansion runs again).
-    fn prev_grants(&self, resource: &ResourceId) -> Result<Vec<Grant>, EntraError> {
-        let f = GrantFilter {
-            resource: Some(resource.clone()),
-            ..GrantFilter::default()
-        };
-        let mut out = Vec::new();
-        self.reader()
-            .for_each_grant(&f, |g| {
-                if !g.annotations.contains::<GrantImmutable>() {
-                    out.push(g);
-                }
-                Ok(())
-            })
-            .map_err(prev_err)?;
-        Ok(out)
-    }
-
     /// Whether group `id` must be read from Graph (it is new since the previous sync).
     pub fn group_is_new(&self, id: &str) -> bool {
         self.new_groups.contains(id)
@@ -495,18 +551,13 @@ impl Changes {
 
     /// Members and owners of group `id` (ids), from the previous sync and the delta.
     pub fn group_principals(&self, id: &str) -> Result<(Vec<String>, Vec<String>), EntraError> {
-        let rid = ResourceId::new(types::GROUP, id);
         let mut members: Vec<String> = Vec::new();
         let mut owners: Vec<String> = Vec::new();
-        for g in self.prev_grants(&rid)? {
-            let ent = g.entitlement.as_ref().map(|e| e.id.as_str()).unwrap_or_default();
-            let Some((_, pid)) = principal_of(&g) else {
-                continue;
-            };
-            if ent.ends_with(":owner") {
-                owners.push(pid);
-            } else if ent.ends_with(":member") {
-                members.push(pid);
+        for (slug, pid) in self.grants.of(id) {
+            match slug {
+                "owner" => owners.push(pid.to_owned()),
+                "member" => members.push(pid.to_owned()),
+                _ => {}
             }
         }
         let apply = |list: &mut Vec<String>, changes: Option<&Vec<(String, bool)>>| {
@@ -534,30 +585,23 @@ impl Changes {
 
     /// The previous sync's grants on app `id`: (entitlement slug, principal id).
     pub fn app_grants(&self, id: &str) -> Result<Vec<(String, String)>, EntraError> {
-        let rid = ResourceId::new(types::APP, id);
-        let prefix = format!("{}:{id}:", types::APP);
         Ok(self
-            .prev_grants(&rid)?
-            .iter()
-            .filter_map(|g| {
-                let ent = g.entitlement.as_ref()?.id.strip_prefix(&prefix)?.to_owned();
-                Some((ent, principal_of(g)?.1))
-            })
+            .grants
+            .of(id)
+            .map(|(s, p)| (s.to_owned(), p.to_owned()))
             .collect())
     }
 
     /// Users holding SKU `sku` (license resource id): the previous holders that did not change, and the
     /// changed or new users that hold it now.
     pub fn license_holders(&self, sku: &str) -> Result<Vec<String>, EntraError> {
-        let rid = ResourceId::new(types::LICENSE, sku);
-        let sku = sku.to_ascii_lowercase();
         let mut out: Vec<String> = self
-            .prev_grants(&rid)?
-            .iter()
-            .filter_map(principal_of)
-            .filter(|(t, u)| t == types::USER && !self.users.contains_key(u))
-            .map(|(_, u)| u)
+            .grants
+            .of(sku)
+            .filter(|(_, u)| !self.users.contains_key(*u))
+            .map(|(_, u)| u.to_owned())
             .collect();
+        let sku = sku.to_ascii_lowercase();
         for (u, skus) in &self.user_licenses {
             if skus.contains(&sku) && self.index.kind(u) == Some(Kind::User) {
                 out.push(u.clone());

@@ -1146,14 +1146,12 @@ async fn arm_scopes_writes_and_authorization() {
         .name
         .clone();
     let at_rg = all_pages(&tok, &arm(&format!("/subscriptions/{sub}/resourceGroups/{some_rg}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01&$filter=atScope()"))).await;
-    assert!(
-        at_rg
-            .iter()
-            .any(|a| a["properties"]["scope"]
-                .as_str()
-                .unwrap()
-                .eq_ignore_ascii_case(&format!("/subscriptions/{sub}")))
-    );
+    assert!(at_rg.iter().any(|a| {
+        a["properties"]["scope"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&format!("/subscriptions/{sub}"))
+    }));
     assert!(at_rg.iter().all(|a| {
         !a["properties"]["scope"]
             .as_str()
@@ -1891,4 +1889,181 @@ async fn arm_responses_have_the_shape_of_azures_examples() {
             assert!(lacking.is_empty(), "{file}: our properties lack {lacking:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn delta_latest_owners_deletes_and_the_audit_log() {
+    let r = emulator("small").await;
+    let tok = token(&r, "https://graph.microsoft.com/.default").await;
+    let g = &r.ready.graph;
+    let before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    // `$deltatoken=latest`: no objects, a link at the current position.
+    let latest = |what: &str| {
+        format!("{g}/v1.0/{what}/delta?$select=id,displayName,members,owners&$deltatoken=latest")
+    };
+    let (s, v) = get_url(&tok, &latest("users")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["value"], json!([]));
+    let users_link = v["@odata.deltaLink"].as_str().unwrap().to_owned();
+    let (_, v) = get_url(&tok, &latest("groups")).await;
+    let groups_link = v["@odata.deltaLink"].as_str().unwrap().to_owned();
+
+    let (manager, report, group, gone_group, sp, outsider) = {
+        let st = r.sim.read();
+        let t = &st.tenant;
+        let report = t.users.iter().find(|u| u.manager.is_some()).unwrap();
+        let manager = report.manager.unwrap();
+        let writable = |x: &&Group| x.membership_rule.is_none() && !x.on_premises_sync_enabled;
+        let group = t
+            .groups
+            .iter()
+            .filter(writable)
+            .find(|x| !x.members.contains(&manager))
+            .unwrap();
+        let gone = t
+            .groups
+            .iter()
+            .filter(writable)
+            .find(|x| x.id != group.id)
+            .unwrap();
+        let outsider = t
+            .users
+            .iter()
+            .find(|u| !group.owners.contains(&u.id) && u.id != manager)
+            .unwrap();
+        let sp = t
+            .service_principals
+            .iter()
+            .find(|s| s.kind == SpKind::Application)
+            .unwrap();
+        (manager, report.id, group.id, gone.id, sp.id, outsider.id)
+    };
+    let member_of: Vec<Uuid> = r
+        .sim
+        .read()
+        .tenant
+        .groups
+        .iter()
+        .filter(|x| x.members.contains(&manager))
+        .map(|x| x.id)
+        .collect();
+    // Creating and deleting users needs User.ReadWrite.All, which the connector's app does not hold.
+    let body = json!({"accountEnabled": true, "displayName": "New", "mailNickname": "new",
+        "userPrincipalName": "new@x.example", "passwordProfile": {"password": "x"}});
+    let (s, v) = send(&r, &tok, reqwest::Method::POST, "/v1.0/users", Some(body)).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, _) = send(
+        &r,
+        &tok,
+        reqwest::Method::DELETE,
+        &format!("/v1.0/users/{manager}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    r.sim.write().delete_user(manager).unwrap();
+    let (s, _) = send(
+        &r,
+        &tok,
+        reqwest::Method::GET,
+        &format!("/v1.0/users/{manager}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let owner = json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{outsider}")});
+    let (s, v) = send(
+        &r,
+        &tok,
+        reqwest::Method::POST,
+        &format!("/v1.0/groups/{group}/owners/$ref"),
+        Some(owner),
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = send(
+        &r,
+        &tok,
+        reqwest::Method::DELETE,
+        &format!("/v1.0/groups/{gone_group}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    let (s, _) = send(
+        &r,
+        &tok,
+        reqwest::Method::DELETE,
+        &format!("/v1.0/groups/{gone_group}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let body = json!({"principalId": outsider, "resourceId": sp, "appRoleId": Uuid::nil()});
+    let (s, v) = send(
+        &r,
+        &tok,
+        reqwest::Method::POST,
+        &format!("/v1.0/servicePrincipals/{sp}/appRoleAssignedTo"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    // Users: the deleted manager (soft-deleted: reason "changed") and its report, who lost its manager.
+    let (s, v) = get_url(&tok, &users_link).await;
+    assert_eq!(s, 200, "{v}");
+    let items = v["value"].as_array().unwrap();
+    let find = |id: Uuid| items.iter().find(|x| x["id"] == json!(id)).cloned();
+    assert_eq!(find(manager).unwrap()["@removed"]["reason"], "changed");
+    assert!(find(report).unwrap().get("@removed").is_none());
+    assert!(v["@odata.deltaLink"].is_string());
+    // Groups: the new owner, the deleted group, and the manager's groups losing it as a member.
+    let (_, v) = get_url(&tok, &groups_link).await;
+    let items = v["value"].as_array().unwrap();
+    let find = |id: Uuid| items.iter().find(|x| x["id"] == json!(id)).cloned();
+    let owners = find(group).unwrap()["owners@delta"].as_array().unwrap().clone();
+    assert!(
+        owners
+            .iter()
+            .any(|o| o["id"] == json!(outsider) && o.get("@removed").is_none()),
+        "{owners:?}"
+    );
+    assert_eq!(find(gone_group).unwrap()["@removed"]["reason"], "changed");
+    for m in member_of.iter().filter(|x| **x != gone_group) {
+        let md = find(*m).unwrap()["members@delta"].as_array().unwrap().clone();
+        assert!(
+            md.iter()
+                .any(|x| x["id"] == json!(manager) && x["@removed"].is_object()),
+            "{md:?}"
+        );
+    }
+    // The audit log names the service principal whose assignments changed.
+    let since = before
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let audits = all_pages(
+        &tok,
+        &format!("{g}/v1.0/auditLogs/directoryAudits?$filter=activityDateTime ge {since}"),
+    )
+    .await;
+    assert!(
+        audits.iter().any(|a| a["targetResources"][0]["id"] == json!(sp)
+            && a["targetResources"][0]["type"] == "ServicePrincipal"),
+        "{audits:?}"
+    );
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let none = all_pages(
+        &tok,
+        &format!("{g}/v1.0/auditLogs/directoryAudits?$filter=activityDateTime ge {later}"),
+    )
+    .await;
+    assert!(none.is_empty());
+    // Expired links answer 410 syncStateNotFound.
+    r.sim.write().expire_delta_tokens();
+    let (s, v) = get_url(&tok, &users_link).await;
+    assert_eq!(s, 410);
+    assert_eq!(v["error"]["code"], "syncStateNotFound");
 }
