@@ -225,17 +225,18 @@ async fn provision(a: &AzureArgs, az: &Arc<Azure>) -> anyhow::Result<()> {
             };
             let ent = match r.entitlement(ent_id)? {
                 Some(e) => e,
-                // A role not yet in use at that scope has no entitlement in the file: its id says it all,
-                // as long as the scope itself was synced.
+                // Another spelling of the scope, or a role not yet in use there (no entitlement in the file):
+                // the id says it all, as long as the scope itself was synced.
                 None => {
                     let e = entitlement_from_id(ent_id)?;
-                    if r.resource(&scope_id(&e)?)?.is_none() {
-                        bail!(
+                    match r.entitlement(&e.id)? {
+                        Some(known) => known,
+                        None if r.resource(&scope_id(&e)?)?.is_none() => bail!(
                             "the scope of {ent_id} is not in {}; run a full sync first",
                             a.file.display()
-                        );
+                        ),
+                        None => e,
                     }
-                    e
                 }
             };
             (ent, principal)
@@ -289,31 +290,40 @@ fn scope_id(e: &steward_model::Entitlement) -> anyhow::Result<steward_model::Res
         .as_ref()
         .and_then(|r| r.id.clone())
         .with_context(|| format!("entitlement {} names no resource", e.id))?;
-    if !steward_azure::types::SCOPES.contains(&id.resource_type.as_str()) {
-        bail!("{} is not an Azure role entitlement", e.id);
-    }
-    let canonical = match steward_azure::scope::of(&id.resource_type, &id.resource) {
-        Some(sc) if id.resource_type == steward_azure::types::SUBSCRIPTION => {
-            steward_azure::scope::subscription_of(&sc)
-                .unwrap_or_default()
-                .to_owned()
-        }
-        Some(sc) => sc,
-        None => id.resource.clone(),
-    };
-    Ok(steward_model::ResourceId::new(id.resource_type, canonical))
+    canonical_scope(&id.resource_type, &id.resource)
+        .with_context(|| format!("{} is not an Azure role entitlement", e.id))
 }
 
-/// An entitlement rebuilt from its id `<type>:<id>:role:<guid>[:eligible]` (ARM ids hold no `:`).
+/// `(resource type, id)` of a scope resource with the id spelled as the connector emits it (ARM ids in any
+/// case are accepted).
+fn canonical_scope(rt: &str, id: &str) -> Option<steward_model::ResourceId> {
+    let sc = steward_azure::scope::of(rt, id)?;
+    let id = if rt == steward_azure::types::SUBSCRIPTION {
+        steward_azure::scope::subscription_of(&sc)?.to_owned()
+    } else {
+        sc
+    };
+    Some(steward_model::ResourceId::new(rt, id))
+}
+
+/// An entitlement rebuilt from its id `<type>:<id>:role:<guid>[:eligible]` (ARM ids hold no `:`), its
+/// scope spelled canonically.
 fn entitlement_from_id(ent: &str) -> anyhow::Result<steward_model::Entitlement> {
     let (rt, rest) = ent.split_once(':').unwrap_or_default();
-    let Some(i) = rest.find(":role:") else {
-        bail!("{ent} is not an Azure role entitlement id (<type>:<id>:role:<guid>)");
+    let (Some(i), Some(scope)) = (
+        rest.find(":role:"),
+        rest.find(":role:").and_then(|i| canonical_scope(rt, &rest[..i])),
+    ) else {
+        bail!(
+            "{ent} is not an Azure role entitlement id (<type>:<id>:role:<guid>, type subscription, resource_group, storage_account or container)"
+        );
     };
-    let resource = steward_model::builders::ResourceBuilder::new(rt, &rest[..i], &rest[..i]).build();
+    let resource =
+        steward_model::builders::ResourceBuilder::new(&scope.resource_type, &scope.resource, &scope.resource)
+            .build();
     Ok(steward_model::builders::entitlement(
         &resource,
-        &rest[i + 1..],
+        &rest[i + 1..].to_ascii_lowercase(),
         ent,
         steward_model::pb::entitlement::PurposeValue::Assignment,
         &[],
