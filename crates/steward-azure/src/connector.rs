@@ -18,6 +18,10 @@
 //!   entitlement.
 //! * Principals of assignments resolve through the directory index (one listing per sync); an id the sync
 //!   does not emit (deleted principal, device, on-prem group under `--skip-ad-groups`) is left out and counted.
+//! * Every ARM id is emitted in [`scope::canonical`] form, whatever spelling ARM answered with, so scope
+//!   resources, their entitlements and the ancestors inherited grants name all agree.
+//! * `get_resource` (partial syncs) finds a scope resource in its parent's listing; roles and assignments
+//!   of a subscription are cached for the connector's life and forgotten after a grant or revoke there.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1013,6 +1013,34 @@ async fn tenant_without_p2_is_detected() {
     assert!(!a.p2_missing());
 }
 
+/// An ARM token of the connector app itself (the emulator's throttling buckets are per principal and
+/// subscription), fetched again while injected faults get in the way.
+async fn connector_arm_token(s: &Sim) -> String {
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let resp = http
+            .post(format!(
+                "{}/{}/oauth2/v2.0/token",
+                s.r.ready.login, s.r.ready.tenant_id
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", s.r.ready.client_id.as_str()),
+                ("client_secret", s.r.ready.client_secret.as_str()),
+                ("scope", "https://management.azure.com/.default"),
+            ])
+            .send()
+            .await;
+        if let Ok(r) = resp
+            && r.status() == 200
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            return v["access_token"].as_str().unwrap().to_owned();
+        }
+    }
+    panic!("no ARM token in 20 attempts");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn throttling_and_faults_leave_the_result_unchanged() {
     let s = sim("small").await;
@@ -1023,10 +1051,56 @@ async fn throttling_and_faults_leave_the_result_unchanged() {
         ..Settings::default()
     };
     let rough = sim_with(tenant("small", 7), settings).await;
-    let (p, a) = sync(&rough, config(&rough), "rough.c1z").await;
-    let seen = read(&p);
+    // Another client of the same app keeps the first subscription's ARM read bucket empty until the
+    // connector has been answered 429 there (or has finished): ARM throttling is met for certain.
+    let sub = rough.r.sim.read().tenant.azure.subscriptions[0].subscription_id;
+    let tok = connector_arm_token(&rough).await;
+    let url = format!(
+        "{}/subscriptions/{sub}/resourcegroups?api-version=2021-04-01",
+        rough.r.ready.arm
+    );
+    let http = reqwest::Client::new();
+    let drain = || futures::future::join_all((0..30).map(|_| http.get(&url).bearer_auth(&tok).send()));
+    let mut throttled = 0;
+    for _ in 0..20 {
+        throttled += drain()
+            .await
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|r| r.status() == 429))
+            .count();
+    }
+    assert!(throttled > 0, "the bucket is empty");
+    let path = rough.dir.path().join("rough.c1z");
+    let a = Arc::new(Azure::new(config(&rough)).unwrap());
+    let opts = SyncOptions {
+        concurrency: 32,
+        ..SyncOptions::default()
+    };
+    let (a2, p2) = (a.clone(), path.clone());
+    let run = tokio::spawn(async move { run_sync(a2, &p2, SyncPlan::Full, opts, None).await });
+    while !run.is_finished() && a.stats().arm.throttled == 0 {
+        drain().await;
+    }
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.end.dropped_grants, 0);
+    let seen = read(&path);
     assert_eq!(seen, base);
-    assert!(a.stats().arm.retries > 0, "faults were met and retried");
+    let st = a.stats();
+    assert!(
+        st.arm.throttled > 0,
+        "ARM answered 429 and the connector waited: {st:?}"
+    );
+    assert!(
+        rough
+            .r
+            .sim
+            .stats
+            .faults
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && st.arm.retries + st.graph.retries + st.entra.retries > 0,
+        "faults were met and retried: {st:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
