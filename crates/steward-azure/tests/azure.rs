@@ -767,6 +767,15 @@ async fn provisioning_at_every_scope() {
         .await
         .unwrap_err();
     assert!(matches!(e, steward_sync::ConnectorError::Unsupported(_)), "{e}");
+    // Roles go to users, groups, managed identities and apps only.
+    let tenant_principal = steward_model::builders::ResourceBuilder::new("tenant", "t", "t").build();
+    let e = a
+        .grant(&tenant_principal, &role_ent("subscription", &sub, READER, false))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, steward_sync::ConnectorError::Unsupported(_)), "{e}");
+    assert!(e.to_string().contains("not to a tenant"), "{e}");
+    assert_eq!(s.r.sim.read().tenant.azure.role_assignments.len(), before);
     // Without --provisioning nothing is written.
     let off = Azure::new(config(&s)).unwrap();
     let e = off
