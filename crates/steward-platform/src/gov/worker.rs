@@ -32,7 +32,7 @@ pub const CLIENT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 pub const WORKER_CONCURRENCY: usize = 16;
 /// Tasks claimed at once: due `end` tasks of one claim are removed together and confirmed by one partial
 /// sync per connector, and their requests saved in one transaction.
-pub const CLAIM_BATCH: i64 = 256;
+pub const CLAIM_BATCH: i64 = 1024;
 /// Webhook delivery attempts.
 pub const MAX_WEBHOOK_ATTEMPTS: i64 = 8;
 
@@ -203,8 +203,8 @@ impl Platform {
         Ok(held.first().copied().unwrap_or(false))
     }
 
-    /// For each (entitlement, principal) of `pairs`, whether the tenant holds it, by one partial sync of
-    /// `resources` (the resources of those entitlements).
+    /// For each (entitlement, principal) of `pairs`, whether the tenant grants it directly, by one partial
+    /// sync of `resources` (the resources of those entitlements).
     async fn confirm_many(
         &self,
         entra: Arc<steward_entra::Entra>,
@@ -232,13 +232,19 @@ impl Platform {
                 for (ent, p) in pairs {
                     let page = r.grants(
                         &steward_c1z::GrantFilter {
-                            entitlement_id: Some(ent),
+                            entitlement_id: Some(ent.clone()),
                             principal: Some(p),
                             resource: None,
                         },
                         &steward_c1z::PageRequest::first(1),
                     )?;
-                    held.push(!page.items.is_empty());
+                    // Only a direct grant counts: the same entitlement held through a nested group is
+                    // neither what was granted nor what a removal can take away.
+                    held.push(
+                        page.items
+                            .iter()
+                            .any(|g| crate::ingest::direct_and_via(&ent, g.sources.as_ref()).0),
+                    );
                 }
                 Ok(held)
             })
@@ -469,6 +475,7 @@ impl Platform {
             notes: Vec<String>,
             failure: Option<String>,
         }
+        let started = std::time::Instant::now();
         let mut jobs = Vec::new();
         let mut done = Vec::new();
         for &t in tasks {
@@ -513,6 +520,7 @@ impl Platform {
                 .collect();
             self.gov.commit_all(&ws).await?;
         }
+        let loaded = started.elapsed();
         // Remove every target of every job from the tenant.
         let steps: Vec<(usize, Target)> = jobs
             .iter()
@@ -537,6 +545,7 @@ impl Platform {
             .buffered(WORKER_CONCURRENCY)
             .collect()
             .await;
+        let removed_at = started.elapsed();
         // Confirm: one partial sync per connector of every resource a removal touched.
         let mut by_connector: std::collections::BTreeMap<
             String,
@@ -587,11 +596,13 @@ impl Platform {
                 }
             }
         }
+        let confirmed_at = started.elapsed();
         let mut ended = Vec::new();
         for mut job in jobs {
             if let Some(m) = job.failure.take() {
                 // Ending access must stick: keep trying (backoff capped at an hour), and say so on the request.
                 let wait = backoff(job.t.attempts, 3600);
+                tracing::warn!(request = %job.r.id, error = %m, retry_in_s = wait, "removing access failed");
                 self.event(
                     &mut job.r,
                     "end_retry",
@@ -648,11 +659,9 @@ impl Platform {
             w.finish_task = Some((job.t.id.clone(), self.worker_id.clone()));
             ended.push(w);
         }
-        if ended.is_empty() {
-            return Ok(());
-        }
+        let n_ended = ended.len();
         let wake = ended.iter().any(|w| !w.tasks.is_empty());
-        if !self.gov.commit_all(&ended).await? {
+        if !ended.is_empty() && !self.gov.commit_all(&ended).await? {
             // Someone moved one of the requests meanwhile: save the others one by one (a request that
             // moved keeps its task, which finds the new state when it runs again).
             for w in ended {
@@ -661,6 +670,15 @@ impl Platform {
         } else if wake {
             self.wake.notify_one();
         }
+        tracing::debug!(
+            tasks = tasks.len(),
+            ended = n_ended,
+            load_ms = loaded.as_millis() as u64,
+            remove_ms = (removed_at - loaded).as_millis() as u64,
+            confirm_ms = (confirmed_at - removed_at).as_millis() as u64,
+            save_ms = (started.elapsed() - confirmed_at).as_millis() as u64,
+            "end tasks"
+        );
         Ok(())
     }
 

@@ -534,17 +534,23 @@ async fn seed_due_grants(
 ) -> anyhow::Result<usize> {
     let template: steward_platform::Request =
         serde_json::from_value(c.get(&format!("/api/v1/requests/{template_id}")).await?)?;
-    let mut requests = Vec::with_capacity(n);
+    // Every linked group whose membership Steward may change becomes a virtual role of its app.
+    let mut roles = Vec::new();
     let mut managed = std::collections::HashSet::new();
     for (app, idp, _) in linked {
-        if requests.len() >= n {
-            break;
-        }
         let gid: uuid::Uuid = idp
             .strip_prefix("group:")
             .and_then(|s| s.strip_suffix(":member"))
             .unwrap_or_default()
             .parse()?;
+        let writable = sim
+            .sim
+            .read()
+            .group(&gid)
+            .is_some_and(|g| g.membership_rule.is_none() && !g.on_premises_sync_enabled);
+        if !writable {
+            continue;
+        }
         if managed.insert(app.clone()) {
             // Already managed (the first one, by the benchmark itself) answers 409: fine.
             let _ = c.post(&format!("/api/v1/apps/{app}/manage"), json!({})).await;
@@ -560,55 +566,81 @@ async fn seed_due_grants(
                 json!({"action": "virtual_role", "name": format!("Sweep {gid}")}),
             )
             .await?;
-        let now = time::OffsetDateTime::now_utc();
-        let stamp = steward_platform::clock::rfc3339(now);
-        let expires = steward_platform::clock::rfc3339(now + time::Duration::seconds(3600));
-        let mut added = Vec::new();
-        {
-            let mut st = sim
-                .sim
-                .store
-                .write()
-                .map_err(|_| anyhow::anyhow!("the emulator's state is poisoned"))?;
-            for u in users {
-                if requests.len() + added.len() >= n {
-                    break;
-                }
-                let Ok(uid) = u.parse::<uuid::Uuid>() else {
-                    continue;
-                };
-                // A user already in the group is skipped (its access is not the request's).
-                if st.add_group_member(gid, uid).is_ok() {
-                    added.push(u.clone());
+        roles.push((
+            app.clone(),
+            idp.clone(),
+            gid,
+            vr["name"].as_str().unwrap_or_default().to_owned(),
+        ));
+    }
+    anyhow::ensure!(
+        !roles.is_empty(),
+        "the tenant has no linked group Steward may change"
+    );
+    // Spread over every role, as a mass expiry across many roles would be: users are dealt out round
+    // the roles, each role starting at another user.
+    let mut pairs: Vec<(usize, String)> = Vec::with_capacity(n);
+    {
+        let mut st = sim
+            .sim
+            .store
+            .write()
+            .map_err(|_| anyhow::anyhow!("the emulator's state is poisoned"))?;
+        let mut next = vec![0usize; roles.len()];
+        let stride = users.len() / roles.len().max(1) + 1;
+        while pairs.len() < n {
+            let before = pairs.len();
+            for (r, (_, _, gid, _)) in roles.iter().enumerate() {
+                // The next user of this role not yet in its group (one already in it is skipped: its
+                // access is not the request's).
+                while next[r] < users.len() && pairs.len() < n {
+                    let u = &users[(r * stride + next[r]) % users.len()];
+                    next[r] += 1;
+                    if let Ok(uid) = u.parse::<uuid::Uuid>()
+                        && st.add_group_member(*gid, uid).is_ok()
+                    {
+                        pairs.push((r, u.clone()));
+                        break;
+                    }
                 }
             }
+            if pairs.len() == before {
+                break;
+            }
         }
-        for u in added {
-            let mut r = template.clone();
-            r.id = uuid::Uuid::new_v4().to_string();
-            r.requester_id = u.clone();
-            r.requester_name = u;
-            r.app_id = app.clone();
-            r.entitlement = format!("vr:{idp}");
-            r.entitlement_name = vr["name"].as_str().unwrap_or_default().to_owned();
-            r.targets = vec![steward_platform::Target {
+    }
+    anyhow::ensure!(
+        pairs.len() >= n,
+        "the tenant's linked groups take only {} further grants; ask for a smaller --sweep or a larger tenant",
+        pairs.len()
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = steward_platform::clock::rfc3339(now);
+    let expires = steward_platform::clock::rfc3339(now + time::Duration::seconds(3600));
+    let requests = pairs
+        .into_iter()
+        .map(|(r, u)| {
+            let (app, idp, _, name) = &roles[r];
+            let mut q = template.clone();
+            q.id = uuid::Uuid::new_v4().to_string();
+            q.requester_id = u.clone();
+            q.requester_name = u;
+            q.app_id = app.clone();
+            q.entitlement = format!("vr:{idp}");
+            q.entitlement_name = name.clone();
+            q.targets = vec![steward_platform::Target {
                 connector_id: connector.to_owned(),
                 entitlement: idp.clone(),
                 confirmed: true,
             }];
-            r.created_at = stamp.clone();
-            r.updated_at = stamp.clone();
-            r.provisioned_at = Some(stamp.clone());
-            r.expires_at = Some(expires.clone());
-            r.events.clear();
-            r.decisions.clear();
-            requests.push(r);
-        }
-    }
-    anyhow::ensure!(
-        requests.len() >= n,
-        "the tenant's linked groups take only {} further grants; ask for a smaller --sweep or a larger tenant",
-        requests.len()
-    );
+            q.created_at = stamp.clone();
+            q.updated_at = stamp.clone();
+            q.provisioned_at = Some(stamp.clone());
+            q.expires_at = Some(expires.clone());
+            q.events.clear();
+            q.decisions.clear();
+            q
+        })
+        .collect();
     Ok(platform.import_provisioned(requests).await?)
 }
