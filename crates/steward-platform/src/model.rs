@@ -83,7 +83,7 @@ pub struct Page<T> {
 }
 
 /// Paging and search on a list.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 pub struct ListQuery {
     /// Substring search (case-insensitive) on names.
     pub q: Option<String>,

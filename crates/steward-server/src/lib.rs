@@ -314,7 +314,7 @@ async fn upload_sync(
     Ok((StatusCode::CREATED, axum::Json(r?)).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
 struct AppsQuery {
     managed: Option<bool>,
     q: Option<String>,
@@ -435,7 +435,20 @@ pub struct RouteDef {
     pub request: In,
     /// The successful response.
     pub response: Out,
+    /// The query parameters (from the `utoipa::IntoParams` derive of the handler's query type).
+    pub query: Option<ParamsFn>,
     handler: MethodRouter<AppState>,
+}
+
+/// The OpenAPI parameter objects of a query type.
+pub type ParamsFn = fn() -> Vec<Value>;
+
+/// The query parameters of `T`.
+fn query<T: utoipa::IntoParams>() -> Vec<Value> {
+    T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+        .iter()
+        .filter_map(|p| serde_json::to_value(p).ok())
+        .collect()
 }
 
 /// The schemas named so far in `components/schemas` (name → JSON schema).
@@ -513,6 +526,9 @@ fn page<T: utoipa::ToSchema>(out: &mut Schemas) -> Value {
 pub fn routes() -> Vec<RouteDef> {
     macro_rules! r {
         ($m:ident, $p:expr, $auth:expr, $s:expr, $h:expr, $req:expr, $resp:expr) => {
+            r!($m, $p, $auth, $s, $h, $req, $resp, None)
+        };
+        ($m:ident, $p:expr, $auth:expr, $s:expr, $h:expr, $req:expr, $resp:expr, $query:expr) => {
             RouteDef {
                 method: stringify!($m),
                 path: $p,
@@ -520,6 +536,7 @@ pub fn routes() -> Vec<RouteDef> {
                 summary: $s,
                 request: $req,
                 response: $resp,
+                query: $query,
                 handler: $m($h),
             }
         };
@@ -577,7 +594,8 @@ pub fn routes() -> Vec<RouteDef> {
             "List connectors (q, limit, page_token)",
             list_connectors,
             NO_BODY,
-            Out::Json(200, page::<Connector>)
+            Out::Json(200, page::<Connector>),
+            Some(query::<ListQuery>)
         ),
         r!(
             post,
@@ -622,7 +640,8 @@ pub fn routes() -> Vec<RouteDef> {
             "Sync history with stats and logs",
             list_syncs,
             NO_BODY,
-            Out::Json(200, page::<SyncRecord>)
+            Out::Json(200, page::<SyncRecord>),
+            Some(query::<ListQuery>)
         ),
         r!(
             post,
@@ -640,7 +659,8 @@ pub fn routes() -> Vec<RouteDef> {
             "The app catalog (managed=true|false, q, limit, page_token)",
             list_apps,
             NO_BODY,
-            Out::Json(200, page::<App>)
+            Out::Json(200, page::<App>),
+            Some(query::<AppsQuery>)
         ),
         r!(
             post,
@@ -676,7 +696,8 @@ pub fn routes() -> Vec<RouteDef> {
             "Who holds an app entitlement",
             holders,
             NO_BODY,
-            Out::Json(200, page::<Holder>)
+            Out::Json(200, page::<Holder>),
+            Some(query::<ListQuery>)
         ),
         r!(
             get,
@@ -712,7 +733,8 @@ pub fn routes() -> Vec<RouteDef> {
             "Identities (q, limit, page_token)",
             list_identities,
             NO_BODY,
-            Out::Json(200, page::<Identity>)
+            Out::Json(200, page::<Identity>),
+            Some(query::<ListQuery>)
         ),
         r!(
             get,
@@ -820,7 +842,8 @@ pub fn routes() -> Vec<RouteDef> {
             "Requests (mine=true, state, limit, page_token)",
             requests::list_requests,
             NO_BODY,
-            Out::Json(200, page::<steward_platform::Request>)
+            Out::Json(200, page::<steward_platform::Request>),
+            Some(query::<RequestQuery>)
         ),
         r!(
             get,
@@ -883,7 +906,8 @@ pub fn routes() -> Vec<RouteDef> {
             "Requests waiting for the caller's decision",
             requests::approvals,
             NO_BODY,
-            Out::Json(200, page::<steward_platform::Request>)
+            Out::Json(200, page::<steward_platform::Request>),
+            Some(query::<ListQuery>)
         ),
         r!(
             get,
@@ -892,7 +916,8 @@ pub fn routes() -> Vec<RouteDef> {
             "The audit log (action, actor, target_type, target_id, since, until; format=json|jsonl|csv)",
             requests::audit,
             NO_BODY,
-            Out::Json(200, page::<AuditEntry>)
+            Out::Json(200, page::<AuditEntry>),
+            Some(query::<AuditQuery>)
         ),
         r!(
             get,
@@ -949,12 +974,13 @@ pub fn openapi_document() -> Value {
     let mut schemas = Schemas::new();
     let error = |code: &str| (code.to_owned(), json!({"$ref": "#/components/responses/Error"}));
     for r in routes() {
-        let params: Vec<Value> = r
+        let mut params: Vec<Value> = r
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        params.extend(r.query.map(|q| q()).unwrap_or_default());
         let (status, ok) = match r.response {
             Out::Json(status, f) => (
                 status,

@@ -1010,6 +1010,14 @@ async fn openapi_lists_every_route_with_its_schemas() {
             ),
             steward_server::In::Empty => assert!(op.get("requestBody").is_none()),
         }
+        // Path parameters and, for a handler that reads a query, its parameters.
+        let params = op["parameters"].as_array().unwrap();
+        let in_query = params.iter().filter(|p| p["in"] == "query").count();
+        assert_eq!(in_query > 0, r.query.is_some(), "{} {}: {op}", r.method, r.path);
+        assert_eq!(
+            params.iter().filter(|p| p["in"] == "path").count(),
+            r.path.matches('{').count()
+        );
         // And the route is served (not the 404 fallback).
         let path = r
             .path
@@ -1047,6 +1055,13 @@ async fn openapi_lists_every_route_with_its_schemas() {
             "{r} is referenced but not defined"
         );
     }
+    let apps_query: Vec<&str> = doc["paths"]["/api/v1/apps"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(apps_query, ["managed", "q", "limit", "page_token"]);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "CreateConnector",

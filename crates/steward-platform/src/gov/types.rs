@@ -414,7 +414,7 @@ pub struct Request {
 }
 
 /// `GET /api/v1/requests` filters.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 pub struct RequestQuery {
     /// Only the caller's own.
     #[serde(default)]
@@ -451,7 +451,7 @@ pub struct AuditEntry {
 }
 
 /// `GET /api/v1/audit` filters.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 pub struct AuditQuery {
     /// Action (exact, or a prefix ending in `.`).
     pub action: Option<String>,
