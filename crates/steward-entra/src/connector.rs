@@ -53,15 +53,16 @@ pub struct Entra {
 /// How this sync reads the tenant: in full (with the delta links taken before reading), or
 /// incrementally.
 enum Mode {
-    Full(Links),
+    /// With the links taken before reading; `None` when Graph would not give them (logged).
+    Full(Option<Links>),
     Incremental(Arc<Changes>),
 }
 
 impl Mode {
-    fn links(&self) -> &Links {
+    fn links(&self) -> Option<&Links> {
         match self {
-            Mode::Full(l) => l,
-            Mode::Incremental(c) => &c.links,
+            Mode::Full(l) => l.as_ref(),
+            Mode::Incremental(c) => Some(&c.links),
         }
     }
 }
@@ -137,7 +138,17 @@ impl Entra {
                         }
                     }
                 }
-                Ok::<_, EntraError>(Mode::Full(inc::latest(&self.graph).await?))
+                // Links are a convenience for the next sync: without them this sync still runs.
+                let links = match inc::latest(&self.graph).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(
+                            "could not take Graph delta links ({e}); this sync runs, and the next --incremental sync will read everything"
+                        );
+                        None
+                    }
+                };
+                Ok::<_, EntraError>(Mode::Full(links))
             })
             .await
     }
@@ -703,7 +714,7 @@ impl Connector for Entra {
     /// The delta links taken before this sync read anything (or those its incremental read ended
     /// with); none for a sync that listed nothing (a partial sync).
     async fn sync_state(&self) -> Result<Option<String>, ConnectorError> {
-        Ok(self.mode.get().map(|m| m.links().to_json()))
+        Ok(self.mode.get().and_then(Mode::links).map(Links::to_json))
     }
 
     async fn list_resources(
