@@ -3,7 +3,7 @@
 //! Shape (env): `STEWARD_BENCH_USERS` users (default 20,000), `STEWARD_BENCH_GROUPS` groups (default 1,000),
 //! each user a direct member of `STEWARD_BENCH_MEMBERSHIPS` groups (default 5, spread deterministically);
 //! group i > 0 is a member of group (i-1)/4 (a 4-ary tree, so memberships propagate up ~log4(groups)
-//! levels), plus one 3-group cycle. `STEWARD_BENCH_CRASH_SAFE=1` uses the crash-safe (WAL) working
+//! levels), plus one 3-group cycle. `STEWARD_BENCH_CRASH_SAFE=1` uses the crash-safe (journalled) working
 //! database, as the sync engine does. Prints the grants expansion created and created grants per second
 //! of the expansion alone (`expand_ms`: load, apply, insert and index upkeep), and the phases of the whole
 //! write.

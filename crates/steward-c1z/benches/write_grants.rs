@@ -12,7 +12,7 @@
 //!
 //! Run: `cargo bench -p steward-c1z --bench write_grants` (set `STEWARD_BENCH_DIR` to choose the disk;
 //! `STEWARD_BENCH_ZSTD_LEVEL` to try another zstd level; `STEWARD_BENCH_CRASH_SAFE=1` for the crash-safe
-//! WAL working database the sync engine uses).
+//! journalled working database the sync engine uses).
 
 use std::time::Instant;
 

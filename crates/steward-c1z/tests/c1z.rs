@@ -465,6 +465,98 @@ fn resume_after_crash_keeps_checkpointed_rows_only() {
     assert_eq!(r.stats().unwrap().resources_by_type.values().sum::<u64>(), 6);
 }
 
+/// What SIGKILL leaves: the working database and its journal as they are on disk in the middle of a
+/// transaction, with pages already spilled from a small cache into the database file. Copying them then
+/// (the process's own page cache is what a kill loses) and opening the copy must give the last checkpoint.
+#[test]
+fn a_kill_mid_transaction_resumes_from_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("k.c1z");
+    let killed = dir.path().join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    let t = nested();
+    let opts = WriterOptions {
+        auto_commit_rows: None,
+        crash_safe: true,
+        cache_kib: 256,
+        ..Default::default()
+    };
+    let files = |from: &Path, to: &Path| {
+        for suffix in ["", "-journal", "-wal"] {
+            let mut src = writer::wip_path(from).into_os_string();
+            src.push(suffix);
+            let mut dst = writer::wip_path(to).into_os_string();
+            dst.push(suffix);
+            if Path::new(&src).exists() {
+                std::fs::copy(&src, &dst).unwrap();
+            }
+        }
+    };
+    let mut w = C1zWriter::create_with(&p, opts.clone()).unwrap();
+    let sync_id = w.begin_sync(SyncType::Full).unwrap();
+    for x in &t.types {
+        w.put_resource_type(x).unwrap();
+    }
+    for x in &t.resources {
+        w.put_resource(x).unwrap();
+    }
+    w.session_put("q/1", b"entitlements").unwrap();
+    for i in 0..2_000 {
+        w.session_put(&format!("s/{i:05}"), &[1; 4096]).unwrap();
+    }
+    w.checkpoint("after-resources").unwrap();
+    let at_checkpoint = std::fs::read(writer::wip_path(&p)).unwrap();
+    // Uncommitted: far more than the cache holds — committed pages overwritten (every session value) and
+    // new ones appended.
+    for i in 0..2_000 {
+        w.session_put(&format!("s/{i:05}"), &[2; 4096]).unwrap();
+    }
+    for i in 0..20_000 {
+        w.put_resource(&user(&format!("extra{i}"))).unwrap();
+    }
+    w.session_put("q/1", b"uncommitted").unwrap();
+    let target = killed.join("k.c1z");
+    files(&p, &target);
+    drop(w);
+    assert_ne!(
+        std::fs::read(writer::wip_path(&target)).unwrap(),
+        at_checkpoint,
+        "the test needs uncommitted pages in the database file"
+    );
+
+    let mut w = C1zWriter::open_with(&target, opts).unwrap();
+    let run = w.unfinished_sync().unwrap().unwrap();
+    assert_eq!(run.sync_id, sync_id);
+    assert_eq!(run.sync_token, "after-resources");
+    w.resume_sync(&sync_id).unwrap();
+    assert_eq!(
+        w.session_get("q/1").unwrap().as_deref(),
+        Some(&b"entitlements"[..])
+    );
+    let kept = w.session_scan("s/", "", 3_000).unwrap();
+    assert_eq!(kept.len(), 2_000);
+    assert!(kept.iter().all(|(_, v)| v.as_slice() == [1; 4096]));
+    w.session_clear("s/").unwrap();
+    for x in &t.ents {
+        w.put_entitlement(x).unwrap();
+    }
+    for x in &t.grants {
+        w.put_grant(x).unwrap();
+    }
+    let rep = w.end_sync().unwrap();
+    assert_eq!(rep.duplicates_removed, 0);
+    w.finish().unwrap();
+    let r = C1zReader::open(&target).unwrap();
+    assert_eq!(
+        r.stats().unwrap().resources_by_type.values().sum::<u64>(),
+        t.resources.len() as u64
+    );
+    let clean = dir.path().join("clean.c1z");
+    write(&clean, &t, WriterOptions::default(), true);
+    let ids = |r: &C1zReader| all_grants(r).into_iter().map(|g| g.id).collect::<Vec<_>>();
+    assert_eq!(ids(&r), ids(&C1zReader::open(&clean).unwrap()));
+}
+
 #[test]
 fn damaged_files_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -614,7 +614,7 @@ impl WriterState {
 }
 
 fn start(path: &Path, plan: &SyncPlan, opts: &SyncOptions) -> Result<(WriterState, Started), SyncError> {
-    // Crash-safe (WAL) working database, committed only at checkpoints: that is what makes resume exact.
+    // Crash-safe (journalled) working database, committed only at checkpoints: that is what makes resume exact.
     let wopts = WriterOptions {
         auto_commit_rows: None,
         crash_safe: true,
