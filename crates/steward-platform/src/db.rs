@@ -238,7 +238,15 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: "",
         postgres: V5_POSTGRES,
     },
+    Migration {
+        version: 6,
+        name: "read paths: requests by state, newest first (request lists and sweeps without a sort of every request)",
+        sqlite: V6_COMMON,
+        postgres: V6_COMMON,
+    },
 ];
+
+const V6_COMMON: &str = "CREATE INDEX requests_state_created ON requests (state, created_at)";
 
 /// PostgreSQL: `grants` becomes a table partitioned by connector; the rows ingested before stay in its
 /// default partition (each connector's rows there are deleted by its next ingest). SQLite keeps one table.

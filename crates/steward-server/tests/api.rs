@@ -1499,6 +1499,24 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for: {what}");
 }
 
+/// The task table's rows: (kind, state, run_at_s, last_error).
+async fn task_rows(env: &Env) -> Vec<(String, String, i64, Option<String>)> {
+    let sql = "SELECT kind, state, run_at_s, last_error FROM tasks ORDER BY run_at_s";
+    match &env.opts.db_url {
+        Some(u) => {
+            let p = sqlx::PgPool::connect(u).await.unwrap();
+            sqlx::query_as(sql).fetch_all(&p).await.unwrap()
+        }
+        None => {
+            let f = env.opts.data_dir.as_ref().unwrap().join("steward.db");
+            let p = sqlx::SqlitePool::connect(&format!("sqlite://{}", f.display()))
+                .await
+                .unwrap();
+            sqlx::query_as(sql).fetch_all(&p).await.unwrap()
+        }
+    }
+}
+
 async fn tamper_audit(env: &Env, seq: i64) {
     use sqlx::Executor;
     let sql = format!("UPDATE audit_log SET actor = 'mallory' WHERE seq = {seq}");
@@ -1669,9 +1687,30 @@ async fn jit_playbook_auto_approve_provision_expire_drift_audit() {
         sync_and_wait(api, admin, &j.cid).await;
         let gid = j.gid;
         wait_until("drift removed from the tenant", || !in_group(&sim, gid, u)).await;
-        let (_, r) = api.get(&ut, &format!("/api/v1/requests/{}", ids[1])).await;
+        // The worker records the removal after its confirming partial sync.
+        let mut r = Value::Null;
+        for _ in 0..600 {
+            r = api.get(&ut, &format!("/api/v1/requests/{}", ids[1])).await.1;
+            if r["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "drift_revoked")
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         assert_eq!(r["drift_count"], 1, "{r:#}");
         assert_eq!(r["state"], "expired");
+        assert!(
+            r["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "drift_revoked"),
+            "{r:#}"
+        );
         // Audit: every step is there, the chain verifies, exports work, and an edit is caught.
         let (_, log) = api
             .get(admin, &format!("/api/v1/audit?target_id={}&limit=1000", ids[1]))
@@ -1718,9 +1757,11 @@ async fn jit_playbook_auto_approve_provision_expire_drift_audit() {
             "nothing is a week old yet"
         );
         j.clock.advance(time::Duration::days(8));
+        let purged = p.purge_finished_tasks().await.unwrap();
         assert!(
-            p.purge_finished_tasks().await.unwrap() >= 5,
-            "2 provisions, 2 expiries, 1 drift removal"
+            purged >= 5,
+            "2 provisions, 2 expiries, 1 drift removal: {purged} purged; left: {:?}",
+            task_rows(&env).await
         );
         assert_eq!(p.purge_finished_tasks().await.unwrap(), 0);
         let (_, r) = api.get(&ut, &format!("/api/v1/requests/{}", ids[1])).await;
