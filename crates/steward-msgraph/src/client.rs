@@ -220,6 +220,7 @@ impl Microsoft {
     }
 
     fn client(&self, api: Api, base: String, scope: String, budget: Budget) -> Client {
+        let writes = shared_writes(api, &base, &self.cfg.tenant, &self.cfg.client_id);
         Client {
             inner: Arc::new(Inner {
                 api,
@@ -228,10 +229,7 @@ impl Microsoft {
                 base,
                 scope,
                 budget,
-                writes: match api {
-                    Api::Graph => Budget::new(3_000.0, 3_000.0 / 150.0),
-                    Api::Arm => Budget::new(200.0, 10.0),
-                },
+                writes,
                 sem: Semaphore::new(self.cfg.concurrency.max(1)),
                 stats: Stats::default(),
                 retry: self.cfg.retry,
@@ -266,11 +264,35 @@ struct Inner {
     scope: String,
     budget: Budget,
     /// The write limit: Graph's 3,000 writes per 150 s per app and tenant (specs §3); ARM's writes
-    /// bucket of 200, refilled 10 per second (specs §6).
-    writes: Budget,
+    /// bucket of 200, refilled 10 per second (specs §6). Shared by every client of the same app, tenant and
+    /// endpoint in the process ([`shared_writes`]).
+    writes: Arc<Budget>,
     sem: Semaphore,
     stats: Stats,
     retry: RetryPolicy,
+}
+
+/// The write budget of one app in one tenant at one endpoint, shared by every client of the process: the
+/// service counts writes per app and tenant, so a client built anew (a worker that renews its connector
+/// client, a second connector on the same app) must not start again from a full bucket.
+fn shared_writes(api: Api, base: &str, tenant: &str, client_id: &str) -> Arc<Budget> {
+    static ALL: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Arc<Budget>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = format!(
+        "{api:?} {base} {} {}",
+        tenant.to_ascii_lowercase(),
+        client_id.to_ascii_lowercase()
+    );
+    let fresh = || {
+        Arc::new(match api {
+            Api::Graph => Budget::new(3_000.0, 3_000.0 / 150.0),
+            Api::Arm => Budget::new(200.0, 10.0),
+        })
+    };
+    match ALL.lock() {
+        Ok(mut m) => Arc::clone(m.entry(key).or_insert_with(fresh)),
+        Err(_) => fresh(),
+    }
 }
 
 /// A client of one API (Graph or ARM). Cheap to clone; clones share budget, permits and statistics.
