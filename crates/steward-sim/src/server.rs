@@ -289,7 +289,13 @@ pub async fn start(opts: Options) -> Result<Running, SimError> {
             ("graph", with_scheme(routers[1].clone(), true)),
             ("arm", with_scheme(routers[2].clone(), true)),
         ];
-        tasks.push(spawn_proxy(l, by_kind, p.acceptor.clone(), rx.clone(), sim.clone()));
+        tasks.push(spawn_proxy(
+            l,
+            by_kind,
+            p.acceptor.clone(),
+            rx.clone(),
+            sim.clone(),
+        ));
     }
     Ok(Running {
         ready: Ready {

@@ -479,7 +479,12 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| (s["id"].as_str().unwrap().to_owned(), s["selected"].as_bool().unwrap()))
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_owned(),
+                    s["selected"].as_bool().unwrap(),
+                )
+            })
             .collect()
     }
 
