@@ -1442,3 +1442,56 @@ async fn national_cloud_child(spec: serde_json::Value) {
     .unwrap();
     assert_eq!(summary.end.dropped_grants, 0);
 }
+
+/// Sign-in with a certificate (a signed client assertion) instead of a secret: Graph and ARM both take it,
+/// and the sync is complete.
+#[tokio::test]
+async fn certificate_sign_in_syncs_everything() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["steward".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let mut t = tenant("small", 7);
+    let app = t
+        .applications
+        .iter_mut()
+        .find(|a| a.display_name == steward_sim::generate::CONNECTOR_APP)
+        .unwrap();
+    app.certificates.push(KeyCredential {
+        key_id: uuid::Uuid::new_v4(),
+        display_name: None,
+        certificate_pem: cert.pem(),
+        start: "2024-01-01T00:00:00Z".into(),
+        end: "2099-01-01T00:00:00Z".into(),
+    });
+    let s = sim_with(t, Settings::default()).await;
+    let with_cert = |pem: String| {
+        let mut c = AzureConfig::new(
+            &s.r.ready.tenant_id,
+            &s.r.ready.client_id,
+            Credential::Certificate {
+                certificate_pem: cert.pem(),
+                private_key_pem: Secret::new(pem),
+            },
+        );
+        c.entra.login_endpoint = Some(s.r.ready.login.clone());
+        c.entra.graph_endpoint = Some(s.r.ready.graph.clone());
+        c.entra.arm_endpoint = Some(s.r.ready.arm.clone());
+        c
+    };
+    let (path, _) = sync(&s, with_cert(key.serialize_pem()), "cert.c1z").await;
+    check_full(&s, &read(&path));
+    // Another key with the same certificate: the assertion's signature does not verify, and the sync
+    // fails before writing a file.
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let a = Arc::new(Azure::new(with_cert(other.serialize_pem())).unwrap());
+    let bad = s.dir.path().join("bad.c1z");
+    let r = run_sync(a, &bad, SyncPlan::Full, SyncOptions::default(), None).await;
+    let e = r
+        .err()
+        .expect("a wrongly signed assertion is refused")
+        .to_string();
+    assert!(e.contains("AADSTS") || e.contains("certificate"), "{e}");
+    assert!(!bad.exists());
+}
