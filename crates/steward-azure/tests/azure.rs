@@ -1488,10 +1488,7 @@ async fn certificate_sign_in_syncs_everything() {
     let a = Arc::new(Azure::new(with_cert(other.serialize_pem())).unwrap());
     let bad = s.dir.path().join("bad.c1z");
     let r = run_sync(a, &bad, SyncPlan::Full, SyncOptions::default(), None).await;
-    let e = r
-        .err()
-        .expect("a wrongly signed assertion is refused")
-        .to_string();
+    let e = r.expect_err("a wrongly signed assertion is refused").to_string();
     assert!(e.contains("AADSTS") || e.contains("certificate"), "{e}");
     assert!(!bad.exists());
 }
