@@ -311,6 +311,11 @@ impl Platform {
             }
         }
         let principal = self.principal_of(&r).await?;
+        // When the access ends, decided as this attempt starts: passed to the connector, which writes it
+        // into the tenant where the entitlement takes one (directory roles, through PIM schedules), and
+        // kept as the request's `expires_at` for the platform's own removal.
+        let end = r.duration.map(|d| self.clock.now() + time::Duration::seconds(d));
+        let end_text = end.map(crate::clock::rfc3339);
         let mut failure = None;
         for i in 0..r.targets.len() {
             if r.targets[i].confirmed {
@@ -324,7 +329,9 @@ impl Platform {
                         &tg.entitlement,
                         &principal,
                         &steward_entra::GrantOptions {
-                            end: None,
+                            // Entra ID keeps an end time for directory roles only (PIM schedules);
+                            // group membership and app assignments have none.
+                            end: end_text.clone().filter(|_| tg.entitlement.starts_with("role:")),
                             justification: r.justification.clone(),
                         },
                     )
@@ -340,6 +347,15 @@ impl Platform {
                 Ok((change, true)) => {
                     r.targets[i].confirmed = true;
                     self.event(&mut r, "provision", format!("{change}"));
+                    if change.end_in_tenant
+                        && let Some(e) = &end_text
+                    {
+                        self.event(
+                            &mut r,
+                            "end_in_tenant",
+                            format!("the tenant itself ends {} at {e}", tg.entitlement),
+                        );
+                    }
                     self.event(
                         &mut r,
                         "confirm",
@@ -371,12 +387,10 @@ impl Platform {
         }
         match failure {
             None => {
-                let now = self.clock.now();
                 r.state = RequestState::Provisioned;
                 r.provisioned_at = Some(self.now());
                 let mut tasks = Vec::new();
-                if let Some(d) = r.duration {
-                    let end = now + time::Duration::seconds(d);
+                if let Some(end) = end {
                     r.expires_at = Some(crate::clock::rfc3339(end));
                     tasks.push(self.task_at(
                         "end",
