@@ -1447,31 +1447,15 @@ async fn national_cloud_child(spec: serde_json::Value) {
 /// and the sync is complete.
 #[tokio::test]
 async fn certificate_sign_in_syncs_everything() {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["steward".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
     let mut t = tenant("small", 7);
-    let app = t
-        .applications
-        .iter_mut()
-        .find(|a| a.display_name == steward_sim::generate::CONNECTOR_APP)
-        .unwrap();
-    app.certificates.push(KeyCredential {
-        key_id: uuid::Uuid::new_v4(),
-        display_name: None,
-        certificate_pem: cert.pem(),
-        start: "2024-01-01T00:00:00Z".into(),
-        end: "2099-01-01T00:00:00Z".into(),
-    });
+    let (cert_pem, key_pem) = steward_sim::generate::add_connector_certificate(&mut t).unwrap();
     let s = sim_with(t, Settings::default()).await;
     let with_cert = |pem: String| {
         let mut c = AzureConfig::new(
             &s.r.ready.tenant_id,
             &s.r.ready.client_id,
             Credential::Certificate {
-                certificate_pem: cert.pem(),
+                certificate_pem: cert_pem.clone(),
                 private_key_pem: Secret::new(pem),
             },
         );
@@ -1480,7 +1464,7 @@ async fn certificate_sign_in_syncs_everything() {
         c.entra.arm_endpoint = Some(s.r.ready.arm.clone());
         c
     };
-    let (path, _) = sync(&s, with_cert(key.serialize_pem()), "cert.c1z").await;
+    let (path, _) = sync(&s, with_cert(key_pem), "cert.c1z").await;
     check_full(&s, &read(&path));
     // Another key with the same certificate: the assertion's signature does not verify, and the sync
     // fails before writing a file.

@@ -137,28 +137,12 @@ async fn failures_name_the_problem() {
 
 #[tokio::test]
 async fn certificate_assertion_authenticates() {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["steward".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
     let mut t = tenant("tiny");
-    let app = t
-        .applications
-        .iter_mut()
-        .find(|a| a.display_name == steward_sim::generate::CONNECTOR_APP)
-        .unwrap();
-    app.certificates.push(KeyCredential {
-        key_id: uuid::Uuid::new_v4(),
-        display_name: None,
-        certificate_pem: cert.pem(),
-        start: "2024-01-01T00:00:00Z".into(),
-        end: "2099-01-01T00:00:00Z".into(),
-    });
+    let (cert_pem, key_pem) = steward_sim::generate::add_connector_certificate(&mut t).unwrap();
     let (r, _d) = sim(t, Settings::default(), false).await;
     let cred = Credential::Certificate {
-        certificate_pem: cert.pem(),
-        private_key_pem: Secret::new(key.serialize_pem()),
+        certificate_pem: cert_pem,
+        private_key_pem: Secret::new(key_pem),
     };
     let g = Microsoft::new(config(&r, &r.ready.client_id, cred))
         .unwrap()

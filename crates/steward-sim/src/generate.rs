@@ -149,6 +149,30 @@ pub fn role_assignment_id(role: Uuid, principal: Uuid) -> String {
     )
 }
 
+/// Registers a new self-signed certificate (RSA, valid 2024–2099) on the connector app of `t`, for sign-in
+/// with a client assertion; returns (certificate PEM, private key PEM).
+pub fn add_connector_certificate(t: &mut Tenant) -> Result<(String, String), crate::SimError> {
+    let err = |e: rcgen::Error| crate::SimError::Config(format!("cannot make a certificate: {e}"));
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(err)?;
+    let cert = rcgen::CertificateParams::new(vec!["steward".to_string()])
+        .map_err(err)?
+        .self_signed(&key)
+        .map_err(err)?;
+    let app = t
+        .applications
+        .iter_mut()
+        .find(|a| a.display_name == CONNECTOR_APP)
+        .ok_or_else(|| crate::SimError::Config(format!("the tenant has no app named {CONNECTOR_APP:?}")))?;
+    app.certificates.push(KeyCredential {
+        key_id: Uuid::new_v4(),
+        display_name: None,
+        certificate_pem: cert.pem(),
+        start: "2024-01-01T00:00:00Z".into(),
+        end: "2099-01-01T00:00:00Z".into(),
+    });
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 pub fn generate(size: Size, seed: u64) -> Tenant {
     let root = Rng::new(seed);
     let mut t = Tenant {
