@@ -719,14 +719,15 @@ impl Platform {
             .ok_or_else(|| PlatformError::not_found("app", id))
     }
 
-    /// One app with its entitlements (everyone signed in).
+    /// One app with its entitlements (everyone signed in): its own, then its attached connectors'.
     pub async fn app(&self, _a: &Actor, id: &str) -> Result<AppDetail> {
         let app = self.app_row(id).await?;
-        let entitlements = if app.managed {
+        let mut entitlements = if app.managed {
             self.store.app_entitlements(id).await?
         } else {
             self.idp_app_entitlements(&app).await?
         };
+        self.attached_entitlements(id, true, &mut entitlements).await?;
         Ok(AppDetail { app, entitlements })
     }
 

@@ -333,7 +333,8 @@ pub struct AppEntitlement {
     pub id: String,
     /// Name.
     pub name: String,
-    /// `access` (the enterprise app assignment), `app_role`, `virtual_role`.
+    /// `access` (the enterprise app assignment), `app_role`, `virtual_role`, or an attached connector's
+    /// resource type (`role`, `group`, `license`, …) for its entitlements.
     pub kind: String,
     /// The connector behind it.
     pub connector_id: Option<String>,

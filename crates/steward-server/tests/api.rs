@@ -2435,3 +2435,243 @@ async fn jit_expiry_sweep_removes_due_grants_in_batches() {
     }
     sim.stop().await;
 }
+
+/// A connector attached to an app brings its entitlements with it: the Entra connector attached to a new
+/// app "Microsoft Entra ID" makes directory roles requestable by kind. A role is granted through PIM with
+/// the request's end time, so the tenant itself holds the end; the platform removes it on time as well.
+/// Entitlements of a connector that cannot provision (an uploaded Baton sync) are neither offered nor
+/// accepted.
+#[tokio::test]
+async fn jit_attached_connector_directory_role_ends_in_the_tenant() {
+    let (sim, _d) = small_sim().await;
+    let r = &sim.ready;
+    for env in envs().await {
+        let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+        let server = steward_server::start(&env.opts, "127.0.0.1:0".parse().unwrap(), clock.clone())
+            .await
+            .unwrap();
+        let admin = server.bootstrap_token.clone().unwrap();
+        let api = Api::new(server.url());
+        let (st, app) = api
+            .post(&admin, "/api/v1/apps", json!({"name": "Microsoft Entra ID"}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{app}");
+        let app = app["id"].as_str().unwrap().to_owned();
+        let (st, c) = api
+            .post(&admin, "/api/v1/connectors", json!({"kind": "entra", "name": "Directory", "app_id": app, "settings": {
+                "entra_tenant_id": r.tenant_id, "entra_client_id": r.client_id, "entra_client_secret": r.client_secret,
+                "login_endpoint": r.login, "graph_endpoint": r.graph, "provisioning": true}}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{c}");
+        let cid = c["id"].as_str().unwrap().to_owned();
+        sync_and_wait(&api, &admin, &cid).await;
+
+        // The app's own access entitlement, then every entitlement of the attached connector.
+        let (role_id, role_name, user) = {
+            let s = sim.sim.read();
+            let role = s
+                .tenant
+                .role_definitions
+                .iter()
+                .find(|d| {
+                    s.tenant
+                        .role_assignments
+                        .iter()
+                        .any(|a| a.role_definition_id == d.id)
+                })
+                .expect("a directory role with an assignment")
+                .clone();
+            let holders: Vec<uuid::Uuid> = s
+                .tenant
+                .role_assignments
+                .iter()
+                .filter(|a| a.role_definition_id == role.id)
+                .map(|a| a.principal_id)
+                .collect();
+            let user = s
+                .tenant
+                .users
+                .iter()
+                .find(|u| u.account_enabled && !holders.contains(&u.id))
+                .expect("a user without the role")
+                .id;
+            (role.id, role.display_name, user)
+        };
+        let assigned = format!("role:{role_id}:assigned");
+        let (_, ents) = api.get(&admin, &format!("/api/v1/apps/{app}/entitlements")).await;
+        let items = ents["items"].as_array().unwrap();
+        assert_eq!(items[0]["kind"], "access", "{ents}");
+        let row = items
+            .iter()
+            .find(|e| e["id"] == assigned.as_str())
+            .unwrap_or_else(|| panic!("{assigned} is not among the app's entitlements"));
+        assert_eq!(row["kind"], "role");
+        assert_eq!(row["connector_id"], cid.as_str());
+        assert_eq!(row["idp_entitlement_id"], assigned.as_str());
+        assert!(row["name"].as_str().unwrap().contains(&role_name), "{row}");
+        assert!(row["holders"].as_i64().unwrap() >= 1, "{row}");
+        assert!(items.iter().any(|e| e["kind"] == "group"), "groups come too");
+
+        let (st, p) = api
+            .post(
+                &admin,
+                "/api/v1/policies",
+                json!({"name": "auto", "steps": [{"kind": "auto_approve"}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{p}");
+        let (st, rule) = api
+            .post(
+                &admin,
+                &format!("/api/v1/apps/{app}/entitlement-rules"),
+                json!({"resource_types": ["role"], "access_profiles": ["everyone"], "policy": "auto", "max_duration": 7200}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{rule}");
+        // A rule naming an entitlement of the attached connector is accepted too; an unknown one is not.
+        let (st, e) = api
+            .post(
+                &admin,
+                &format!("/api/v1/apps/{app}/entitlement-rules"),
+                json!({"entitlements": [assigned, "role:nope:assigned"], "access_profiles": ["everyone"], "policy": "auto"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("role:nope:assigned"),
+            "{e}"
+        );
+
+        let ut = {
+            let (st, t) = api
+                .post(&admin, "/api/v1/tokens", json!({"user": user.to_string()}))
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "{t}");
+            t["token"].as_str().unwrap().to_owned()
+        };
+        let (_, cat) = api.get(&ut, "/api/v1/catalog").await;
+        let offered = cat["items"].as_array().unwrap();
+        assert!(!offered.is_empty(), "{cat}");
+        assert!(
+            offered.iter().all(|i| i["kind"] == "role"),
+            "only roles are requestable: {cat}"
+        );
+        assert!(offered.iter().any(|i| i["entitlement"] == assigned.as_str()));
+        // Groups of the same connector are not covered by the rule.
+        let group = items.iter().find(|e| e["kind"] == "group").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (st, e) = api
+            .post(&ut, "/api/v1/requests", json!({"entitlement": group, "app": app}))
+            .await;
+        assert!(st.is_client_error(), "{st} {e}");
+
+        let (st, req) = api
+            .post(
+                &ut,
+                "/api/v1/requests",
+                json!({"entitlement": assigned, "justification": "incident 4711", "duration": 3600}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{req}");
+        let id = req["id"].as_str().unwrap().to_owned();
+        let done = wait_state(&api, &ut, &id, "provisioned").await;
+        let expires = done["expires_at"].as_str().unwrap().to_owned();
+        let kinds: Vec<&str> = done["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains(&"end_in_tenant"), "{done:#}");
+        // The tenant holds the assignment with the request's end time.
+        let parse =
+            |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
+        let end_in_tenant = sim
+            .sim
+            .read()
+            .tenant
+            .role_assignments
+            .iter()
+            .find(|a| a.role_definition_id == role_id && a.principal_id == user)
+            .map(|a| a.end.clone());
+        let end_in_tenant = end_in_tenant
+            .expect("the role is assigned in the tenant")
+            .expect("with an end time");
+        assert_eq!(parse(&end_in_tenant), parse(&expires));
+
+        // The end comes: the platform removes the assignment too (the tenant may not have yet).
+        clock.advance(time::Duration::seconds(3601));
+        server.platform.wake_signal().notify_one();
+        wait_state(&api, &ut, &id, "expired").await;
+        assert!(
+            !sim.sim
+                .read()
+                .tenant
+                .role_assignments
+                .iter()
+                .any(|a| a.role_definition_id == role_id && a.principal_id == user),
+            "the role assignment is gone from the tenant"
+        );
+
+        // An uploaded Baton sync attached to another app: its entitlements are listed, never offered.
+        let (st, other) = api
+            .post(&admin, "/api/v1/apps", json!({"name": "Fixture app"}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{other}");
+        let other = other["id"].as_str().unwrap().to_owned();
+        let (st, b) = api
+            .post(
+                &admin,
+                "/api/v1/connectors",
+                json!({"kind": "baton", "name": "fixture", "app_id": other, "identity_source": false}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{b}");
+        let bid = b["id"].as_str().unwrap().to_owned();
+        let (st, s) = api
+            .upload(&admin, &format!("/api/v1/connectors/{bid}/syncs"), fixture(false))
+            .await;
+        assert!(st.is_success(), "{st} {s}");
+        let (st, rule) = api
+            .post(
+                &admin,
+                &format!("/api/v1/apps/{other}/entitlement-rules"),
+                json!({"resource_types": ["group"], "access_profiles": ["everyone"], "policy": "auto"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{rule}");
+        let (_, cat) = api.get(&ut, "/api/v1/catalog").await;
+        assert!(
+            cat["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["app_id"] != other.as_str()),
+            "{cat}"
+        );
+        let (st, e) = api
+            .post(
+                &ut,
+                "/api/v1/requests",
+                json!({"entitlement": "group:g-sales:member", "app": other, "justification": "x"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Entra ID connectors only"),
+            "{e}"
+        );
+        let (_, v) = api.get(&admin, "/api/v1/audit/verify").await;
+        assert_eq!(v["ok"], true, "{v}");
+        server.stop().await;
+    }
+    sim.stop().await;
+}

@@ -240,6 +240,63 @@ impl Platform {
         Ok(self.app(a, app_id).await?.entitlements)
     }
 
+    /// The entitlements of the connectors attached to an app (`app_id` on the connector): each of the
+    /// connector's entitlements is one of the app's, with its IdP id as id and its resource type as kind
+    /// (`role`, `group`, `license`, `subscription`, …), so that rules can make them requestable by kind.
+    /// They are appended to `out` unless it already has one with the same id (the app's own come first).
+    pub(crate) async fn attached_entitlements(
+        &self,
+        app_id: &str,
+        with_holders: bool,
+        out: &mut Vec<AppEntitlement>,
+    ) -> Result<()> {
+        let own: BTreeSet<String> = out.iter().map(|e| e.id.clone()).collect();
+        for (cid, _) in self.gov.attached_connectors(app_id).await? {
+            for (id, name, kind, holders) in self.gov.connector_entitlements(&cid, with_holders).await? {
+                if own.contains(&id) {
+                    continue;
+                }
+                out.push(AppEntitlement {
+                    id: id.clone(),
+                    name,
+                    kind,
+                    connector_id: Some(cid.clone()),
+                    idp_entitlement_id: Some(id),
+                    holders,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// An app's own entitlements (access, app roles, virtual roles) followed by its attached connectors'.
+    async fn requestable_entitlements(&self, app_id: &str) -> Result<Vec<AppEntitlement>> {
+        let mut ents = self.store.app_entitlements(app_id).await?;
+        self.attached_entitlements(app_id, false, &mut ents).await?;
+        Ok(ents)
+    }
+
+    /// Only the Entra ID connector provisions requests (groups, app assignments, directory roles): a
+    /// request whose target needs another kind of connector is refused when filed, not left to fail.
+    async fn check_provisionable(&self, targets: &[Target]) -> Result<()> {
+        for t in targets {
+            let kind = self
+                .store
+                .connector(&t.connector_id)
+                .await?
+                .map(|c| c.connector.kind)
+                .unwrap_or_default();
+            if kind != "entra" {
+                return Err(PlatformError::Invalid(format!(
+                    "{} comes from a {kind:?} connector ({}): requests are provisioned through Entra ID \
+                     connectors only so far",
+                    t.entitlement, t.connector_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Makes an app's entitlements requestable (super_admin, app owner).
     pub async fn create_rule(&self, a: &Actor, app_id: &str, mut spec: RuleSpec) -> Result<EntitlementRule> {
         let app = self.app_row(app_id).await?;
@@ -249,8 +306,9 @@ impl Platform {
                 "app {app_id} is not managed: manage it first (POST /api/v1/apps/{app_id}/manage)"
             )));
         }
-        policy::validate_rule(&spec)?;
-        let ents = self.store.app_entitlements(app_id).await?;
+        let ents = self.requestable_entitlements(app_id).await?;
+        let kinds: BTreeSet<String> = ents.iter().map(|e| e.kind.clone()).collect();
+        policy::validate_rule(&spec, &kinds)?;
         for e in &spec.entitlements {
             if !ents.iter().any(|x| &x.id == e) {
                 return Err(PlatformError::Invalid(format!(
@@ -348,7 +406,15 @@ impl Platform {
             if !app.managed {
                 continue;
             }
-            for e in self.store.app_entitlements(&app_id).await? {
+            let attached: HashMap<String, String> =
+                self.gov.attached_connectors(&app_id).await?.into_iter().collect();
+            for e in self.requestable_entitlements(&app_id).await? {
+                // Attached connectors' entitlements are offered only where requests can be provisioned.
+                if let Some(c) = &e.connector_id
+                    && attached.get(c).is_some_and(|k| k != "entra")
+                {
+                    continue;
+                }
                 let hit = rules.iter().find_map(|r| {
                     if !policy::rule_covers(&r.spec, &e.id, &e.kind) {
                         return None;
@@ -384,15 +450,38 @@ impl Platform {
 
     // ---- requests ----
 
+    /// One of an app's entitlements: its own, else one of an attached connector's (looked up by id).
+    async fn app_entitlement(&self, app_id: &str, ent: &str) -> Result<Option<AppEntitlement>> {
+        if let Some(e) = self
+            .store
+            .app_entitlements(app_id)
+            .await?
+            .into_iter()
+            .find(|e| e.id == ent)
+        {
+            return Ok(Some(e));
+        }
+        for (cid, _) in self.gov.attached_connectors(app_id).await? {
+            if let Some(row) = self.store.entitlement(&cid, ent).await? {
+                return Ok(Some(AppEntitlement {
+                    id: row.id.clone(),
+                    name: row.display_name,
+                    kind: row.resource_type,
+                    connector_id: Some(cid),
+                    idp_entitlement_id: Some(row.id),
+                    holders: 0,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     async fn find_app_entitlement(&self, ent: &str, app: Option<&str>) -> Result<(App, AppEntitlement)> {
         if let Some(app_id) = app {
             let app = self.app_row(app_id).await?;
             let e = self
-                .store
-                .app_entitlements(app_id)
+                .app_entitlement(app_id, ent)
                 .await?
-                .into_iter()
-                .find(|e| e.id == ent)
                 .ok_or_else(|| PlatformError::not_found("app entitlement", ent))?;
             return Ok((app, e));
         }
@@ -404,12 +493,7 @@ impl Platform {
             {
                 continue;
             }
-            if let Some(e) = self
-                .store
-                .app_entitlements(&r.app_id)
-                .await?
-                .into_iter()
-                .find(|e| e.id == ent)
+            if let Some(e) = self.app_entitlement(&r.app_id, ent).await?
                 && let Some(app) = self.store.app(&r.app_id).await?
             {
                 found.push((app, e));
@@ -557,6 +641,7 @@ impl Platform {
                 ent.id, app.name
             )));
         }
+        self.check_provisionable(&targets).await?;
         if let Some(o) = self.gov.open_requests(&me.id, &app.id, &ent.id).await?.first() {
             return Err(PlatformError::Conflict(format!(
                 "you already have request {} ({}) for {}",

@@ -1,7 +1,7 @@
 //! Pure policy logic: validating policies, profiles and rules, matching identities against attributes,
 //! choosing a policy's steps for a request. No storage and no clock here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::types::*;
 use crate::error::{PlatformError, Result};
@@ -137,29 +137,42 @@ pub fn validate_policy(p: &PolicySpec) -> Result<()> {
     Ok(())
 }
 
-/// App entitlement kinds.
+/// App entitlement kinds of an app's own entitlements; an attached connector adds its resource types
+/// (`role`, `group`, …) as further kinds.
 pub const KINDS: &[&str] = &["access", "app_role", "virtual_role"];
 
+/// A kind in a policy condition: one of [`KINDS`] or a connector resource type (lower case, digits, `_`).
 fn check_kind(k: &str) -> Result<()> {
-    if KINDS.contains(&k) {
+    let resource_type = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if KINDS.contains(&k) || resource_type {
         Ok(())
     } else {
         Err(PlatformError::Invalid(format!(
-            "unknown entitlement kind {k:?}; use one of {}",
+            "unknown entitlement kind {k:?}; use one of {} or a connector's resource type such as role",
             KINDS.join(", ")
         )))
     }
 }
 
-/// Checks a rule (its profiles and policy are resolved by the caller).
-pub fn validate_rule(r: &RuleSpec) -> Result<()> {
+/// Checks a rule (its profiles and policy are resolved by the caller); `kinds` are the kinds the app's
+/// entitlements have besides [`KINDS`] (its attached connectors' resource types).
+pub fn validate_rule(r: &RuleSpec, kinds: &BTreeSet<String>) -> Result<()> {
     if r.resource_types.is_empty() && r.entitlements.is_empty() {
         return Err(PlatformError::Invalid(
-            "an entitlement rule needs \"resource_types\" (access, app_role, virtual_role) or \"entitlements\" (app entitlement ids)".into(),
+            "an entitlement rule needs \"resource_types\" (access, app_role, virtual_role, or an attached connector's resource types) or \"entitlements\" (app entitlement ids)".into(),
         ));
     }
     for k in &r.resource_types {
-        check_kind(k)?;
+        if !KINDS.contains(&k.as_str()) && !kinds.contains(k) {
+            let mut all: Vec<&str> = KINDS.to_vec();
+            all.extend(kinds.iter().map(String::as_str));
+            return Err(PlatformError::Invalid(format!(
+                "unknown entitlement kind {k:?} for this app; use one of {}",
+                all.join(", ")
+            )));
+        }
     }
     if r.access_profiles.is_empty() {
         return Err(PlatformError::Invalid(

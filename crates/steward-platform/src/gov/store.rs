@@ -132,6 +132,15 @@ pub trait GovStore: Send + Sync + 'static {
     async fn entitlement_users(&self, entitlement_id: &str) -> Result<Vec<String>>;
     /// Whether the snapshot of `connector` shows `principal` holding `entitlement` directly.
     async fn holds_direct(&self, connector: &str, entitlement: &str, principal: &str) -> Result<bool>;
+    /// Connectors attached to an app: (id, kind), by id.
+    async fn attached_connectors(&self, app_id: &str) -> Result<Vec<(String, String)>>;
+    /// Every entitlement in a connector's snapshot as (id, name, resource type, holders), by resource type,
+    /// name and id; `holders` is counted only when asked (one index range per entitlement), else 0.
+    async fn connector_entitlements(
+        &self,
+        connector_id: &str,
+        with_holders: bool,
+    ) -> Result<Vec<(String, String, String, i64)>>;
 }
 
 const REQ_COLS: &str = "body, version";
@@ -548,5 +557,29 @@ impl GovStore for SqlStore {
                 .bind(connector).bind(entitlement).bind(principal).fetch_optional(p).await?
         });
         Ok(row.is_some())
+    }
+
+    async fn attached_connectors(&self, app_id: &str) -> Result<Vec<(String, String)>> {
+        let rows: Vec<(String, String)> = with_db!(self.db(), p => {
+            sqlx::query_as("SELECT id, kind FROM connectors WHERE app_id = $1 ORDER BY id")
+                .bind(app_id).fetch_all(p).await?
+        });
+        Ok(rows)
+    }
+
+    async fn connector_entitlements(
+        &self,
+        connector_id: &str,
+        with_holders: bool,
+    ) -> Result<Vec<(String, String, String, i64)>> {
+        let sql = if with_holders {
+            "SELECT e.id, e.display_name, e.resource_type, (SELECT count(*) FROM grants g WHERE g.connector_id = e.connector_id AND g.entitlement_id = e.id) FROM entitlements e WHERE e.connector_id = $1 ORDER BY e.resource_type, e.display_name, e.id"
+        } else {
+            "SELECT e.id, e.display_name, e.resource_type, CAST(0 AS BIGINT) FROM entitlements e WHERE e.connector_id = $1 ORDER BY e.resource_type, e.display_name, e.id"
+        };
+        let rows: Vec<(String, String, String, i64)> = with_db!(self.db(), p => {
+            sqlx::query_as(sql).bind(connector_id).fetch_all(p).await?
+        });
+        Ok(rows)
     }
 }
