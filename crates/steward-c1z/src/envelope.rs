@@ -88,8 +88,14 @@ pub fn write_c1z(db: &Path, out: &Path, opts: CompressOptions) -> Result<u64> {
     Ok(written)
 }
 
-/// Checks the magic bytes of `path` and decompresses its database into `db`.
-pub fn read_c1z(path: &Path, db: &Path, max_decoded: u64) -> Result<u64> {
+/// The decompressed database of a c1z, read as a stream (see [`decoder`]).
+pub type Decoder = zstd::stream::read::Decoder<'static, BufReader<File>>;
+
+/// Checks the magic bytes of `path` and returns a reader of its decompressed SQLite database, for a caller
+/// that reads the pages as they come instead of unpacking them into a file ([`read_c1z`]). The frame's
+/// checksum is checked when the reader reaches its end; a truncated or corrupt frame is a read error.
+/// The caller caps how much it reads.
+pub fn decoder(path: &Path) -> Result<Decoder> {
     let file = File::open(path).map_err(C1zError::io("open", path))?;
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut magic = Vec::with_capacity(5);
@@ -122,6 +128,16 @@ pub fn read_c1z(path: &Path, db: &Path, max_decoded: u64) -> Result<u64> {
         .map_err(corrupt)?
         .single_frame();
     dec.window_log_max(MAX_WINDOW_LOG).map_err(corrupt)?;
+    Ok(dec)
+}
+
+/// Checks the magic bytes of `path` and decompresses its database into `db`.
+pub fn read_c1z(path: &Path, db: &Path, max_decoded: u64) -> Result<u64> {
+    let corrupt = |e: std::io::Error| C1zError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("zstd: {e}"),
+    };
+    let mut dec = decoder(path)?;
     let out = File::create(db).map_err(C1zError::io("create", db))?;
     let mut w = BufWriter::with_capacity(1 << 20, out);
     let n = std::io::copy(&mut (&mut dec).take(max_decoded + 1), &mut w).map_err(corrupt)?;

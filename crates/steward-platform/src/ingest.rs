@@ -52,13 +52,57 @@ impl SyncFile {
     }
 }
 
-/// Opens the c1z at `path` and sends it to the store; sends `Batch::Failed` on error. Blocking.
+/// Opens the c1z at `path` and sends it to the store: as a [`C1zStream`] when its database can be read
+/// from the zstd stream, else unpacked ([`SyncFile`]); `Batch::Failed` on error. Blocking.
 pub fn read_c1z(path: &Path, _connector_id: &str, _identity_source: bool, tx: &mpsc::Sender<Batch>) {
-    let b = match SyncFile::open(path) {
-        Ok(f) => Batch::Sync(Box::new(f)),
+    let b = match C1zStream::open(path) {
+        Ok(Some(s)) => Batch::Stream(Box::new(s)),
+        Ok(None) => match SyncFile::open(path) {
+            Ok(f) => Batch::Sync(Box::new(f)),
+            Err(e) => Batch::Failed(e),
+        },
         Err(e) => Batch::Failed(e),
     };
     let _ = tx.blocking_send(b);
+}
+
+/// Where the store reads a sync's rows from.
+#[derive(Debug)]
+pub enum Source {
+    /// The zstd stream, page by page ([`extract_stream`]).
+    Stream(Box<C1zStream>),
+    /// The unpacked file ([`extract`]).
+    File(Box<SyncFile>),
+}
+
+/// How a read ended.
+#[derive(Debug)]
+pub enum Extracted {
+    /// Every row was given to the sink.
+    Done(Counts),
+    /// The stream holds something [`extract_stream`] does not read (the reason): the rows given to the
+    /// sink so far must be discarded and the file read unpacked instead.
+    Fallback(String),
+}
+
+impl Source {
+    /// Feeds every row of the sync to `sink` (see [`extract`] and [`extract_stream`]). Blocking.
+    pub fn extract(
+        self,
+        connector_id: &str,
+        identity_source: bool,
+        sink: &mut impl Sink,
+    ) -> Result<Extracted> {
+        match self {
+            Source::Stream(s) => extract_stream(*s, connector_id, identity_source, sink),
+            Source::File(f) => {
+                let n = extract(&f, connector_id, identity_source, sink);
+                // Deleting the multi-GB unpacked file is not part of the ingest.
+                std::thread::spawn(move || drop(f));
+                n.map(Extracted::Done)
+            }
+        }
+    }
 }
 
 /// A grant of the sync, borrowed from the reader.
@@ -201,6 +245,67 @@ pub fn direct_and_via<'a>(ent: &str, srcs: Option<&'a GrantSources>) -> (bool, O
     (false, via)
 }
 
+/// The rows of an encoded resource: its identity (identity source only: users and managed identities) and
+/// its resource row; `None` for a resource without an id.
+fn resource_rows(
+    data: &[u8],
+    connector_id: &str,
+    identity_source: bool,
+) -> Result<Option<(Option<Identity>, ResourceRow)>> {
+    let r = Resource::decode(data)
+        .map_err(|e| PlatformError::SyncFile(format!("a resource does not decode: {e}")))?;
+    let Some(id) = &r.id else { return Ok(None) };
+    let p = profile_json(&r);
+    let login = s(&p, "user_principal_name")
+        .or_else(|| s(&p, "login"))
+        .map(|x| x.to_lowercase());
+    let email = s(&p, "email").or_else(|| s(&p, "mail")).map(|x| x.to_lowercase());
+    let identity = (identity_source
+        && (id.resource_type == "user" || id.resource_type == "managed_identity"))
+        .then(|| {
+            let enabled = p.get("account_enabled").and_then(|v| v.as_bool()).unwrap_or(true);
+            Identity {
+                id: id.resource.clone(),
+                kind: id.resource_type.clone(),
+                display_name: r.display_name.clone(),
+                upn: s(&p, "user_principal_name"),
+                email: s(&p, "email"),
+                department: s(&p, "department"),
+                job_title: s(&p, "job_title"),
+                manager_id: s(&p, "manager_id"),
+                status: if enabled { "enabled" } else { "disabled" }.into(),
+                connector_id: connector_id.to_owned(),
+            }
+        });
+    let row = ResourceRow {
+        resource_type: id.resource_type.clone(),
+        resource_id: id.resource.clone(),
+        display_name: r.display_name.clone(),
+        parent: r
+            .parent_resource_id
+            .as_ref()
+            .map(|p| format!("{}:{}", p.resource_type, p.resource)),
+        login,
+        email,
+        profile: p.to_string(),
+    };
+    Ok(Some((identity, row)))
+}
+
+/// The row of an encoded entitlement.
+fn entitlement_row(data: &[u8]) -> Result<EntitlementRow> {
+    let e = Entitlement::decode(data)
+        .map_err(|e| PlatformError::SyncFile(format!("an entitlement does not decode: {e}")))?;
+    let rid = e.resource.and_then(|r| r.id).unwrap_or_default();
+    Ok(EntitlementRow {
+        id: e.id,
+        resource_type: rid.resource_type,
+        resource_id: rid.resource,
+        display_name: e.display_name,
+        slug: e.slug,
+    })
+}
+
 /// Feeds every resource, identity, entitlement and grant of `file` to `sink`. Blocking. A file that cannot
 /// be read is a [`PlatformError::SyncFile`]; the sink's errors pass through.
 pub fn extract(
@@ -244,41 +349,14 @@ pub fn extract_from(
     let mut rows = st.query([sid]).map_err(err)?;
     while let Some(row) = rows.next().map_err(err)? {
         let data = row.get_ref(0).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
-        let r = Resource::decode(data).map_err(|e| bad(format!("a resource does not decode: {e}")))?;
-        let Some(id) = &r.id else { continue };
-        let p = profile_json(&r);
-        let login = s(&p, "user_principal_name")
-            .or_else(|| s(&p, "login"))
-            .map(|x| x.to_lowercase());
-        let email = s(&p, "email").or_else(|| s(&p, "mail")).map(|x| x.to_lowercase());
-        if identity_source && (id.resource_type == "user" || id.resource_type == "managed_identity") {
-            let enabled = p.get("account_enabled").and_then(|v| v.as_bool()).unwrap_or(true);
-            sink.identity(&Identity {
-                id: id.resource.clone(),
-                kind: id.resource_type.clone(),
-                display_name: r.display_name.clone(),
-                upn: s(&p, "user_principal_name"),
-                email: s(&p, "email"),
-                department: s(&p, "department"),
-                job_title: s(&p, "job_title"),
-                manager_id: s(&p, "manager_id"),
-                status: if enabled { "enabled" } else { "disabled" }.into(),
-                connector_id: connector_id.to_owned(),
-            })?;
+        let Some((identity, r)) = resource_rows(data, connector_id, identity_source)? else {
+            continue;
+        };
+        if let Some(i) = identity {
+            sink.identity(&i)?;
             n.identities += 1;
         }
-        sink.resource(&ResourceRow {
-            resource_type: id.resource_type.clone(),
-            resource_id: id.resource.clone(),
-            display_name: r.display_name.clone(),
-            parent: r
-                .parent_resource_id
-                .as_ref()
-                .map(|p| format!("{}:{}", p.resource_type, p.resource)),
-            login,
-            email,
-            profile: p.to_string(),
-        })?;
+        sink.resource(&r)?;
         n.resources += 1;
     }
     drop(rows);
@@ -290,15 +368,7 @@ pub fn extract_from(
     let mut rows = st.query([sid]).map_err(err)?;
     while let Some(row) = rows.next().map_err(err)? {
         let data = row.get_ref(0).and_then(|v| Ok(v.as_blob()?)).map_err(err)?;
-        let e = Entitlement::decode(data).map_err(|e| bad(format!("an entitlement does not decode: {e}")))?;
-        let rid = e.resource.and_then(|r| r.id).unwrap_or_default();
-        sink.entitlement(&EntitlementRow {
-            id: e.id,
-            resource_type: rid.resource_type,
-            resource_id: rid.resource,
-            display_name: e.display_name,
-            slug: e.slug,
-        })?;
+        sink.entitlement(&entitlement_row(data)?)?;
         n.entitlements += 1;
     }
     drop(rows);
@@ -325,6 +395,626 @@ pub fn extract_from(
         n.grants += 1;
     }
     Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Reading the rows straight from the zstd stream.
+//
+// A c1z is one zstd frame holding a SQLite database file, so its pages arrive in page-number order. The
+// rows ingest needs live in the leaf pages of four tables' B-trees (v1_resources, v1_entitlements,
+// v1_grants, v1_sync_runs). Which tree a page belongs to is not written on the page: it follows from the
+// interior pages, starting at each table's root page (from `sqlite_master`, on page 1). A page is read
+// only once it is known to belong to one of those trees; a leaf page that arrives before the interior page
+// pointing at it waits in memory until then, and pages that no tree reaches (the freelist, pointer maps)
+// are never read. Anything this reader does not handle — a needed row that spills into overflow pages, a
+// schema that does not fit on page 1, more than one sync in the file, a malformed page — makes it answer
+// [`Extracted::Fallback`], and the store reads the file unpacked instead.
+// ---------------------------------------------------------------------------------------------------------
+
+/// Smallest page size read from the stream: below it, large rows spill into overflow pages.
+const STREAM_MIN_PAGE: usize = 32 * 1024;
+/// Pages per message from the decompressing thread.
+const STREAM_CHUNK_PAGES: usize = 16;
+/// Memory for leaf pages that arrive before their interior page; past it the file is read unpacked.
+const STREAM_MAX_PENDING: usize = 1 << 30;
+
+/// A c1z opened for [`extract_stream`]: envelope and database header checked, page 1 (the schema) read.
+pub struct C1zStream {
+    path: std::path::PathBuf,
+    dec: steward_c1z::envelope::Decoder,
+    page_size: usize,
+    usable: usize,
+    schema: StreamSchema,
+}
+
+impl std::fmt::Debug for C1zStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("C1zStream")
+            .field("path", &self.path)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+/// The tables whose rows are read, with the positions of the columns used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// `data`, `sync_id`.
+    Resources { data: usize, sync: usize },
+    /// `data`, `sync_id`.
+    Entitlements { data: usize, sync: usize },
+    /// `external_id`, `entitlement_id`, `principal_resource_type_id`, `principal_resource_id`, `data`, `sync_id`.
+    Grants { cols: [usize; 6] },
+    /// `sync_id`, `ended_at`.
+    SyncRuns { sync: usize, ended: usize },
+    /// Any other table: its pages are recognised and skipped.
+    Other,
+}
+
+/// Root page of every table.
+#[derive(Debug, Default)]
+struct StreamSchema {
+    roots: Vec<(u32, Table)>,
+}
+
+impl C1zStream {
+    /// Opens `path`. `Ok(None)`: the database is not one this reader handles (page size, encoding, schema),
+    /// so the caller unpacks it; `Err`: the envelope is not a c1z (the reason).
+    pub fn open(path: &Path) -> std::result::Result<Option<C1zStream>, String> {
+        use std::io::Read;
+        let mut dec = steward_c1z::envelope::decoder(path).map_err(|e| e.to_string())?;
+        let mut header = [0u8; 100];
+        if dec.read_exact(&mut header).is_err() || &header[..16] != b"SQLite format 3\0" {
+            return Ok(None);
+        }
+        let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+            1 => 65536,
+            n => usize::from(n),
+        };
+        let reserved = usize::from(header[20]);
+        let utf8 = u32::from_be_bytes([header[56], header[57], header[58], header[59]]) == 1;
+        if page_size < STREAM_MIN_PAGE || !page_size.is_power_of_two() || !utf8 {
+            return Ok(None);
+        }
+        let mut page = vec![0u8; page_size];
+        page[..100].copy_from_slice(&header);
+        if dec.read_exact(&mut page[100..]).is_err() {
+            return Ok(None);
+        }
+        let usable = page_size - reserved;
+        let Some(schema) = read_schema(&page, usable) else {
+            return Ok(None);
+        };
+        Ok(Some(C1zStream {
+            path: path.to_owned(),
+            dec,
+            page_size,
+            usable,
+            schema,
+        }))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A SQLite varint at `b[*i..]` (big-endian groups of 7 bits, the ninth byte whole).
+fn sqlite_varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for k in 0..9 {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        if k == 8 {
+            return Some((v << 8) | u64::from(byte));
+        }
+        v = (v << 7) | u64::from(byte & 0x7f);
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn be16(b: &[u8], i: usize) -> Option<usize> {
+    Some(usize::from(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?])))
+}
+
+fn be32(b: &[u8], i: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?))
+}
+
+/// A column value of a record.
+#[derive(Debug, Clone, Copy)]
+enum Val<'a> {
+    Null,
+    Int(i64),
+    Text(&'a [u8]),
+    Blob(&'a [u8]),
+}
+
+/// At most this many leading columns of a record are located.
+const MAX_COLS: usize = 16;
+
+/// The first [`MAX_COLS`] columns of the record `rec` (missing trailing columns are NULL, as SQLite reads
+/// rows written before an `ADD COLUMN`). `None`: malformed.
+fn record(rec: &[u8]) -> Option<[Val<'_>; MAX_COLS]> {
+    let mut out = [Val::Null; MAX_COLS];
+    let mut i = 0;
+    let hlen = usize::try_from(sqlite_varint(rec, &mut i)?).ok()?;
+    let mut body = hlen;
+    let mut col = 0;
+    while i < hlen && col < MAX_COLS {
+        let t = sqlite_varint(rec, &mut i)?;
+        let (len, v): (usize, fn(&[u8]) -> Val<'_>) = match t {
+            0 => (0, |_| Val::Null),
+            1..=6 => {
+                let n = [0, 1, 2, 3, 4, 6, 8][usize::try_from(t).ok()?];
+                (n, |b| {
+                    let mut x = if b.first().is_some_and(|f| f & 0x80 != 0) {
+                        -1i64
+                    } else {
+                        0
+                    };
+                    for &c in b {
+                        x = (x << 8) | i64::from(c);
+                    }
+                    Val::Int(x)
+                })
+            }
+            7 => (8, |_| Val::Null),
+            8 => (0, |_| Val::Int(0)),
+            9 => (0, |_| Val::Int(1)),
+            10 | 11 => return None,
+            n if n % 2 == 0 => (usize::try_from((n - 12) / 2).ok()?, |b| Val::Blob(b)),
+            n => (usize::try_from((n - 13) / 2).ok()?, |b| Val::Text(b)),
+        };
+        let end = body.checked_add(len)?;
+        out[col] = v(rec.get(body..end)?);
+        body = end;
+        col += 1;
+    }
+    Some(out)
+}
+
+/// The local payload of each cell of a table leaf page: `(payload, spills)`; `spills` when the row
+/// continues on overflow pages (the payload is then only its first part).
+fn leaf_cells(page: &[u8], hdr: usize, usable: usize) -> Option<Vec<(&[u8], bool)>> {
+    let n = be16(page, hdr + 3)?;
+    let mut out = Vec::with_capacity(n);
+    let max_local = usable - 35;
+    for k in 0..n {
+        let mut i = be16(page, hdr + 8 + 2 * k)?;
+        let p = usize::try_from(sqlite_varint(page, &mut i)?).ok()?;
+        sqlite_varint(page, &mut i)?; // rowid
+        if p <= max_local {
+            out.push((page.get(i..i.checked_add(p)?)?, false));
+        } else {
+            let m = (usable - 12) * 32 / 255 - 23;
+            let k = m + (p - m) % (usable - 4);
+            let local = if k <= max_local { k } else { m };
+            out.push((page.get(i..i + local)?, true));
+        }
+    }
+    Some(out)
+}
+
+/// The child pages of a table interior page.
+fn interior_children(page: &[u8]) -> Option<Vec<u32>> {
+    let n = be16(page, 3)?;
+    let mut out = Vec::with_capacity(n + 1);
+    for k in 0..n {
+        out.push(be32(page, be16(page, 12 + 2 * k)?)?);
+    }
+    out.push(be32(page, 8)?);
+    Some(out)
+}
+
+/// Column names of a `CREATE TABLE` statement, lowercased, in order.
+fn table_columns(sql: &str) -> Option<Vec<String>> {
+    let body = &sql[sql.find('(')? + 1..sql.rfind(')')?];
+    let mut cols = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    let mut parts = Vec::new();
+    for (i, c) in body.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&body[start..]);
+    for p in parts {
+        let word = p.split_whitespace().next()?;
+        let name = word
+            .trim_matches(|c| matches!(c, '"' | '`' | '[' | ']'))
+            .to_lowercase();
+        if ["constraint", "primary", "unique", "check", "foreign"].contains(&name.as_str()) {
+            continue;
+        }
+        cols.push(name);
+    }
+    Some(cols)
+}
+
+/// Reads `sqlite_master` from page 1; `None` when it is not there whole or lacks a needed table.
+fn read_schema(page1: &[u8], usable: usize) -> Option<StreamSchema> {
+    if page1.get(100) != Some(&13) {
+        return None;
+    }
+    let mut schema = StreamSchema::default();
+    let mut found = 0;
+    for (payload, spills) in leaf_cells(page1, 100, usable)? {
+        if spills {
+            return None;
+        }
+        let v = record(payload)?;
+        let (Val::Text(kind), Val::Text(name), Val::Int(root), Val::Text(sql)) = (v[0], v[1], v[3], v[4])
+        else {
+            continue;
+        };
+        if kind != b"table" || root <= 0 {
+            continue;
+        }
+        let (name, sql) = (std::str::from_utf8(name).ok()?, std::str::from_utf8(sql).ok()?);
+        let root = u32::try_from(root).ok()?;
+        let needed = ["v1_resources", "v1_entitlements", "v1_grants", "v1_sync_runs"].contains(&name);
+        if !needed {
+            schema.roots.push((root, Table::Other));
+            continue;
+        }
+        if sql.to_lowercase().contains("without rowid") {
+            return None;
+        }
+        let cols = table_columns(sql)?;
+        let at = |c: &str| cols.iter().position(|x| x == c).filter(|i| *i < MAX_COLS);
+        let t = match name {
+            "v1_resources" => Table::Resources {
+                data: at("data")?,
+                sync: at("sync_id")?,
+            },
+            "v1_entitlements" => Table::Entitlements {
+                data: at("data")?,
+                sync: at("sync_id")?,
+            },
+            "v1_grants" => Table::Grants {
+                cols: [
+                    at("external_id")?,
+                    at("entitlement_id")?,
+                    at("principal_resource_type_id")?,
+                    at("principal_resource_id")?,
+                    at("data")?,
+                    at("sync_id")?,
+                ],
+            },
+            _ => Table::SyncRuns {
+                sync: at("sync_id")?,
+                ended: at("ended_at")?,
+            },
+        };
+        schema.roots.push((root, t));
+        found += 1;
+    }
+    (found == 4).then_some(schema)
+}
+
+/// Why a page cannot be read here (the file is read unpacked instead).
+struct NotStreamable(String);
+
+/// The state of [`extract_stream`] between pages.
+struct StreamState<'s, S: Sink> {
+    sink: &'s mut S,
+    connector_id: &'s str,
+    identity_source: bool,
+    usable: usize,
+    /// Which tree each page known so far belongs to.
+    owner: std::collections::HashMap<u32, Table>,
+    /// Interior pages not yet reached from a root: their children.
+    pending_interior: std::collections::HashMap<u32, Vec<u32>>,
+    /// Leaf pages not yet reached from a root.
+    pending_leaf: std::collections::HashMap<u32, Vec<u8>>,
+    pending_bytes: usize,
+    /// The sync of every row read so far.
+    sync_id: Option<Vec<u8>>,
+    /// The rows of `v1_sync_runs`: (sync id, finished).
+    runs: Vec<(Vec<u8>, bool)>,
+    resources: Vec<(Option<Identity>, ResourceRow)>,
+    entitlements: Vec<EntitlementRow>,
+    n: Counts,
+}
+
+type Step = std::result::Result<(), NotStreamable>;
+
+fn text<'a>(v: Val<'a>, what: &str) -> std::result::Result<&'a str, NotStreamable> {
+    match v {
+        Val::Text(t) => std::str::from_utf8(t).map_err(|_| NotStreamable(format!("{what} is not UTF-8"))),
+        _ => Err(NotStreamable(format!("{what} is not text"))),
+    }
+}
+
+impl<S: Sink> StreamState<'_, S> {
+    /// A page of the stream (`pgno` ≥ 2).
+    fn page(&mut self, pgno: u32, page: &[u8]) -> Result<Step> {
+        match page.first() {
+            Some(5) => {
+                let Some(children) = interior_children(page) else {
+                    return Ok(Err(NotStreamable(format!("page {pgno} is malformed"))));
+                };
+                match self.owner.get(&pgno).copied() {
+                    Some(t) => self.assign(children, t),
+                    None => {
+                        self.pending_interior.insert(pgno, children);
+                        Ok(Ok(()))
+                    }
+                }
+            }
+            Some(13) => match self.owner.get(&pgno).copied() {
+                Some(t) => self.leaf(pgno, page, t),
+                None => {
+                    self.pending_bytes += page.len();
+                    if self.pending_bytes > STREAM_MAX_PENDING {
+                        return Ok(Err(NotStreamable(
+                            "too many pages arrive before the pages that point at them".into(),
+                        )));
+                    }
+                    self.pending_leaf.insert(pgno, page.to_vec());
+                    Ok(Ok(()))
+                }
+            },
+            _ => Ok(Ok(())),
+        }
+    }
+
+    /// Records that `pages` belong to table `t`, reading those that arrived already.
+    fn assign(&mut self, pages: Vec<u32>, t: Table) -> Result<Step> {
+        let mut stack = pages;
+        while let Some(p) = stack.pop() {
+            if self.owner.insert(p, t).is_some() {
+                return Ok(Err(NotStreamable(format!(
+                    "page {p} is in two places of the file's trees"
+                ))));
+            }
+            if let Some(children) = self.pending_interior.remove(&p) {
+                stack.extend(children);
+            }
+            if let Some(page) = self.pending_leaf.remove(&p) {
+                self.pending_bytes -= page.len();
+                if let Err(e) = self.leaf(p, &page, t)? {
+                    return Ok(Err(e));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn same_sync(&mut self, sid: Val<'_>) -> Step {
+        let Val::Text(sid) = sid else {
+            return Err(NotStreamable("a row without a sync id".into()));
+        };
+        match &self.sync_id {
+            Some(s) if s.as_slice() == sid => Ok(()),
+            Some(_) => Err(NotStreamable("the file holds rows of more than one sync".into())),
+            None => {
+                self.sync_id = Some(sid.to_vec());
+                Ok(())
+            }
+        }
+    }
+
+    /// The rows of a leaf page of table `t`.
+    fn leaf(&mut self, pgno: u32, page: &[u8], t: Table) -> Result<Step> {
+        if t == Table::Other {
+            return Ok(Ok(()));
+        }
+        let Some(cells) = leaf_cells(page, 0, self.usable) else {
+            return Ok(Err(NotStreamable(format!("page {pgno} is malformed"))));
+        };
+        for (payload, spills) in cells {
+            if spills {
+                return Ok(Err(NotStreamable("a row larger than a page".into())));
+            }
+            let Some(v) = record(payload) else {
+                return Ok(Err(NotStreamable(format!("a row of page {pgno} is malformed"))));
+            };
+            match t {
+                Table::Grants { cols } => {
+                    if let Err(e) = self.same_sync(v[cols[5]]) {
+                        return Ok(Err(e));
+                    }
+                    let texts = (|| {
+                        Ok::<_, NotStreamable>((
+                            text(v[cols[0]], "a grant id")?,
+                            text(v[cols[1]], "a grant's entitlement")?,
+                            text(v[cols[2]], "a grant's principal type")?,
+                            text(v[cols[3]], "a grant's principal")?,
+                        ))
+                    })();
+                    let (id, ent, ptype, pid) = match texts {
+                        Ok(x) => x,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    let Val::Blob(data) = v[cols[4]] else {
+                        return Ok(Err(NotStreamable("a grant without data".into())));
+                    };
+                    let srcs = grant_sources(data)
+                        .map_err(|e| PlatformError::SyncFile(format!("grant {id}: {e}")))?;
+                    let (direct, via) = direct_and_via(ent, srcs.as_ref());
+                    self.sink.grant(&GrantRef {
+                        id,
+                        entitlement_id: ent,
+                        principal_type: ptype,
+                        principal_id: pid,
+                        direct,
+                        via,
+                    })?;
+                    self.n.grants += 1;
+                }
+                Table::Resources { data, sync } => {
+                    if let Err(e) = self.same_sync(v[sync]) {
+                        return Ok(Err(e));
+                    }
+                    let Val::Blob(data) = v[data] else {
+                        return Ok(Err(NotStreamable("a resource without data".into())));
+                    };
+                    if let Some(r) = resource_rows(data, self.connector_id, self.identity_source)? {
+                        self.resources.push(r);
+                    }
+                }
+                Table::Entitlements { data, sync } => {
+                    if let Err(e) = self.same_sync(v[sync]) {
+                        return Ok(Err(e));
+                    }
+                    let Val::Blob(data) = v[data] else {
+                        return Ok(Err(NotStreamable("an entitlement without data".into())));
+                    };
+                    self.entitlements.push(entitlement_row(data)?);
+                }
+                Table::SyncRuns { sync, ended } => {
+                    let Val::Text(sid) = v[sync] else {
+                        return Ok(Err(NotStreamable("a sync run without an id".into())));
+                    };
+                    self.runs.push((sid.to_vec(), !matches!(v[ended], Val::Null)));
+                }
+                Table::Other => {}
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Feeds every row of the stream's sync to `sink` (grants first, as they arrive; then the resources with
+/// their identities, then the entitlements, which are kept until the end). Blocking. A zstd or protobuf
+/// error is a [`PlatformError::SyncFile`], as with [`extract`]; a file this reader does not handle is
+/// [`Extracted::Fallback`] (see the comment above [`C1zStream`]).
+pub fn extract_stream(
+    stream: C1zStream,
+    connector_id: &str,
+    identity_source: bool,
+    sink: &mut impl Sink,
+) -> Result<Extracted> {
+    use std::io::Read;
+    let C1zStream {
+        path,
+        mut dec,
+        page_size,
+        usable,
+        schema,
+    } = stream;
+    let zstd_err = |e: std::io::Error| PlatformError::SyncFile(format!("{}: zstd: {e}", path.display()));
+    let mut st = StreamState {
+        sink,
+        connector_id,
+        identity_source,
+        usable,
+        owner: schema.roots.iter().copied().collect(),
+        pending_interior: Default::default(),
+        pending_leaf: Default::default(),
+        pending_bytes: 0,
+        sync_id: None,
+        runs: Vec::new(),
+        resources: Vec::new(),
+        entitlements: Vec::new(),
+        n: Counts::default(),
+    };
+    let chunk = page_size * STREAM_CHUNK_PAGES;
+    let max_pages = steward_c1z::envelope::DEFAULT_MAX_DECODED / page_size as u64;
+    // One thread decompresses, this one reads the pages; used buffers go back to the decompressor.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    let (outcome, last) = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            loop {
+                let mut buf = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(chunk));
+                buf.resize(chunk, 0);
+                let mut filled = 0;
+                let r = loop {
+                    match dec.read(&mut buf[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(k) => {
+                            filled += k;
+                            if filled == chunk {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                buf.truncate(filled);
+                let done = r.is_err() || filled < chunk;
+                let msg = r.map(|()| buf);
+                if full_tx.send(msg).is_err() || done {
+                    return;
+                }
+            }
+        });
+        // Owned here: returning early drops it, which stops the decompressing thread.
+        let full_rx = full_rx;
+        let mut pgno: u32 = 1;
+        for msg in full_rx.iter() {
+            let buf = msg.map_err(zstd_err)?;
+            if buf.len() % page_size != 0 {
+                return Err(PlatformError::SyncFile(format!(
+                    "{}: the database ends inside a page",
+                    path.display()
+                )));
+            }
+            for page in buf.chunks_exact(page_size) {
+                pgno = pgno.saturating_add(1);
+                if u64::from(pgno) > max_pages {
+                    return Err(PlatformError::SyncFile(format!(
+                        "{} unpacks to more than {} bytes",
+                        path.display(),
+                        steward_c1z::envelope::DEFAULT_MAX_DECODED
+                    )));
+                }
+                if let Err(e) = st.page(pgno, page)? {
+                    return Ok((Err(e), pgno));
+                }
+            }
+            let _ = empty_tx.try_send(buf);
+        }
+        Ok((Ok(()), pgno))
+    })?;
+    if let Err(NotStreamable(why)) = outcome {
+        return Ok(Extracted::Fallback(why));
+    }
+    if let Some(p) = st.owner.keys().find(|p| **p > last) {
+        return Ok(Extracted::Fallback(format!(
+            "page {p} is past the end of the database"
+        )));
+    }
+    let Some((sid, finished)) = st.runs.first().cloned() else {
+        return Ok(Extracted::Fallback("no sync run".into()));
+    };
+    if !finished || st.runs.iter().any(|r| r.0 != sid) || st.sync_id.as_ref().is_some_and(|s| *s != sid) {
+        return Ok(Extracted::Fallback("not exactly one finished sync".into()));
+    }
+    let StreamState {
+        sink,
+        resources,
+        entitlements,
+        mut n,
+        ..
+    } = st;
+    for (identity, r) in resources {
+        if let Some(i) = identity {
+            sink.identity(&i)?;
+            n.identities += 1;
+        }
+        sink.resource(&r)?;
+        n.resources += 1;
+    }
+    for e in entitlements {
+        sink.entitlement(&e)?;
+        n.entitlements += 1;
+    }
+    Ok(Extracted::Done(n))
 }
 
 #[cfg(test)]
@@ -374,6 +1064,176 @@ mod tests {
         assert_eq!(direct_and_via(ent, s.as_ref()), (false, Some("group:g3:member")));
         let s = grant_sources(&encoded(&[(ent, false)])).unwrap();
         assert_eq!(direct_and_via(ent, s.as_ref()), (false, None));
+    }
+
+    use steward_model::builders::{self, ResourceBuilder};
+    use steward_model::pb::{entitlement::PurposeValue, resource_type::Trait};
+
+    /// Every row a sink was given, as text, sorted.
+    #[derive(Default, Debug, PartialEq)]
+    struct Rows(Vec<String>);
+
+    impl Sink for Rows {
+        fn resource(&mut self, r: &ResourceRow) -> Result<()> {
+            self.0.push(format!("{r:?}"));
+            Ok(())
+        }
+        fn identity(&mut self, i: &Identity) -> Result<()> {
+            self.0.push(format!("{i:?}"));
+            Ok(())
+        }
+        fn entitlement(&mut self, e: &EntitlementRow) -> Result<()> {
+            self.0.push(format!("{e:?}"));
+            Ok(())
+        }
+        fn grant(&mut self, g: &GrantRef<'_>) -> Result<()> {
+            self.0.push(format!("{g:?}"));
+            Ok(())
+        }
+    }
+
+    /// A full sync of `users` users (with profiles large enough to fill many 64 KiB pages), `groups`
+    /// groups and memberships spread over them; `partial`: a second, partial sync after it.
+    fn write_sync(path: &Path, users: usize, groups: usize, partial: bool) {
+        let ut = builders::resource_type("user", "User", &[Trait::User]);
+        let gt = builders::resource_type("group", "Group", &[Trait::Group]);
+        let mut w = steward_c1z::C1zWriter::create(path).unwrap();
+        w.begin_sync(steward_c1z::SyncType::Full).unwrap();
+        w.put_resource_type(&ut).unwrap();
+        w.put_resource_type(&gt).unwrap();
+        let mut ents = Vec::new();
+        for g in 0..groups {
+            let g = ResourceBuilder::new("group", &format!("g{g}"), &format!("Group {g}"))
+                .group()
+                .build();
+            let e = builders::entitlement(
+                &g,
+                "member",
+                "member",
+                PurposeValue::Assignment,
+                std::slice::from_ref(&ut),
+            );
+            w.put_resource(&g).unwrap();
+            w.put_entitlement(&e).unwrap();
+            ents.push(e);
+        }
+        for i in 0..users {
+            let upn = format!("User{i}@Test.Example");
+            let dept = format!("department {} {}", i % 7, "x".repeat(i % 300));
+            let u = ResourceBuilder::new("user", &format!("u{i}"), &format!("User\t{i}"))
+                .profile(steward_model::profile::strings([
+                    ("user_principal_name", upn.as_str()),
+                    ("department", dept.as_str()),
+                ]))
+                .user(builders::user_trait(Some(&upn), i % 5 != 0, &upn))
+                .build();
+            w.put_resource(&u).unwrap();
+            for k in 0..3 {
+                w.put_grant(&builders::grant(&ents[(i * 7 + k) % groups], &u))
+                    .unwrap();
+            }
+        }
+        w.end_sync().unwrap();
+        if partial {
+            w.begin_sync(steward_c1z::SyncType::Partial).unwrap();
+            w.put_resource_type(&ut).unwrap();
+            let u = ResourceBuilder::new("user", "u1", "User one again").build();
+            w.put_resource(&u).unwrap();
+            w.end_sync().unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    fn unpacked_rows(path: &Path) -> Rows {
+        let mut rows = Rows::default();
+        let n = extract(&SyncFile::open(path).unwrap(), "c1", true, &mut rows).unwrap();
+        assert!(n.grants > 0);
+        rows.0.sort();
+        rows
+    }
+
+    fn streamed_rows(path: &Path) -> std::result::Result<Rows, String> {
+        let s = C1zStream::open(path).unwrap().expect("a file the stream reads");
+        let mut rows = Rows::default();
+        match extract_stream(s, "c1", true, &mut rows).unwrap() {
+            Extracted::Done(_) => {
+                rows.0.sort();
+                Ok(rows)
+            }
+            Extracted::Fallback(why) => Err(why),
+        }
+    }
+
+    /// Repacks `path` after running `sql` on its unpacked database.
+    fn rewrite(path: &Path, out: &Path, sql: &str) {
+        let db = out.with_extension("sqlite");
+        steward_c1z::envelope::read_c1z(path, &db, 1 << 32).unwrap();
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        steward_c1z::envelope::write_c1z(&db, out, Default::default()).unwrap();
+    }
+
+    #[test]
+    fn the_stream_gives_the_rows_of_the_unpacked_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.c1z");
+        write_sync(&f, 3000, 40, false);
+        let unpacked = unpacked_rows(&f);
+        assert_eq!(unpacked.0.len(), 3000 * 2 + 40 * 2 + 9000);
+        assert_eq!(streamed_rows(&f).unwrap(), unpacked);
+
+        // Whole leaf pages freed by a delete stay in the file (freelist) with their old rows: the stream
+        // must not read them.
+        let g = dir.path().join("deleted.c1z");
+        rewrite(
+            &f,
+            &g,
+            "PRAGMA secure_delete = OFF; DELETE FROM v1_grants WHERE id BETWEEN 100 AND 6000",
+        );
+        let unpacked = unpacked_rows(&g);
+        assert_eq!(unpacked.0.len(), 3000 * 2 + 40 * 2 + 9000 - 5901);
+        let (free,): (i64,) = {
+            let db = dir.path().join("check.sqlite");
+            steward_c1z::envelope::read_c1z(&g, &db, 1 << 32).unwrap();
+            let c = rusqlite::Connection::open(&db).unwrap();
+            (c.query_row("PRAGMA freelist_count", [], |r| r.get(0)).unwrap(),)
+        };
+        assert!(free > 0, "the delete freed pages");
+        assert_eq!(streamed_rows(&g).unwrap(), unpacked);
+    }
+
+    #[test]
+    fn what_the_stream_does_not_read_is_read_unpacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let two = dir.path().join("two.c1z");
+        write_sync(&two, 200, 5, true);
+        let why = streamed_rows(&two).unwrap_err();
+        assert!(why.contains("sync"), "{why}");
+
+        // Small pages: rows may spill into overflow pages, so the file is not streamed at all.
+        let one = dir.path().join("one.c1z");
+        write_sync(&one, 200, 5, false);
+        let small = dir.path().join("small.c1z");
+        rewrite(&one, &small, "PRAGMA page_size = 4096; VACUUM");
+        assert!(C1zStream::open(&small).unwrap().is_none());
+        assert_eq!(unpacked_rows(&small), unpacked_rows(&one));
+
+        // A row larger than a page.
+        let big = dir.path().join("big.c1z");
+        rewrite(
+            &one,
+            &big,
+            "UPDATE v1_resources SET data = data || zeroblob(70000) WHERE id = 3",
+        );
+        let why = streamed_rows(&big).unwrap_err();
+        assert!(why.contains("larger than a page"), "{why}");
+
+        // Not a c1z at all: the envelope's error.
+        let junk = dir.path().join("junk.c1z");
+        std::fs::write(&junk, b"not a c1z").unwrap();
+        assert!(C1zStream::open(&junk).is_err());
     }
 
     #[test]

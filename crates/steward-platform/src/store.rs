@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::db::{Db, with_db};
 use crate::error::{PlatformError, Result};
-use crate::ingest::{self, GrantRef, Sink, SyncFile};
+use crate::ingest::{C1zStream, Extracted, GrantRef, Sink, Source, SyncFile};
 use crate::model::*;
 
 /// A binding: (app or IdP entitlement id, action, virtual role name, app entitlement id).
@@ -70,6 +70,9 @@ pub struct GrantRow {
 /// What the reader hands an ingest.
 #[derive(Debug)]
 pub enum Batch {
+    /// The sync file, to be read from its zstd stream ([`crate::ingest::extract_stream`]); when that
+    /// reader answers [`Extracted::Fallback`] the store unpacks the file and reads it again.
+    Stream(Box<C1zStream>),
     /// The opened sync file: the store reads it with [`crate::ingest::extract`].
     Sync(Box<SyncFile>),
     /// The file could not be opened: nothing changes.
@@ -369,13 +372,23 @@ fn app_description(profile: &str) -> String {
 
 const UPSERT_IDENTITY: &str = "INSERT INTO identities (id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (id) DO UPDATE SET connector_id = excluded.connector_id, kind = excluded.kind, display_name = excluded.display_name, upn = excluded.upn, email = excluded.email, department = excluded.department, job_title = excluded.job_title, manager_id = excluded.manager_id, status = excluded.status";
 
-/// The first message of an ingest: the opened sync file, or why it could not be opened.
-async fn sync_file(rx: &mut mpsc::Receiver<Batch>) -> Result<SyncFile> {
+/// The first message of an ingest: where to read the sync from, or why it could not be opened.
+async fn sync_source(rx: &mut mpsc::Receiver<Batch>) -> Result<Source> {
     match rx.recv().await {
-        Some(Batch::Sync(f)) => Ok(*f),
+        Some(Batch::Stream(s)) => Ok(Source::Stream(s)),
+        Some(Batch::Sync(f)) => Ok(Source::File(f)),
         Some(Batch::Failed(e)) => Err(PlatformError::SyncFile(e)),
         None => Err(PlatformError::SyncFile("the sync file reader stopped".into())),
     }
+}
+
+/// After a streamed read answered [`Extracted::Fallback`]: the file unpacked.
+async fn unpacked(path: std::path::PathBuf, why: &str) -> Result<Source> {
+    tracing::info!(file = %path.display(), reason = why, "reading the sync file unpacked");
+    let f = joined(
+        tokio::task::spawn_blocking(move || SyncFile::open(&path).map_err(PlatformError::SyncFile)).await,
+    )?;
+    Ok(Source::File(Box::new(f)))
 }
 
 fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
@@ -394,7 +407,7 @@ async fn ingest_sqlite(
     identity_source: bool,
     mut rx: mpsc::Receiver<Batch>,
 ) -> Result<IngestStats> {
-    let file = sync_file(&mut rx).await?;
+    let mut source = sync_source(&mut rx).await?;
     let path = p.connect_options().get_filename().to_owned();
     let name = path.to_string_lossy();
     if name.is_empty() || name.contains(":memory:") || name.contains("sqlx-in-memory") {
@@ -402,16 +415,21 @@ async fn ingest_sqlite(
             "ingest needs a SQLite database file (not an in-memory database)".into(),
         ));
     }
-    let cid = cid.to_owned();
-    joined(
-        tokio::task::spawn_blocking(move || {
-            let r = load_sqlite(&path, &cid, identity_source, &file);
-            // Deleting the multi-GB unpacked file is not part of the ingest.
-            std::thread::spawn(move || drop(file));
-            r
-        })
-        .await,
-    )
+    loop {
+        let file = match &source {
+            Source::Stream(s) => Some(s.path().to_owned()),
+            Source::File(_) => None,
+        };
+        let (db, cid) = (path.clone(), cid.to_owned());
+        let r = joined(
+            tokio::task::spawn_blocking(move || load_sqlite(&db, &cid, identity_source, source)).await,
+        )?;
+        match (r, file) {
+            (Ok(st), _) => return Ok(st),
+            (Err(why), Some(file)) => source = unpacked(file, &why).await?,
+            (Err(why), None) => return Err(PlatformError::SyncFile(why)),
+        }
+    }
 }
 
 /// A row of the sync file, owned, on its way from the reader thread to the SQLite writer.
@@ -526,23 +544,23 @@ impl SqliteWriter<'_> {
     }
 }
 
-/// Reads `file` on a second thread while this one writes its rows through `w` (the two cores split the
-/// protobuf decoding and the B-tree inserts). The reader's error wins: it is the cause when both fail.
+/// Reads `source` on a second thread while this one writes its rows through `w` (the two cores split the
+/// decompression and protobuf decoding and the B-tree inserts). The reader's error wins: it is the cause
+/// when both fail.
 fn pipe_rows(
-    file: &SyncFile,
+    source: Source,
     cid: &str,
     identity_source: bool,
     w: &mut SqliteWriter<'_>,
-) -> Result<ingest::Counts> {
+) -> Result<Extracted> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LiteRow>>(8);
-    let (db, sid) = (file.db_path(), file.sync_id());
     std::thread::scope(|s| {
         let reader = s.spawn(move || {
             let mut sink = ChannelSink {
                 tx,
                 buf: Vec::with_capacity(LITE_BATCH),
             };
-            let n = ingest::extract_from(db, sid, cid, identity_source, &mut sink)?;
+            let n = source.extract(cid, identity_source, &mut sink)?;
             sink.flush()?;
             Ok::<_, PlatformError>(n)
         });
@@ -582,12 +600,14 @@ const SQLITE_GRANT_INDEXES: [(&str, &str); 2] = [
 /// exercise the rebuild).
 const SQLITE_REBUILD_MIN: i64 = if cfg!(test) { 10 } else { 10_000 };
 
+/// Loads `source` as connector `cid`'s snapshot in one transaction. `Ok(Err(reason))`: the streamed read
+/// answered [`Extracted::Fallback`] and the transaction was rolled back.
 fn load_sqlite(
     db: &std::path::Path,
     cid: &str,
     identity_source: bool,
-    file: &SyncFile,
-) -> Result<IngestStats> {
+    source: Source,
+) -> Result<std::result::Result<IngestStats, String>> {
     let mut conn = rusqlite::Connection::open(db).map_err(lite)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(lite)?;
@@ -601,25 +621,35 @@ fn load_sqlite(
         .map_err(lite)?;
     // Rebuild the grant indexes after the load when the new snapshot is at least as large as the other
     // connectors' grants together (sorting beats random inserts then; otherwise inserting is cheaper than
-    // re-indexing everyone else's rows).
-    let new_grants: i64 = tx
-        .query_row(
-            "SELECT count(*) FROM v1_grants WHERE sync_id = ?1",
-            [file.sync_id()],
-            |r| r.get(0),
-        )
-        .or_else(|_| {
-            let c = rusqlite::Connection::open_with_flags(
-                file.db_path(),
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )?;
-            c.query_row(
+    // re-indexing everyone else's rows). A streamed file's size is known only at its end: the previous
+    // snapshot of the connector stands in for it.
+    let new_grants: i64 = match &source {
+        Source::File(file) => tx
+            .query_row(
                 "SELECT count(*) FROM v1_grants WHERE sync_id = ?1",
                 [file.sync_id()],
                 |r| r.get(0),
             )
-        })
-        .map_err(|e| PlatformError::SyncFile(format!("reading the sync file: {e}")))?;
+            .or_else(|_| {
+                let c = rusqlite::Connection::open_with_flags(
+                    file.db_path(),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                c.query_row(
+                    "SELECT count(*) FROM v1_grants WHERE sync_id = ?1",
+                    [file.sync_id()],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(|e| PlatformError::SyncFile(format!("reading the sync file: {e}")))?,
+        Source::Stream(_) => tx
+            .query_row(
+                "SELECT count(*) FROM grants WHERE connector_id = ?1",
+                [cid],
+                |r| r.get(0),
+            )
+            .map_err(lite)?,
+    };
     let others: i64 = tx
         .query_row(
             "SELECT count(*) FROM grants WHERE connector_id < ?1 OR connector_id > ?1",
@@ -627,7 +657,7 @@ fn load_sqlite(
             |r| r.get(0),
         )
         .map_err(lite)?;
-    let rebuild = new_grants >= others && new_grants >= SQLITE_REBUILD_MIN;
+    let rebuild = others == 0 || (new_grants >= others && new_grants >= SQLITE_REBUILD_MIN);
     if rebuild {
         for (name, _) in SQLITE_GRANT_INDEXES {
             tx.execute_batch(&format!("DROP INDEX IF EXISTS {name}"))
@@ -657,7 +687,11 @@ fn load_sqlite(
             grants: tx.prepare("INSERT INTO grants (connector_id, id, entitlement_id, principal_type, principal_id, direct, via) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").map_err(lite)?,
             identities: tx.prepare(UPSERT_IDENTITY).map_err(lite)?,
         };
-        let n = pipe_rows(file, cid, identity_source, &mut w)?;
+        let n = match pipe_rows(source, cid, identity_source, &mut w)? {
+            Extracted::Done(n) => n,
+            // Dropping `tx` rolls the transaction back.
+            Extracted::Fallback(why) => return Ok(Err(why)),
+        };
         st.resources = n.resources;
         st.entitlements = n.entitlements;
         st.grants = n.grants;
@@ -718,7 +752,7 @@ fn load_sqlite(
         commit = ?(t0.elapsed() - t_finish),
         "SQLite snapshot replaced"
     );
-    Ok(st)
+    Ok(Ok(st))
 }
 
 /// What the PostgreSQL reader thread sends to the COPY writer.
@@ -901,7 +935,28 @@ async fn ingest_pg(
     identity_source: bool,
     mut rx: mpsc::Receiver<Batch>,
 ) -> Result<IngestStats> {
-    let file = sync_file(&mut rx).await?;
+    let mut source = sync_source(&mut rx).await?;
+    loop {
+        let file = match &source {
+            Source::Stream(s) => Some(s.path().to_owned()),
+            Source::File(_) => None,
+        };
+        match (load_pg(p, cid, identity_source, source).await?, file) {
+            (Ok(st), _) => return Ok(st),
+            (Err(why), Some(file)) => source = unpacked(file, &why).await?,
+            (Err(why), None) => return Err(PlatformError::SyncFile(why)),
+        }
+    }
+}
+
+/// Loads `source` as connector `cid`'s snapshot in one transaction. `Ok(Err(reason))`: the streamed read
+/// answered [`Extracted::Fallback`] and the transaction was rolled back.
+async fn load_pg(
+    p: &sqlx::PgPool,
+    cid: &str,
+    identity_source: bool,
+    source: Source,
+) -> Result<std::result::Result<IngestStats, String>> {
     let t0 = std::time::Instant::now();
     let mut tx = p.begin().await?;
     // One ingest per connector at a time; readers keep seeing the committed snapshot (MVCC).
@@ -949,11 +1004,9 @@ async fn ingest_pg(
             buf: Vec::with_capacity(PG_CHUNK + 4096),
             identities: Vec::new(),
         };
-        let n = ingest::extract(&file, &owned_cid, identity_source, &mut sink);
-        // Deleting the multi-GB unpacked file is not part of the ingest.
-        std::thread::spawn(move || drop(file));
+        let n = source.extract(&owned_cid, identity_source, &mut sink)?;
         sink.finish()?;
-        n
+        Ok(n)
     });
     while let Some(m) = crx.recv().await {
         let CopyMsg::Start(stmt) = m else {
@@ -986,7 +1039,11 @@ async fn ingest_pg(
         }
         copy.finish().await?;
     }
-    let n = joined(reader.await)?;
+    let n = match joined(reader.await)? {
+        Extracted::Done(n) => n,
+        // Dropping `tx` rolls the transaction back.
+        Extracted::Fallback(why) => return Ok(Err(why)),
+    };
     let t_load = t0.elapsed();
     // Both indexes built once over the loaded rows (sorted), matching the partitioned indexes of
     // `grants` so that ATTACH adopts them instead of building new ones.
@@ -1081,7 +1138,7 @@ async fn ingest_pg(
         commit = ?(t0.elapsed() - t_swap),
         "PostgreSQL snapshot replaced"
     );
-    Ok(st)
+    Ok(Ok(st))
 }
 
 #[async_trait]
