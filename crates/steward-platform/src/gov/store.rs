@@ -132,6 +132,9 @@ pub trait GovStore: Send + Sync + 'static {
     async fn entitlement_users(&self, entitlement_id: &str) -> Result<Vec<String>>;
     /// Whether the snapshot of `connector` shows `principal` holding `entitlement` directly.
     async fn holds_direct(&self, connector: &str, entitlement: &str, principal: &str) -> Result<bool>;
+    /// Ended (expired or revoked) requests with a target of `connector` that its snapshot shows the
+    /// requester holding directly again: their ids, oldest first. One query, however many requests ended.
+    async fn drift_candidates(&self, connector: &str) -> Result<Vec<String>>;
     /// Connectors attached to an app: (id, kind), by id.
     async fn attached_connectors(&self, app_id: &str) -> Result<Vec<(String, String)>>;
     /// Every entitlement in a connector's snapshot as (id, name, resource type, holders), by resource type,
@@ -557,6 +560,42 @@ impl GovStore for SqlStore {
                 .bind(connector).bind(entitlement).bind(principal).fetch_optional(p).await?
         });
         Ok(row.is_some())
+    }
+
+    async fn drift_candidates(&self, connector: &str) -> Result<Vec<String>> {
+        // The targets live in the request body (JSON); each backend unnests them its own way. The grant
+        // lookup walks `grants_principal` (the requester's few grants), not the entitlement's holders.
+        let rows: Vec<(String,)> = match self.db() {
+            Db::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT r.id FROM requests r, json_each(r.body, '$.targets') t \
+                     WHERE r.state IN ('expired', 'revoked') \
+                       AND json_extract(t.value, '$.connector_id') = $1 \
+                       AND EXISTS (SELECT 1 FROM grants g WHERE g.principal_id = r.requester_id \
+                         AND g.connector_id = $1 AND g.entitlement_id = json_extract(t.value, '$.entitlement') \
+                         AND g.direct = TRUE) \
+                     GROUP BY r.id ORDER BY min(r.created_at), r.id",
+                )
+                .bind(connector)
+                .fetch_all(p)
+                .await?
+            }
+            Db::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT r.id FROM requests r CROSS JOIN LATERAL jsonb_array_elements(r.body::jsonb -> 'targets') t \
+                     WHERE r.state IN ('expired', 'revoked') \
+                       AND t ->> 'connector_id' = $1 \
+                       AND EXISTS (SELECT 1 FROM grants g WHERE g.principal_id = r.requester_id \
+                         AND g.connector_id = $1 AND g.entitlement_id = t ->> 'entitlement' \
+                         AND g.direct = TRUE) \
+                     GROUP BY r.id ORDER BY min(r.created_at), r.id",
+                )
+                .bind(connector)
+                .fetch_all(p)
+                .await?
+            }
+        };
+        Ok(rows.into_iter().map(|(s,)| s).collect())
     }
 
     async fn attached_connectors(&self, app_id: &str) -> Result<Vec<(String, String)>> {

@@ -697,14 +697,17 @@ impl Platform {
     }
 
     /// After an ingest: access of ended requests that the new snapshot shows again is drift. It is recorded
-    /// on the request and in the audit log, and removed again when the request's policy says so.
+    /// on the request and in the audit log, and removed again when the request's policy says so. The
+    /// candidates come from one query over all ended requests; each is then checked on its own.
     pub async fn check_drift(&self, connector_id: &str) -> Result<usize> {
         let mut found = 0;
-        for r in self
-            .gov
-            .requests_in(&[RequestState::Expired, RequestState::Revoked])
-            .await?
-        {
+        for id in self.gov.drift_candidates(connector_id).await? {
+            let Some((r, _)) = self.gov.request(&id).await? else {
+                continue;
+            };
+            if !matches!(r.state, RequestState::Expired | RequestState::Revoked) {
+                continue;
+            }
             let mut back = Vec::new();
             for tg in r.targets.iter().filter(|t| t.connector_id == connector_id) {
                 if self

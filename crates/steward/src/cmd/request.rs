@@ -500,6 +500,11 @@ async fn bench_async(a: BenchArgs) -> anyhow::Result<()> {
     }
     let sweep_secs = t.elapsed().as_secs_f64();
     let after = sim.sim.stats.json();
+    // 4. What every later ingest of the connector pays for drift detection with this many ended requests
+    //    (nothing was put back, so none is found).
+    let t = std::time::Instant::now();
+    let drifted = server.platform.check_drift(&cid).await?;
+    let drift_ms = t.elapsed().as_secs_f64() * 1000.0;
     tick.abort();
     let graph = |v: &serde_json::Value| v["requests"].as_u64().unwrap_or(0);
     println!(
@@ -511,6 +516,7 @@ async fn bench_async(a: BenchArgs) -> anyhow::Result<()> {
             "sequential": {"requests": a.sequential, "p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "max_ms": pct(&lat, 1.0)},
             "burst": {"requests": a.burst, "filed_s": filed, "all_provisioned_s": burst_secs, "provisioned_per_s": a.burst as f64 / burst_secs},
             "expiry_sweep": {"grants": want, "imported": seeded, "seconds": sweep_secs, "expired_per_s": want as f64 / sweep_secs, "graph_requests": graph(&after) - graph(&before)},
+            "drift_check": {"ended_requests": want, "found": drifted, "ms": drift_ms},
         }))?
     );
     server.stop().await;
