@@ -2675,3 +2675,141 @@ async fn jit_attached_connector_directory_role_ends_in_the_tenant() {
     }
     sim.stop().await;
 }
+
+/// Approval steps with a deadline: an undecided step is escalated to its fallback approvers, then denied
+/// when they do not decide either; a step decided in time is not touched by its deadline.
+#[tokio::test]
+async fn jit_approval_step_timeout_escalates_then_denies() {
+    let (sim, _d) = small_sim().await;
+    for env in envs().await {
+        let j = jit_setup(&env, &sim.ready).await;
+        let (api, admin) = (&j.api, j.admin.as_str());
+        let users = fresh_users(&j, &sim).await;
+        let (requester, first, second) = (&users[0].0, &users[1].0, &users[2].0);
+        let (st, p) = api
+            .post(
+                admin,
+                "/api/v1/policies",
+                json!({"name": "escalating", "steps": [{
+                "kind": "identities", "identities": [first], "timeout_secs": 3600,
+                "on_timeout": "escalate", "fallback": [second]}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{p}");
+        let (st, p) = api
+            .post(
+                admin,
+                "/api/v1/policies",
+                json!({"name": "deadline", "steps": [{
+                "kind": "identities", "identities": [first], "timeout_secs": 600}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{p}");
+        let (st, p) = api
+            .post(admin, "/api/v1/policies", json!({"name": "bad", "steps": [{
+                "kind": "identities", "identities": [first], "timeout_secs": 600, "on_timeout": "escalate"}]}))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{p}");
+        for (kind, policy) in [("access", "escalating"), ("virtual_role", "deadline")] {
+            let (st, r) = api
+                .post(
+                    admin,
+                    &format!("/api/v1/apps/{}/entitlement-rules", j.app),
+                    json!({"resource_types": [kind], "access_profiles": ["everyone"], "policy": policy}),
+                )
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "{r}");
+        }
+        let (ut, t1, t2) = (
+            user_token(&j, requester).await,
+            user_token(&j, first).await,
+            user_token(&j, second).await,
+        );
+        let waiting = |tok: String| async move {
+            let (_, a) = api.get(&tok, "/api/v1/approvals").await;
+            a["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let file = |ent: String| {
+            let ut = ut.clone();
+            async move {
+                let (st, r) = api
+                    .post(
+                        &ut,
+                        "/api/v1/requests",
+                        json!({"entitlement": ent, "justification": "audit"}),
+                    )
+                    .await;
+                assert_eq!(st, StatusCode::CREATED, "{r}");
+                assert_eq!(r["state"], "pending_approval", "{r}");
+                r["id"].as_str().unwrap().to_owned()
+            }
+        };
+        let esc = file(j.access.clone()).await;
+        let timely = file(j.vr.clone()).await;
+        // Decided in time: approved before its 600 s deadline, provisioned, and the deadline does nothing.
+        let (st, r) = api
+            .post(&t1, &format!("/api/v1/requests/{timely}/approve"), json!({}))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{r}");
+        wait_state(api, &ut, &timely, "provisioned").await;
+        assert_eq!(waiting(t1.clone()).await, vec![esc.clone()]);
+        assert!(waiting(t2.clone()).await.is_empty());
+
+        // 3,600 s without a decision: escalated to the fallback approver.
+        j.clock.advance(time::Duration::seconds(3601));
+        j.server.platform.wake_signal().notify_one();
+        let mut r = Value::Null;
+        for _ in 0..300 {
+            r = api.get(&ut, &format!("/api/v1/requests/{esc}")).await.1;
+            if r["approvers"] == json!([second]) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(r["state"], "pending_approval", "{r:#}");
+        assert_eq!(r["approvers"], json!([second]), "{r:#}");
+        assert!(
+            r["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "escalated"),
+            "{r:#}"
+        );
+        assert!(waiting(t1.clone()).await.is_empty());
+        assert_eq!(waiting(t2.clone()).await, vec![esc.clone()]);
+        let (st, e) = api
+            .post(&t1, &format!("/api/v1/requests/{esc}/approve"), json!({}))
+            .await;
+        assert_eq!(
+            st,
+            StatusCode::FORBIDDEN,
+            "the first approver's turn is over: {e}"
+        );
+        // Another 3,600 s: denied, with the reason.
+        j.clock.advance(time::Duration::seconds(3601));
+        j.server.platform.wake_signal().notify_one();
+        let r = wait_state(api, &ut, &esc, "denied").await;
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("no decision within 3600 s after escalation"),
+            "{reason}"
+        );
+        assert!(waiting(t2.clone()).await.is_empty());
+        // The timely request stayed as it was.
+        let (_, t) = api.get(&ut, &format!("/api/v1/requests/{timely}")).await;
+        assert_eq!(t["state"], "provisioned", "{t:#}");
+        assert_eq!(count_audit(api, admin, "approval.escalated", &esc).await, 1);
+        assert_eq!(count_audit(api, admin, "request.denied", &esc).await, 1);
+        assert_eq!(count_audit(api, admin, "request.denied", &timely).await, 0);
+        let (_, v) = api.get(admin, "/api/v1/audit/verify").await;
+        assert_eq!(v["ok"], true, "{v}");
+        j.server.stop().await;
+    }
+    sim.stop().await;
+}

@@ -822,8 +822,17 @@ impl Platform {
                 "approval.requested",
                 "request",
                 &r.id,
-                json!({"step": n, "approvers": ids, "mode": s.mode}),
+                json!({"step": n, "approvers": ids, "mode": s.mode, "timeout_secs": s.timeout_secs}),
             ));
+            if let Some(secs) = s.timeout_secs {
+                // The step's deadline is a durable task: it survives restarts and runs once.
+                w.tasks.push(self.task_at(
+                    "step_timeout",
+                    &r.id,
+                    json!({"step": r.step, "escalated": false}),
+                    self.clock.now().unix_timestamp() + secs,
+                ));
+            }
             self.notify(w, "approval.requested", r, &ids).await?;
             return Ok(());
         }

@@ -103,6 +103,28 @@ fn validate_steps(steps: &[Step], at: &str) -> Result<()> {
             }
             _ => {}
         }
+        if s.kind == StepKind::AutoApprove && (s.timeout_secs.is_some() || s.on_timeout.is_some()) {
+            return Err(PlatformError::Invalid(format!(
+                "{here}: auto_approve decides at once; it takes no timeout_secs or on_timeout"
+            )));
+        }
+        if let Some(t) = s.timeout_secs
+            && t < 60
+        {
+            return Err(PlatformError::Invalid(format!(
+                "{here}: timeout_secs is in seconds and must be at least 60, not {t}"
+            )));
+        }
+        if s.on_timeout.is_some() && s.timeout_secs.is_none() {
+            return Err(PlatformError::Invalid(format!(
+                "{here}: on_timeout needs timeout_secs (how long the step waits)"
+            )));
+        }
+        if s.on_timeout == Some(OnTimeout::Escalate) && s.fallback.is_empty() {
+            return Err(PlatformError::Invalid(format!(
+                "{here}: on_timeout escalate needs \"fallback\": the approvers it escalates to"
+            )));
+        }
     }
     Ok(())
 }
@@ -250,7 +272,46 @@ mod tests {
             identities: vec![],
             group: None,
             fallback: vec![],
+            timeout_secs: None,
+            on_timeout: None,
         }
+    }
+
+    #[test]
+    fn step_timeouts_are_checked() {
+        let parse = |steps: &str| -> PolicySpec {
+            serde_json::from_str(&format!(r#"{{"name": "p", "steps": {steps}}}"#)).unwrap()
+        };
+        let ok = parse(
+            r#"[{"kind": "manager", "timeout_secs": 86400, "on_timeout": "escalate", "fallback": ["boss"]}]"#,
+        );
+        validate_policy(&ok).unwrap();
+        assert_eq!(ok.steps[0].on_timeout, Some(OnTimeout::Escalate));
+        validate_policy(&parse(r#"[{"kind": "manager", "timeout_secs": 3600}]"#)).unwrap();
+        for (bad, says) in [
+            (r#"[{"kind": "manager", "timeout_secs": 5}]"#, "at least 60"),
+            (
+                r#"[{"kind": "manager", "on_timeout": "deny"}]"#,
+                "needs timeout_secs",
+            ),
+            (
+                r#"[{"kind": "manager", "timeout_secs": 600, "on_timeout": "escalate"}]"#,
+                "fallback",
+            ),
+            (
+                r#"[{"kind": "auto_approve", "timeout_secs": 600}]"#,
+                "auto_approve",
+            ),
+        ] {
+            let e = validate_policy(&parse(bad)).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(
+            serde_json::from_str::<PolicySpec>(
+                r#"{"name": "p", "steps": [{"kind": "manager", "timeout_secs": 600, "on_timeout": "later"}]}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

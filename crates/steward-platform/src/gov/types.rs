@@ -93,9 +93,28 @@ pub struct Step {
     /// For `group`: the group id (or `group:<id>:member`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// Who approves when the step finds nobody (no manager, no owner, only the requester).
+    /// Who approves when the step finds nobody (no manager, no owner, only the requester), and who the
+    /// step is escalated to (`on_timeout: escalate`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback: Vec<String>,
+    /// Seconds the step waits for a decision before `on_timeout` happens (none: it waits until decided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<i64>,
+    /// What a timeout does: `deny` (the default) or `escalate` to the `fallback` approvers, who then get
+    /// the same time before the request is denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
+}
+
+/// What happens when an approval step is not decided within its `timeout_secs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    /// The request is denied, with the timeout as the reason.
+    #[default]
+    Deny,
+    /// The step's `fallback` approvers replace its approvers (once); a second timeout denies.
+    Escalate,
 }
 
 /// When a policy rule applies. Every present field must match.

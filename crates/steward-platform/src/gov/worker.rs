@@ -118,6 +118,7 @@ impl Platform {
             "provision" => self.run_provision(t).await,
             "end" => self.run_ends(&[t]).await,
             "webhook" => self.run_webhook(t).await,
+            "step_timeout" => self.run_step_timeout(t).await,
             other => {
                 self.gov
                     .kill_task(&t.id, &self.worker_id, &format!("unknown task kind {other}"))
@@ -770,6 +771,99 @@ impl Platform {
             .await?;
         }
         Ok(found)
+    }
+
+    /// An approval step's deadline passed. If the request still waits at that step, it is escalated to
+    /// the step's fallback approvers (once, `on_timeout: escalate`, with the same time again) or denied.
+    async fn run_step_timeout(&self, t: &Task) -> Result<()> {
+        let step = t.payload.get("step").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
+        let escalated = t
+            .payload
+            .get("escalated")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let Some((mut r, ver)) = self.gov.request(&t.ref_id).await? else {
+            return self.finish(t).await;
+        };
+        let Some(s) = r.steps.get(r.step).cloned() else {
+            return self.finish(t).await;
+        };
+        if r.state != RequestState::PendingApproval || r.step as u64 != step {
+            // Decided (or moved on) in time.
+            return self.finish(t).await;
+        }
+        let n = r.step + 1;
+        let secs = s.timeout_secs.unwrap_or(0);
+        let mut w = self.write();
+        let fallback: Vec<String> = s
+            .fallback
+            .iter()
+            .filter(|i| r.allow_self_approval || **i != r.requester_id)
+            .cloned()
+            .collect();
+        let mut waiting = r.approvers.clone();
+        waiting.sort();
+        let mut to = fallback.clone();
+        to.sort();
+        if !escalated && s.on_timeout == Some(OnTimeout::Escalate) && !to.is_empty() && to != waiting {
+            r.approvers = fallback.clone();
+            self.event(
+                &mut r,
+                "escalated",
+                format!(
+                    "step {n}: no decision within {secs} s; escalated to {}",
+                    fallback.join(", ")
+                ),
+            );
+            w.approvers = Some((r.id.clone(), r.step, fallback.clone()));
+            w.audit.push(sys(
+                "approval.escalated",
+                &r.id,
+                json!({"step": n, "approvers": fallback, "after_secs": secs}),
+            ));
+            w.tasks.push(self.task_at(
+                "step_timeout",
+                &r.id,
+                json!({"step": r.step, "escalated": true}),
+                self.clock.now().unix_timestamp() + secs,
+            ));
+            self.notify(&mut w, "approval.requested", &r, &fallback).await?;
+        } else {
+            let reason = format!(
+                "step {n}: no decision within {secs} s{}",
+                if escalated { " after escalation" } else { "" }
+            );
+            r.state = RequestState::Denied;
+            r.reason = Some(reason.clone());
+            r.approvers.clear();
+            self.event(&mut r, "denied", reason.clone());
+            w.approvers = Some((r.id.clone(), r.step, Vec::new()));
+            w.audit.push(sys(
+                "request.denied",
+                &r.id,
+                json!({"reason": reason, "timeout": true}),
+            ));
+            self.notify(&mut w, "request.denied", &r, &[]).await?;
+        }
+        w.request = Some((r, Some(ver)));
+        w.finish_task = Some((t.id.clone(), self.worker_id.clone()));
+        if !self.commit(w).await? {
+            // Someone decided at the same moment: their decision stands; look again.
+            return self.run_step_timeout_again(t).await;
+        }
+        Ok(())
+    }
+
+    /// The request moved while the timeout was being applied: finish the task if it no longer waits at
+    /// that step, else leave it to be retried.
+    async fn run_step_timeout_again(&self, t: &Task) -> Result<()> {
+        let step = t.payload.get("step").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
+        match self.gov.request(&t.ref_id).await? {
+            Some((r, _)) if r.state == RequestState::PendingApproval && r.step as u64 == step => Err(
+                PlatformError::Conflict(format!("request {} changed while its step timed out", r.id)),
+            ),
+            _ => self.finish(t).await,
+        }
     }
 
     async fn run_webhook(&self, t: &Task) -> Result<()> {
