@@ -2813,3 +2813,168 @@ async fn jit_approval_step_timeout_escalates_then_denies() {
     }
     sim.stop().await;
 }
+
+/// A webhook with a secret: every delivery carries a timestamp and an HMAC-SHA256 signature over
+/// "<timestamp>.<body>" that the receiver can recompute, and the same delivery id on a retry; the secret
+/// is never returned, never in the audit log, and not in the database in the clear.
+#[tokio::test]
+async fn webhook_deliveries_are_signed_and_the_secret_stays_encrypted() {
+    const HOOK_SECRET: &str = "whsec-0123456789-abcdef";
+    let (sim, _d) = small_sim().await;
+    for env in envs().await {
+        let j = jit_setup(&env, &sim.ready).await;
+        let (api, admin) = (&j.api, j.admin.as_str());
+        type Seen = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+        let seen: Seen = Arc::default();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s2, c2) = (seen.clone(), calls.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (seen, calls) = (s2.clone(), c2.clone());
+                async move {
+                    seen.lock().unwrap().push((h, body.to_vec()));
+                    // The first delivery fails: the retry must carry the same delivery id.
+                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+        let (st, e) = api
+            .post(admin, "/api/v1/webhooks", json!({"url": url, "secret": "short"}))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("16"), "{e}");
+        let (st, h) = api
+            .post(
+                admin,
+                "/api/v1/webhooks",
+                json!({"url": url, "format": "json",
+                "events": ["approval.requested"], "secret": HOOK_SECRET}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{h}");
+        assert_eq!(h["signed"], true, "{h}");
+        let (_, list) = api.get(admin, "/api/v1/webhooks").await;
+        assert!(!list.to_string().contains(HOOK_SECRET), "{list}");
+        assert_eq!(list["items"][0]["signed"], true, "{list}");
+
+        let users = fresh_users(&j, &sim).await;
+        let (requester, approver) = (&users[0].0, &users[1].0);
+        let (st, p) = api
+            .post(
+                admin,
+                "/api/v1/policies",
+                json!({"name": "named", "steps": [{"kind": "identities", "identities": [approver]}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{p}");
+        let (st, r) = api
+            .post(
+                admin,
+                &format!("/api/v1/apps/{}/entitlement-rules", j.app),
+                json!({"resource_types": ["access"], "access_profiles": ["everyone"], "policy": "named"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        let ut = user_token(&j, requester).await;
+        let (st, r) = api
+            .post(
+                &ut,
+                "/api/v1/requests",
+                json!({"entitlement": j.access, "justification": "x"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{r}");
+        // The retry is due after the backoff: move the clock until it has been delivered.
+        for _ in 0..300 {
+            if seen.lock().unwrap().len() >= 2 {
+                break;
+            }
+            if !seen.lock().unwrap().is_empty() {
+                j.clock.advance(time::Duration::seconds(30));
+                j.server.platform.wake_signal().notify_one();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "one failed delivery and its retry");
+        let header = |h: &axum::http::HeaderMap, n: &str| {
+            h.get(n)
+                .unwrap_or_else(|| panic!("no {n} header"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            header(&seen[0].0, "x-steward-delivery"),
+            header(&seen[1].0, "x-steward-delivery")
+        );
+        for (h, body) in &seen {
+            assert_eq!(header(h, "x-steward-event"), "approval.requested");
+            let ts = header(h, "x-steward-timestamp");
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, HOOK_SECRET.as_bytes());
+            let mut signed = ts.clone().into_bytes();
+            signed.push(b'.');
+            signed.extend_from_slice(body);
+            let want = format!(
+                "v1={}",
+                hex::encode(aws_lc_rs::hmac::sign(&key, &signed).as_ref())
+            );
+            assert_eq!(header(h, "x-steward-signature"), want);
+            let v: Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(v["event"], "approval.requested");
+            assert_eq!(v["request"]["id"], r["id"]);
+        }
+        // Tampering is detectable: the same signature does not fit another body.
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, HOOK_SECRET.as_bytes());
+        let forged = format!("{}.{{}}", header(&seen[0].0, "x-steward-timestamp"));
+        assert_ne!(
+            format!(
+                "v1={}",
+                hex::encode(aws_lc_rs::hmac::sign(&key, forged.as_bytes()).as_ref())
+            ),
+            header(&seen[0].0, "x-steward-signature")
+        );
+        let (_, log) = api.get(admin, "/api/v1/audit?format=jsonl&limit=1000").await;
+        assert!(!log.to_string().contains(HOOK_SECRET));
+        // Not in the clear anywhere in the database.
+        match &env.opts.db_url {
+            None => {
+                for f in std::fs::read_dir(env.opts.data_dir.as_ref().unwrap()).unwrap() {
+                    let p = f.unwrap().path();
+                    if p.is_file() {
+                        let bytes = std::fs::read(&p).unwrap();
+                        assert!(
+                            !bytes
+                                .windows(HOOK_SECRET.len())
+                                .any(|w| w == HOOK_SECRET.as_bytes()),
+                            "the secret is in {} in the clear",
+                            p.display()
+                        );
+                    }
+                }
+            }
+            Some(u) => {
+                let p = sqlx::PgPool::connect(u).await.unwrap();
+                let (rows,): (String,) = sqlx::query_as(
+                    "SELECT COALESCE(string_agg(events, ''), '') || COALESCE((SELECT string_agg(payload, '') FROM tasks), '') FROM webhooks",
+                )
+                .fetch_one(&p)
+                .await
+                .unwrap();
+                assert!(!rows.is_empty());
+                assert!(!rows.contains(HOOK_SECRET));
+            }
+        }
+        j.server.stop().await;
+    }
+    sim.stop().await;
+}

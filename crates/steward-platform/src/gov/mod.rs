@@ -1218,26 +1218,41 @@ impl Platform {
         } else {
             c.events
         };
+        let secret_enc = match &c.secret {
+            Some(s) if s.chars().count() < 16 => {
+                return Err(PlatformError::Invalid(
+                    "webhook secret must be at least 16 characters".into(),
+                ));
+            }
+            Some(s) => Some(self.key.encrypt(s.as_bytes())?),
+            None => None,
+        };
         let h = Webhook {
             id: uuid::Uuid::new_v4().to_string(),
             url: c.url,
             events,
             format,
+            signed: secret_enc.is_some(),
             created_at: self.now(),
+            secret_enc,
         };
+        let mut spec = json!({"events": h.events, "format": h.format});
+        if let Some(enc) = &h.secret_enc {
+            spec["secret"] = json!(enc);
+        }
         let mut w = self.write();
         w.config.push((
             ConfigTable::Webhook,
             h.id.clone(),
             h.url.clone(),
-            json!({"events": h.events, "format": h.format}).to_string(),
+            spec.to_string(),
         ));
         w.audit.push(audit(
             &actor_label(a),
             "webhook.created",
             "webhook",
             &h.id,
-            json!({"url": h.url, "events": h.events}),
+            json!({"url": h.url, "events": h.events, "signed": h.signed}),
         ));
         self.commit(w).await?;
         Ok(h)

@@ -344,7 +344,9 @@ impl GovStore for SqlStore {
                     url,
                     events: serde_json::from_value(v.get("events")?.clone()).ok()?,
                     format: v.get("format")?.as_str()?.to_owned(),
+                    signed: v.get("secret").is_some_and(|s| s.is_string()),
                     created_at,
+                    secret_enc: v.get("secret").and_then(|s| s.as_str()).map(str::to_owned),
                 })
             })
             .collect())

@@ -515,8 +515,13 @@ pub struct Webhook {
     pub events: Vec<String>,
     /// `slack` (a `text` field) or `json` (the event).
     pub format: String,
+    /// Whether deliveries carry an HMAC signature (a secret was given; it is never returned).
+    pub signed: bool,
     /// Created.
     pub created_at: String,
+    /// The signing secret, encrypted with the master key (never serialized).
+    #[serde(skip)]
+    pub secret_enc: Option<String>,
 }
 
 /// `POST /api/v1/webhooks`.
@@ -531,4 +536,8 @@ pub struct CreateWebhook {
     /// `slack` (default) or `json`.
     #[serde(default)]
     pub format: Option<String>,
+    /// Signing secret (write-only, at least 16 characters): each delivery then carries
+    /// `X-Steward-Timestamp` and `X-Steward-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
+    #[serde(default)]
+    pub secret: Option<String>,
 }

@@ -57,6 +57,17 @@ fn classify(e: steward_entra::EntraError) -> Failure {
     }
 }
 
+/// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`: what a receiver recomputes to trust a delivery.
+pub fn signature(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
+    use aws_lc_rs::hmac;
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(timestamp.as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    format!("v1={}", hex::encode(ctx.sign().as_ref()))
+}
+
 fn sys(action: &str, id: &str, detail: serde_json::Value) -> NewAudit {
     NewAudit {
         actor: "system".into(),
@@ -866,13 +877,37 @@ impl Platform {
         }
     }
 
+    /// Delivers one webhook call. The body is sent as serialized here and, when the webhook has a secret,
+    /// signed over `"<timestamp>.<body>"` (HMAC-SHA256); `X-Steward-Delivery` (the task id) stays the same
+    /// across retries so that receivers can drop duplicates. The secret is read from the webhook (encrypted
+    /// at rest), never from the task.
     async fn run_webhook(&self, t: &Task) -> Result<()> {
         let url = t.payload.get("url").and_then(|v| v.as_str()).unwrap_or_default();
         let body = t.payload.get("body").cloned().unwrap_or_default();
-        let r = self
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let event = body.get("event").and_then(|v| v.as_str()).unwrap_or_default();
+        let mut req = self
             .http
             .post(url)
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("X-Steward-Delivery", &t.id)
+            .header("X-Steward-Event", event);
+        let secret = self
+            .gov
+            .webhooks()
+            .await?
+            .into_iter()
+            .find(|h| h.id == t.ref_id)
+            .and_then(|h| h.secret_enc);
+        if let Some(enc) = secret {
+            let key = self.key.decrypt(&enc)?;
+            let ts = self.clock.now().unix_timestamp().to_string();
+            req = req
+                .header("X-Steward-Timestamp", &ts)
+                .header("X-Steward-Signature", signature(&key, &ts, &bytes));
+        }
+        let r = req
+            .body(bytes)
             .timeout(std::time::Duration::from_secs(10))
             .send()
             .await;
