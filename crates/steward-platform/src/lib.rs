@@ -47,6 +47,7 @@ pub struct Platform {
     http: reqwest::Client,
     /// Connector clients reused by the task worker: connector id → (built, client).
     provisioners: std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<steward_entra::Entra>)>>,
+    confirms: gov::worker::Confirmations,
     key: MasterKey,
     clock: Arc<dyn Clock>,
     work_dir: PathBuf,
@@ -105,6 +106,7 @@ impl Platform {
             worker_id: uuid::Uuid::new_v4().to_string(),
             http: reqwest::Client::new(),
             provisioners: std::sync::Mutex::new(HashMap::new()),
+            confirms: Default::default(),
             key,
             clock,
             work_dir,

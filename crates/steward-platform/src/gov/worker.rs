@@ -36,6 +36,40 @@ pub const CLAIM_BATCH: i64 = 1024;
 /// Webhook delivery attempts.
 pub const MAX_WEBHOOK_ATTEMPTS: i64 = 8;
 
+/// One confirmation waiting for its connector's next partial sync.
+struct PendingConfirm {
+    resource: ResourceId,
+    pair: (String, ResourceId),
+    tx: tokio::sync::oneshot::Sender<std::result::Result<bool, String>>,
+}
+
+/// The confirmations waiting per connector, and whose turn it is to run the next partial sync.
+#[derive(Default)]
+struct ConfirmQueue {
+    waiting: std::sync::Mutex<Vec<PendingConfirm>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// Coalesced provisioning confirmations, per connector (see [`Platform::confirm`]).
+#[derive(Default)]
+pub(crate) struct Confirmations(std::sync::Mutex<std::collections::HashMap<String, Arc<ConfirmQueue>>>);
+
+impl std::fmt::Debug for Confirmations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Confirmations")
+    }
+}
+
+impl Confirmations {
+    fn queue(&self, connector_id: &str) -> Arc<ConfirmQueue> {
+        match self.0.lock() {
+            Ok(mut m) => Arc::clone(m.entry(connector_id.to_owned()).or_default()),
+            // A poisoned map only loses the coalescing: this confirmation runs on its own.
+            Err(_) => Arc::default(),
+        }
+    }
+}
+
 fn backoff(attempts: i64, cap: i64) -> i64 {
     (1i64 << attempts.clamp(0, 20)).min(cap)
 }
@@ -198,21 +232,56 @@ impl Platform {
 
     /// Whether the tenant holds `entitlement` for `principal`, by a partial sync of the entitlement's
     /// resource (what the next full sync will see).
+    ///
+    /// Confirmations of one connector are coalesced: while one partial sync runs, the confirmations asked
+    /// for meanwhile wait in a queue, and the next caller to get the connector's turn confirms all of them
+    /// with ONE partial sync of every resource they name (a burst of requests for one group lists it once
+    /// per round, not once per request). Each caller still gets the answer for its own grant.
     async fn confirm(
         &self,
+        connector_id: &str,
         entra: Arc<steward_entra::Entra>,
         resource: ResourceId,
         entitlement: &str,
         principal: &ResourceId,
     ) -> std::result::Result<bool, Failure> {
-        let held = self
-            .confirm_many(
-                entra,
-                vec![resource],
-                vec![(entitlement.to_owned(), principal.clone())],
-            )
-            .await?;
-        Ok(held.first().copied().unwrap_or(false))
+        let q = self.confirms.queue(connector_id);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        q.waiting
+            .lock()
+            .map_err(|_| Failure::Transient("confirmation queue poisoned".into()))?
+            .push(PendingConfirm {
+                resource,
+                pair: (entitlement.to_owned(), principal.clone()),
+                tx,
+            });
+        let turn = q.turn.lock().await;
+        if let Ok(answer) = rx.try_recv() {
+            // A previous turn confirmed this one together with its own.
+            return answer.map_err(Failure::Transient);
+        }
+        let batch = match q.waiting.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(_) => return Err(Failure::Transient("confirmation queue poisoned".into())),
+        };
+        let resources = batch.iter().map(|p| p.resource.clone()).collect();
+        let pairs = batch.iter().map(|p| p.pair.clone()).collect();
+        let out = self.confirm_many(entra, resources, pairs).await;
+        for (i, p) in batch.into_iter().enumerate() {
+            let answer = match &out {
+                Ok(held) => Ok(held.get(i).copied().unwrap_or(false)),
+                Err(Failure::Transient(m) | Failure::Permanent(m)) => Err(m.clone()),
+            };
+            // The receiver may be gone (its task ended); nothing to tell then.
+            let _ = p.tx.send(answer);
+        }
+        drop(turn);
+        match rx.await {
+            Ok(answer) => answer.map_err(Failure::Transient),
+            Err(_) => Err(Failure::Transient(
+                "confirmation was dropped before it ran".into(),
+            )),
+        }
     }
 
     /// For each (entitlement, principal) of `pairs`, whether the tenant grants it directly, by one partial
@@ -350,7 +419,13 @@ impl Platform {
                     .await
                     .map_err(classify)?;
                 let ok = self
-                    .confirm(entra, change.resource(), &tg.entitlement, &principal)
+                    .confirm(
+                        &tg.connector_id,
+                        entra,
+                        change.resource(),
+                        &tg.entitlement,
+                        &principal,
+                    )
                     .await?;
                 Ok::<_, Failure>((change, ok))
             }
