@@ -2978,3 +2978,62 @@ async fn webhook_deliveries_are_signed_and_the_secret_stays_encrypted() {
     }
     sim.stop().await;
 }
+
+/// A burst of requests for one virtual role: every request is provisioned and confirmed, yet the group's
+/// members are listed far fewer times than there are requests (confirmations waiting while a partial sync
+/// runs are confirmed together by the next one).
+#[tokio::test]
+async fn jit_burst_confirmations_are_coalesced() {
+    let (sim, _d) = small_sim().await;
+    for env in envs().await {
+        let j = jit_setup(&env, &sim.ready).await;
+        auto_rule(&j).await;
+        let users = fresh_users(&j, &sim).await;
+        let n = 24.min(users.len());
+        assert!(n >= 16, "the small tenant has {} fresh users", users.len());
+        let mut toks = Vec::new();
+        for (u, _) in users.iter().take(n) {
+            toks.push(user_token(&j, u).await);
+        }
+        sim.sim.stats.reset();
+        let filed = futures::future::join_all(toks.iter().map(|t| {
+            j.api.post(
+                t,
+                "/api/v1/requests",
+                json!({"entitlement": j.vr, "duration": 600}),
+            )
+        }))
+        .await;
+        let mut ids = Vec::new();
+        for (st, r) in filed {
+            assert_eq!(st, StatusCode::CREATED, "{r}");
+            ids.push(r["id"].as_str().unwrap().to_owned());
+        }
+        for (id, t) in ids.iter().zip(&toks) {
+            let r = wait_state(&j.api, t, id, "provisioned").await;
+            assert!(
+                r["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["kind"] == "confirm"),
+                "{r:#}"
+            );
+        }
+        for (u, _) in users.iter().take(n) {
+            assert!(in_group(&sim, j.gid, u.parse().unwrap()), "{u} was not added");
+        }
+        assert_eq!(
+            writes(&sim, "POST", "/members/$ref"),
+            n as u64,
+            "one write per request"
+        );
+        let listings = writes(&sim, "GET", "/groups/{id}/members");
+        assert!(
+            listings * 2 <= n as u64,
+            "{listings} listings of the group's members confirmed {n} grants"
+        );
+        j.server.stop().await;
+    }
+    sim.stop().await;
+}
