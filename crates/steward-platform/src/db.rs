@@ -244,7 +244,31 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V6_COMMON,
         postgres: V6_COMMON,
     },
+    Migration {
+        version: 7,
+        name: "ingest: a grant's id is stored only when it is not <entitlement>:<principal type>:<principal id> (NULL otherwise; a third of each grant row)",
+        sqlite: V7_SQLITE,
+        postgres: V7_POSTGRES,
+    },
 ];
+
+/// SQLite cannot drop a NOT NULL constraint: the table is rebuilt, its derived ids made NULL, and its
+/// indexes created again.
+const V7_SQLITE: &str = r#"
+CREATE TABLE grants_v7 (connector_id TEXT NOT NULL, id TEXT, entitlement_id TEXT NOT NULL,
+  principal_type TEXT NOT NULL, principal_id TEXT NOT NULL, direct BOOLEAN NOT NULL, via TEXT);
+INSERT INTO grants_v7 (connector_id, id, entitlement_id, principal_type, principal_id, direct, via)
+  SELECT connector_id, NULLIF(id, entitlement_id || ':' || principal_type || ':' || principal_id), entitlement_id,
+  principal_type, principal_id, direct, via FROM grants;
+DROP TABLE grants;
+ALTER TABLE grants_v7 RENAME TO grants;
+CREATE INDEX grants_entitlement ON grants (connector_id, entitlement_id);
+CREATE INDEX grants_principal ON grants (principal_id, principal_type)
+"#;
+
+/// On the partitioned table the change reaches every partition; rows already stored keep their ids
+/// until their connector's next ingest replaces them.
+const V7_POSTGRES: &str = "ALTER TABLE grants ALTER COLUMN id DROP NOT NULL";
 
 const V6_COMMON: &str = "CREATE INDEX requests_state_created ON requests (state, created_at)";
 
@@ -269,3 +293,48 @@ const V4_COMMON: &str = "CREATE INDEX linked_entitlements_idp ON linked_entitlem
 
 /// `Store::identity` looks identities up by id or by `lower(upn)`; both sides of its UNION use an index.
 const V3_COMMON: &str = "CREATE INDEX identities_upn_lower ON identities (lower(upn))";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_7_keeps_explicit_grant_ids_and_drops_derived_ones_on_sqlite() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        for m in MIGRATIONS.iter().filter(|m| m.version < 7) {
+            c.execute_batch(m.sqlite).unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO grants VALUES ('c1', 'group:g:member:user:u1', 'group:g:member', 'user', 'u1', TRUE, NULL);
+             INSERT INTO grants VALUES ('c1', 'custom-id', 'group:g:member', 'user', 'u2', FALSE, 'group:h:member')",
+        )
+        .unwrap();
+        c.execute_batch(V7_SQLITE).unwrap();
+        let rows: Vec<(Option<String>, String, Option<String>)> = c
+            .prepare("SELECT id, principal_id, via FROM grants ORDER BY principal_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (None, "u1".to_owned(), None),
+                (
+                    Some("custom-id".to_owned()),
+                    "u2".to_owned(),
+                    Some("group:h:member".to_owned())
+                ),
+            ]
+        );
+        let indexes: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'grants'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 2);
+    }
+}

@@ -1,13 +1,18 @@
 //! Reading a `.c1z` for ingest.
 //!
-//! [`read_c1z`] runs on a blocking thread: it unpacks the file (checking the envelope and that it holds a
-//! finished sync) and hands the opened [`SyncFile`] to the store, or a `Batch::Failed` with the reason. The
-//! store then calls [`extract`], which walks the unpacked SQLite database with plain SQL and feeds every row
-//! to a [`Sink`] (the backend's bulk writer) without building intermediate row vectors:
-//! - resources and entitlements are decoded from their protobuf (they are few; the profile becomes JSON and
-//!   the login/email are lowercased for account matching);
-//! - grants are taken from the table's columns (id, entitlement, principal) and only their `sources` field
-//!   (5) is decoded, to tell a direct grant from one held through another entitlement (`via`).
+//! [`read_c1z`] runs on a blocking thread: it checks the envelope and the database header and hands the
+//! store a [`C1zStream`] (or, for a database the stream reader does not handle, the file unpacked into a
+//! temporary SQLite database, [`SyncFile`]), or a `Batch::Failed` with the reason. The store then feeds
+//! the rows to a [`Sink`] (the backend's bulk writer) without building intermediate row vectors of grants:
+//! - [`extract_stream`] reads the SQLite pages as they come out of the zstd stream — no 4 GB temporary
+//!   file written and read back (see the comment above [`C1zStream`]); when it meets something it does not
+//!   read it answers [`Extracted::Fallback`], and the store rolls back and reads the file unpacked;
+//! - [`extract`] walks an unpacked database with plain SQL.
+//!
+//! Either way resources and entitlements are decoded from their protobuf (they are few; the profile
+//! becomes JSON and the login/email are lowercased for account matching), and grants are taken from the
+//! table's columns (id, entitlement, principal) with only their `sources` field (5) decoded, to tell a
+//! direct grant from one held through another entitlement (`via`).
 //!
 //! The rows are borrowed from the reader's current row, so a sink must copy what it keeps.
 
@@ -120,6 +125,25 @@ pub struct GrantRef<'a> {
     pub direct: bool,
     /// The entitlement it came through.
     pub via: Option<&'a str>,
+}
+
+/// The grant's id when it is not the one derived from its entitlement and principal
+/// (`<entitlement>:<principal type>:<principal id>`, what Baton connectors write): grants store only such
+/// explicit ids and NULL otherwise (migration 7), and readers derive the rest.
+pub fn explicit_grant_id<'a>(
+    id: &'a str,
+    entitlement_id: &str,
+    principal_type: &str,
+    principal_id: &str,
+) -> Option<&'a str> {
+    let (e, t) = (entitlement_id.len(), principal_type.len());
+    let derived = id.len() == e + t + principal_id.len() + 2
+        && id.starts_with(entitlement_id)
+        && id.ends_with(principal_id)
+        && id[e..].starts_with(':')
+        && id[e + 1..].starts_with(principal_type)
+        && id[e + 1 + t..].starts_with(':');
+    (!derived).then_some(id)
 }
 
 /// Where [`extract`] puts the rows (in this order: resources with identities, entitlements, grants).
@@ -1234,6 +1258,26 @@ mod tests {
         let junk = dir.path().join("junk.c1z");
         std::fs::write(&junk, b"not a c1z").unwrap();
         assert!(C1zStream::open(&junk).is_err());
+    }
+
+    #[test]
+    fn only_ids_that_differ_from_the_derived_one_are_kept() {
+        let ent = "group:g1:member";
+        assert_eq!(
+            explicit_grant_id("group:g1:member:user:u1", ent, "user", "u1"),
+            None
+        );
+        for id in [
+            "group:g1:member:user:u2",
+            "group:g1:member:group:u1",
+            "group:g1:member-user:u1",
+            "group:g1:memberXuserXu1",
+            "g1",
+            "",
+            "grüp:g1:member:user:u1",
+        ] {
+            assert_eq!(explicit_grant_id(id, ent, "user", "u1"), Some(id));
+        }
     }
 
     #[test]
