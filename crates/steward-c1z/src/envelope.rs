@@ -26,17 +26,29 @@ const MAX_WINDOW_LOG: u32 = 27;
 /// Compression settings.
 #[derive(Debug, Clone, Copy)]
 pub struct CompressOptions {
-    /// zstd level (1 = fastest).
+    /// zstd level (1 = fastest). 1 by default: on the large Entra tenant's 4.2 GB database it takes 38 %
+    /// less CPU than level 3 and gives a slightly smaller file (189.9 vs 196.9 MB); on the synthetic
+    /// `write_grants` shape level 3 is ~14 % smaller.
     pub level: i32,
     /// Worker threads for zstd (0 = single-threaded).
     pub workers: u32,
+    /// Bytes of input each worker compresses at a time (0 = zstd's default, 4 windows = 32 MiB at level
+    /// 3). Each job holds its input and output in memory, so this bounds the compressor's memory.
+    pub job_size: u32,
 }
 
 impl Default for CompressOptions {
     fn default() -> Self {
-        Self { level: 3, workers: 2 }
+        Self {
+            level: 1,
+            workers: 2,
+            job_size: JOB_SIZE,
+        }
     }
 }
+
+/// Default [`CompressOptions::job_size`].
+pub const JOB_SIZE: u32 = 8 << 20;
 
 /// `<path>.tmp`.
 pub fn tmp_path(path: &Path) -> PathBuf {
@@ -63,6 +75,9 @@ pub fn write_c1z(db: &Path, out: &Path, opts: CompressOptions) -> Result<u64> {
         enc.window_log(WINDOW_LOG)?;
         if opts.workers > 0 {
             enc.multithread(opts.workers)?;
+            if opts.job_size > 0 {
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(opts.job_size))?;
+            }
         }
         Ok(())
     };
@@ -192,7 +207,16 @@ mod tests {
     #[test]
     fn refuses_bad_files() {
         let (dir, db, out) = roundtrip_setup();
-        write_c1z(&db, &out, CompressOptions { level: 1, workers: 0 }).unwrap();
+        write_c1z(
+            &db,
+            &out,
+            CompressOptions {
+                level: 1,
+                workers: 0,
+                job_size: 0,
+            },
+        )
+        .unwrap();
         let good = std::fs::read(&out).unwrap();
         let back = dir.path().join("back.db");
         let check = |bytes: &[u8]| {

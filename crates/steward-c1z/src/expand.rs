@@ -19,9 +19,12 @@
 //! are read once (one pass over the table when many entitlements take part, else one index range each)
 //! into memory as (entitlement, principal) → (row id, sources), with principals and entitlement names
 //! interned; the edges are then applied in memory; finally the new grants are inserted in creation order
-//! in key order (entitlement, principal) and the changed ones updated in row order. When the new grants are many (at least 20,000 and a quarter of
-//! the table), the non-unique grant indexes are dropped while they go in and built again afterwards (one
-//! sort each is cheaper than that many random inserts into 64 KiB index pages). Grants are not decoded on
+//! in key order (entitlement, principal) and the changed ones updated in row order. The writer runs
+//! expansion before it builds the non-unique grant indexes (and, without possible duplicates, the unique
+//! one), so the new grants are only appended to the table. When a caller has those indexes and the new
+//! grants are many (at least 20,000 and a quarter of the table), they are dropped while the grants go in
+//! and built again afterwards (one sort each is cheaper than that many random inserts into 64 KiB index
+//! pages); without the entitlement index, holders are read in one pass over the table. Grants are not decoded on
 //! the common path: the embedded principal and `sources` are located by scanning the top-level protobuf
 //! fields, and a new grant's bytes are assembled from the target entitlement (encoded once), the principal
 //! as embedded in the first of its grants read, the id, the `GrantImmutable` annotation and the sources —
@@ -45,6 +48,8 @@ pub const DEFAULT_MAX_DEPTH: usize = 20;
 /// From this many new grants on (and at least a quarter of the table), the non-unique grant indexes are
 /// dropped while they are inserted and built again afterwards.
 const REBUILD_MIN_ROWS: i64 = 20_000;
+/// The grant index by entitlement (and principal).
+const ENTITLEMENT_INDEX: &str = "idx_grants_entitlement_id_principal_id_v1";
 
 /// What an expansion did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,7 +72,8 @@ struct EdgeAttr {
     resource_type_ids: BTreeSet<String>, // empty = every type
 }
 
-/// Expands the grants of `sync_id` in place. Needs the grant indexes to exist.
+/// Expands the grants of `sync_id` in place. Needs the unique indexes of `v1_entitlements` and `v1_grants`;
+/// the non-unique grant indexes are used when they exist (the writer builds them after expansion).
 pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Result<ExpandStats> {
     let edges = load_edges(conn, sync_id)?;
     if edges.is_empty() {
@@ -89,7 +95,13 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
     let comp = tarjan(&adj);
     let mut x = Expander::new(conn, sync_id, &names);
     x.stats.edges = edges.len() as u64;
+    let t = std::time::Instant::now();
     x.load()?;
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        "c1z expansion: holders loaded"
+    );
+    let t = std::time::Instant::now();
     let ncomp = comp.iter().copied().max().map_or(0, |m| m + 1);
 
     // Condensed DAG, depth = longest path from a root.
@@ -156,6 +168,10 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
             }
         }
     }
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        "c1z expansion: edges applied"
+    );
     x.write()?;
     if x.stats.edges_over_depth > 0 {
         tracing::warn!(
@@ -463,7 +479,13 @@ impl<'c> Expander<'c> {
     fn load(&mut self) -> Result<()> {
         const COLS: &str = "SELECT id, entitlement_id, principal_resource_type_id, principal_resource_id, external_id, data FROM v1_grants";
         let nodes = self.held.len();
-        if nodes > 256 {
+        // Without the entitlement index (the writer builds it after expansion) a range per entitlement
+        // would be a scan each.
+        let indexed = self
+            .conn
+            .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?
+            .exists([ENTITLEMENT_INDEX])?;
+        if nodes > 256 || !indexed {
             let mut st = self.conn.prepare(&format!("{COLS} WHERE sync_id = ?1"))?;
             let mut rows = st.query([self.sync_id])?;
             while let Some(r) = rows.next()? {
@@ -685,6 +707,7 @@ impl<'c> Expander<'c> {
             let (a, b) = (&self.principals[p1 as usize], &self.principals[p2 as usize]);
             (&self.names[d1 as usize], &a.ptype, &a.pid).cmp(&(&self.names[d2 as usize], &b.ptype, &b.pid))
         });
+        let t = std::time::Instant::now();
         let mut buf = Vec::with_capacity(4096);
         let mut ins = self.conn.prepare_cached(
             "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
@@ -718,6 +741,12 @@ impl<'c> Expander<'c> {
                 discovered_at
             ])?;
         }
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            rows = created.len(),
+            "c1z expansion: grants inserted"
+        );
+        let t = std::time::Instant::now();
         let mut changed: Vec<(i64, GrantSources)> = self
             .held
             .iter()
@@ -737,9 +766,18 @@ impl<'c> Expander<'c> {
             let new = replace_sources(&data, &eid, srcs)?;
             upd.execute(params![new, row])?;
         }
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "c1z expansion: grants updated"
+        );
+        let t = std::time::Instant::now();
         for idx in dropped {
             self.conn.execute_batch(idx.ddl)?;
         }
+        tracing::debug!(
+            ms = t.elapsed().as_millis() as u64,
+            "c1z expansion: dropped indexes rebuilt"
+        );
         Ok(())
     }
 }

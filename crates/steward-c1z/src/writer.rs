@@ -2,8 +2,12 @@
 //!
 //! The working database is a plain SQLite file `<target>.wip` next to the target (rollback journal,
 //! `synchronous=OFF`, exclusive lock). Writes go into large transactions; the secondary indexes of the bulk
-//! tables are dropped while a sync loads and rebuilt by [`C1zWriter::end_sync`], which then removes
-//! dangling rows, expands grants and marks the sync finished. [`C1zWriter::finish`] (after checkpointing a WAL an
+//! tables are dropped while a sync loads and built again by [`C1zWriter::end_sync`]: first those of the small
+//! tables and, when a grant id may be duplicated, the unique grant index (duplicates resolve to the last
+//! write); then it removes dangling rows, expands grants, builds the remaining grant indexes once over all
+//! grants and marks the sync finished. While grants are written the writer remembers the entitlements and
+//! principals they reference and a hash of each grant id (up to 2M grants, not for a resumed sync), so that
+//! the end needs no extra pass over the grants to find dangling references or possible duplicates. [`C1zWriter::finish`] (after checkpointing a WAL an
 //! older version left) compresses the database into `<target>` atomically and deletes the working file.
 //!
 //! Crash safety: committed transactions survive a kill of the process (a transaction cut short leaves a hot
@@ -15,6 +19,7 @@
 //! Duplicates within a sync (a connector listing a row twice, or a re-run page) resolve to the last write,
 //! as Baton's upserts do.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,7 +31,7 @@ use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, Resourc
 use crate::envelope::{self, CompressOptions};
 use crate::error::{C1zError, Result};
 use crate::expand::{self, ExpandStats};
-use crate::schema::{BULK_INDEXES, TABLES};
+use crate::schema::{BULK_INDEXES, BulkIndex, TABLES};
 use crate::{SyncRun, SyncType, ksuid, list_sync_runs, timefmt};
 
 /// Writer settings.
@@ -47,8 +52,8 @@ pub struct WriterOptions {
     /// SQLite page cache size in KiB while rows are written.
     pub cache_kib: i64,
     /// SQLite page cache size in KiB while [`C1zWriter::end_sync`] builds indexes and expands grants (also
-    /// the index sorter's in-memory run size: 128 MiB makes the index builds ~30 % faster than 16 MiB at
-    /// 1M grants, for ~100 MiB more peak memory).
+    /// the index sorter's in-memory run size, so the page cache and the sorter can each reach it). 64 MiB:
+    /// on the large Entra tenant 128 MiB cost ~110 MiB more peak memory for no measurable speed.
     pub index_cache_kib: i64,
     /// Keep the working database consistent across a kill of the process (rollback journal, truncated at
     /// each commit), so that [`C1zWriter::open`] can resume its unfinished sync. The journal holds only the
@@ -69,7 +74,7 @@ impl Default for WriterOptions {
             max_expansion_depth: expand::DEFAULT_MAX_DEPTH,
             drop_dangling: true,
             cache_kib: 16 * 1024,
-            index_cache_kib: 128 * 1024,
+            index_cache_kib: 64 * 1024,
             crash_safe: false,
         }
     }
@@ -99,6 +104,44 @@ pub struct EndReport {
 struct Active {
     sync_id: String,
     sync_type: SyncType,
+    /// What the grants of this sync reference, gathered as they are written; `None` when the sync was
+    /// resumed (rows from before the crash are not in it) or grew past [`TRACK_MAX_GRANTS`].
+    refs: Option<GrantRefs>,
+}
+
+/// Grants tracked in [`GrantRefs`] at most (≈ 40 MiB of hashes); a larger sync is checked by SQL.
+const TRACK_MAX_GRANTS: usize = 2_000_000;
+
+/// The distinct entitlements and principals the current sync's grants reference, and a hash of each grant
+/// id: at the end of the sync, dangling references are checked without a pass over the grants, and when
+/// no two grant ids collide the unique grant index can be built after expansion.
+#[derive(Default)]
+struct GrantRefs {
+    entitlements: HashSet<Box<str>>,
+    /// Principal ids by principal type.
+    principals: HashMap<Box<str>, HashSet<Box<str>>>,
+    id_hashes: HashSet<u64>,
+    /// Two grant ids of the sync hashed alike (possibly a duplicate row).
+    maybe_duplicate: bool,
+}
+
+impl GrantRefs {
+    fn add(&mut self, entitlement: &str, ptype: &str, pid: &str, id: &str) {
+        if !self.entitlements.contains(entitlement) {
+            self.entitlements.insert(entitlement.into());
+        }
+        if !self.principals.get(ptype).is_some_and(|ids| ids.contains(pid)) {
+            self.principals
+                .entry(ptype.into())
+                .or_default()
+                .insert(pid.into());
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(id, &mut h);
+        if !self.id_hashes.insert(std::hash::Hasher::finish(&h)) {
+            self.maybe_duplicate = true;
+        }
+    }
 }
 
 /// Grant rows per multi-row `INSERT` (9 bound values each, plus the shared sync id and timestamp).
@@ -163,6 +206,12 @@ pub struct C1zWriter {
     batch: GrantBatch,
     batch_sql: String,
     one_grant_sql: String,
+}
+
+/// The indexes [`C1zWriter::end_sync`] builds after expansion: the non-unique ones of `v1_grants`, and its
+/// unique one too when no grant id can be a duplicate (`with_unique`).
+fn late_index(idx: &BulkIndex, with_unique: bool) -> bool {
+    idx.table == "v1_grants" && (with_unique || !idx.unique)
 }
 
 /// `<target>.wip`: the working database of a crash-safe writer (resumable).
@@ -337,6 +386,7 @@ impl C1zWriter {
         self.active = Some(Active {
             sync_id: sync_id.clone(),
             sync_type,
+            refs: Some(GrantRefs::default()),
         });
         Ok(sync_id)
     }
@@ -363,6 +413,7 @@ impl C1zWriter {
         self.active = Some(Active {
             sync_id: sync_id.to_owned(),
             sync_type,
+            refs: None,
         });
         Ok(run)
     }
@@ -593,6 +644,15 @@ impl C1zWriter {
             .ok_or_else(|| incomplete("principal.id"))?;
         self.before_write()?;
         self.active()?;
+        if let Some(a) = self.active.as_mut()
+            && let Some(refs) = a.refs.as_mut()
+        {
+            if refs.id_hashes.len() >= TRACK_MAX_GRANTS {
+                a.refs = None;
+            } else {
+                refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id);
+            }
+        }
         let b = &mut self.batch.bytes;
         let mut ends = [0usize; 8];
         for (k, v) in [
@@ -710,11 +770,8 @@ impl C1zWriter {
     /// Ends the current sync: rebuilds indexes (resolving duplicates), drops dangling rows of a full sync,
     /// expands grants and records `ended_at`.
     pub fn end_sync(&mut self) -> Result<EndReport> {
-        let Active { sync_id, sync_type } = match &self.active {
-            Some(a) => Active {
-                sync_id: a.sync_id.clone(),
-                sync_type: a.sync_type,
-            },
+        let (sync_id, sync_type, refs) = match &mut self.active {
+            Some(a) => (a.sync_id.clone(), a.sync_type, a.refs.take()),
             None => {
                 return Err(C1zError::State(
                     "no sync in progress: call begin_sync before end_sync",
@@ -741,8 +798,13 @@ impl C1zWriter {
             "PRAGMA cache_size=-{}",
             self.opts.index_cache_kib.max(self.opts.cache_kib)
         ))?;
-        report.duplicates_removed = self.build_indexes(&sync_id)?;
-        report.index_ms = t.elapsed().as_millis() as u64;
+        // The unique indexes (they resolve duplicates) and those of the small tables first; the three
+        // non-unique grant indexes only after expansion, so that they are built once over every grant
+        // instead of being built, dropped for expansion's inserts and built again.
+        // Without a possible duplicate grant id, the unique grant index is built after expansion too.
+        let defer_unique = refs.as_ref().is_some_and(|r| !r.maybe_duplicate);
+        report.duplicates_removed = self.build_indexes(&sync_id, true, |i| !late_index(i, defer_unique))?;
+        let mut index_ms = t.elapsed().as_millis() as u64;
         self.commit()?;
         if !self.opts.crash_safe {
             self.conn.execute_batch("PRAGMA journal_mode=OFF")?;
@@ -750,11 +812,20 @@ impl C1zWriter {
         self.conn.execute_batch("BEGIN")?;
         self.in_tx = true;
         if sync_type == SyncType::Full && self.opts.drop_dangling {
-            self.drop_dangling(&sync_id, &mut report)?;
+            let t = Instant::now();
+            self.drop_dangling(&sync_id, refs.as_ref(), &mut report)?;
+            tracing::debug!(ms = t.elapsed().as_millis() as u64, "c1z: dangling rows checked");
         }
         let t = Instant::now();
         report.expansion = expand::expand_grants(&self.conn, &sync_id, self.opts.max_expansion_depth)?;
         report.expand_ms = t.elapsed().as_millis() as u64;
+        let t = Instant::now();
+        drop(refs);
+        // A duplicate here can only be a grant expansion created under an id another grant has: an
+        // error, as inserting it into the unique index would have been.
+        self.build_indexes(&sync_id, false, |i| late_index(i, defer_unique))?;
+        index_ms += t.elapsed().as_millis() as u64;
+        report.index_ms = index_ms;
         self.conn.execute(
             "UPDATE v1_sync_runs SET ended_at = ?1 WHERE sync_id = ?2",
             params![timefmt::now_text(), sync_id],
@@ -772,13 +843,21 @@ impl C1zWriter {
         Ok(report)
     }
 
-    fn build_indexes(&mut self, sync_id: &str) -> Result<u64> {
+    /// Builds the bulk indexes `which` selects; with `dedupe`, duplicates that fail a unique index are
+    /// resolved to their last write, else they are an error.
+    fn build_indexes(
+        &mut self,
+        sync_id: &str,
+        dedupe: bool,
+        which: impl Fn(&BulkIndex) -> bool,
+    ) -> Result<u64> {
         let mut removed = 0;
-        for idx in BULK_INDEXES {
+        for idx in BULK_INDEXES.iter().filter(|i| which(i)) {
+            let t = Instant::now();
             match self.conn.execute_batch(idx.ddl) {
                 Ok(()) => {}
                 Err(rusqlite::Error::SqliteFailure(f, _))
-                    if idx.unique && f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    if dedupe && idx.unique && f.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
                     let n = self.conn.execute(
                         &format!(
@@ -793,6 +872,11 @@ impl C1zWriter {
                 }
                 Err(e) => return Err(e.into()),
             }
+            tracing::debug!(
+                index = idx.name,
+                ms = t.elapsed().as_millis() as u64,
+                "c1z: index built"
+            );
         }
         if removed > 0 {
             tracing::warn!(
@@ -804,7 +888,12 @@ impl C1zWriter {
         Ok(removed)
     }
 
-    fn drop_dangling(&mut self, sync_id: &str, report: &mut EndReport) -> Result<()> {
+    fn drop_dangling(
+        &mut self,
+        sync_id: &str,
+        refs: Option<&GrantRefs>,
+        report: &mut EndReport,
+    ) -> Result<()> {
         let c = &self.conn;
         report.dropped_resources = c.execute(
             "DELETE FROM v1_resources WHERE sync_id = ?1 AND NOT EXISTS
@@ -817,61 +906,82 @@ impl C1zWriter {
                   AND r.external_id = v1_entitlements.resource_type_id || ':' || v1_entitlements.resource_id)",
             [sync_id],
         )? as u64;
-        // Distinct referenced ids are found by skipping through the grant indexes (one seek per distinct
-        // value, not one lookup per grant); the index spans all syncs, so ids only used by older syncs are
-        // checked too and simply delete nothing.
-        let mut missing_ent = Vec::new();
-        let mut last = String::new();
-        loop {
-            let next: Option<String> = c
-                .prepare_cached(
-                    "SELECT entitlement_id FROM v1_grants INDEXED BY idx_grants_entitlement_id_principal_id_v1
-                     WHERE entitlement_id > ?1 ORDER BY entitlement_id LIMIT 1",
-                )?
-                .query_row([&last], |r| r.get(0))
-                .optional()?;
-            let Some(e) = next else { break };
-            let exists = c
-                .prepare_cached("SELECT 1 FROM v1_entitlements WHERE sync_id = ?1 AND external_id = ?2")?
-                .exists(params![sync_id, e])?;
-            if !exists {
-                let n = c.execute(
-                    "DELETE FROM v1_grants WHERE sync_id = ?1 AND entitlement_id = ?2",
-                    params![sync_id, e],
-                )?;
-                if n > 0 {
-                    report.dropped_grants += n as u64;
-                    missing_ent.push(e.clone());
+        // The distinct entitlements and principals the grants reference: gathered while they were written,
+        // else from one pass over the sync's grants (their non-unique indexes are only built after
+        // expansion); then one existence check each through the unique indexes.
+        let mut ents: HashSet<String> = HashSet::new();
+        let mut principals: HashMap<String, HashSet<String>> = HashMap::new();
+        if let Some(refs) = refs {
+            ents.extend(refs.entitlements.iter().map(|e| e.to_string()));
+            for (t, ids) in &refs.principals {
+                principals
+                    .entry(t.to_string())
+                    .or_default()
+                    .extend(ids.iter().map(|i| i.to_string()));
+            }
+        } else {
+            let mut st = c.prepare(
+                "SELECT entitlement_id, principal_resource_type_id, principal_resource_id FROM v1_grants WHERE sync_id = ?1",
+            )?;
+            let mut rows = st.query([sync_id])?;
+            while let Some(r) = rows.next()? {
+                let e = r.get_ref(0)?.as_str().unwrap_or_default();
+                if !ents.contains(e) {
+                    ents.insert(e.to_owned());
+                }
+                let (t, id) = (
+                    r.get_ref(1)?.as_str().unwrap_or_default(),
+                    r.get_ref(2)?.as_str().unwrap_or_default(),
+                );
+                // Keyed by type first, so that the lookup borrows and a row allocates nothing.
+                if !principals.get(t).is_some_and(|ids| ids.contains(id)) {
+                    principals.entry(t.to_owned()).or_default().insert(id.to_owned());
                 }
             }
-            last = e;
         }
-        let mut missing_p = Vec::new();
-        let (mut lt, mut lid) = (String::new(), String::new());
-        loop {
-            let next: Option<(String, String)> = c
-                .prepare_cached(
-                    "SELECT principal_resource_type_id, principal_resource_id FROM v1_grants INDEXED BY idx_grants_principal_id_v1
-                     WHERE (principal_resource_type_id, principal_resource_id) > (?1, ?2)
-                     ORDER BY principal_resource_type_id, principal_resource_id LIMIT 1",
-                )?
-                .query_row([&lt, &lid], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let Some((t, id)) = next else { break };
-            let exists = c
-                .prepare_cached("SELECT 1 FROM v1_resources WHERE sync_id = ?1 AND external_id = ?2")?
-                .exists(params![sync_id, format!("{t}:{id}")])?;
-            if !exists {
-                let n = c.execute(
-                    "DELETE FROM v1_grants WHERE sync_id = ?1 AND principal_resource_type_id = ?2 AND principal_resource_id = ?3",
-                    params![sync_id, t, id],
-                )?;
-                if n > 0 {
-                    report.dropped_grants += n as u64;
-                    missing_p.push((t.clone(), id.clone()));
-                }
+        let mut missing_ent: Vec<String> = Vec::new();
+        let mut exists_ent =
+            c.prepare_cached("SELECT 1 FROM v1_entitlements WHERE sync_id = ?1 AND external_id = ?2")?;
+        for e in ents {
+            if !exists_ent.exists(params![sync_id, e])? {
+                missing_ent.push(e);
             }
-            (lt, lid) = (t, id);
+        }
+        drop(exists_ent);
+        let mut missing_p: Vec<(String, String)> = Vec::new();
+        let mut exists_res =
+            c.prepare_cached("SELECT 1 FROM v1_resources WHERE sync_id = ?1 AND external_id = ?2")?;
+        for (t, id) in principals
+            .into_iter()
+            .flat_map(|(t, ids)| ids.into_iter().map(move |id| (t.clone(), id)))
+        {
+            if !exists_res.exists(params![sync_id, format!("{t}:{id}")])? {
+                missing_p.push((t, id));
+            }
+        }
+        drop(exists_res);
+        missing_ent.sort();
+        missing_p.sort();
+        if !missing_ent.is_empty() || !missing_p.is_empty() {
+            // One pass deletes them all (a DELETE per missing id would scan the table each time).
+            c.execute_batch(
+                "CREATE TEMP TABLE c1z_missing_ent (id TEXT PRIMARY KEY);
+                 CREATE TEMP TABLE c1z_missing_principal (t TEXT, id TEXT, PRIMARY KEY (t, id));",
+            )?;
+            let mut ins = c.prepare("INSERT INTO temp.c1z_missing_ent (id) VALUES (?1)")?;
+            for e in &missing_ent {
+                ins.execute([e])?;
+            }
+            let mut ins = c.prepare("INSERT INTO temp.c1z_missing_principal (t, id) VALUES (?1, ?2)")?;
+            for (t, id) in &missing_p {
+                ins.execute([t, id])?;
+            }
+            report.dropped_grants += c.execute(
+                "DELETE FROM v1_grants WHERE sync_id = ?1 AND (entitlement_id IN (SELECT id FROM temp.c1z_missing_ent)
+                   OR (principal_resource_type_id, principal_resource_id) IN (SELECT t, id FROM temp.c1z_missing_principal))",
+                [sync_id],
+            )? as u64;
+            c.execute_batch("DROP TABLE temp.c1z_missing_ent; DROP TABLE temp.c1z_missing_principal;")?;
         }
         if report.dropped_resources + report.dropped_entitlements + report.dropped_grants > 0 {
             tracing::warn!(

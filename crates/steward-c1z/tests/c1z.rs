@@ -851,3 +851,138 @@ fn large_expansion_matches_the_rules() {
         assert_eq!(n, 1, "{} exists", idx.name);
     }
 }
+
+/// The database of a finished c1z, checked: `PRAGMA integrity_check` (every index holds exactly its
+/// table's rows, b-trees well formed) and every bulk index present with the spec's SQL. Returns the grants
+/// as (external_id, data) in id order, and the same through each grant index.
+fn checked_grants(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let r = C1zReader::open(p).unwrap();
+    let c = Connection::open(r.db_path()).unwrap();
+    let ok: Vec<String> = c
+        .prepare("PRAGMA integrity_check")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ok, ["ok"], "integrity_check of {}", p.display());
+    for idx in schema::BULK_INDEXES {
+        let sql: String = c
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [idx.name],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(sql, idx.ddl.replace(" IF NOT EXISTS", ""), "{}", idx.name);
+    }
+    let rows = |sql: &str| -> Vec<(String, Vec<u8>)> {
+        let mut st = c.prepare(sql).unwrap();
+        let mut v: Vec<(i64, String, Vec<u8>)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        v.sort();
+        v.into_iter().map(|(_, e, d)| (e, d)).collect()
+    };
+    let all = rows("SELECT id, external_id, data FROM v1_grants NOT INDEXED");
+    for idx in schema::BULK_INDEXES.iter().filter(|i| i.table == "v1_grants") {
+        let through = rows(&format!(
+            "SELECT id, external_id, data FROM v1_grants INDEXED BY {} WHERE {} IS NOT NULL OR 1",
+            idx.name,
+            match idx.name {
+                "idx_grants_external_sync_v1" => "external_id",
+                "idx_grants_resource_type_id_resource_id_v1" => "resource_type_id",
+                "idx_grants_principal_id_v1" => "principal_resource_type_id",
+                _ => "entitlement_id",
+            }
+        ));
+        assert_eq!(through, all, "rows through {}", idx.name);
+    }
+    all
+}
+
+/// `end_sync` takes different paths for a sync written in one go (references and grant ids tracked while
+/// written: no pass over the grants for dangling rows, the unique grant index built after expansion) and for
+/// a resumed one (a pass over the grants, the unique index first): both give the same rows, the same
+/// report and sound databases with every index.
+#[test]
+fn end_sync_paths_give_the_same_sound_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = nested();
+    let ghost = user("ghost"); // never written as a resource
+    t.grants.push(builders::grant(&t.ents[0], &ghost));
+    let mut orphan_ent = t.ents[0].clone();
+    orphan_ent.id = "group:g1:owner".into();
+    t.grants.push(builders::grant(&orphan_ent, &t.resources[0])); // entitlement never written
+    let opts = WriterOptions {
+        auto_commit_rows: None,
+        crash_safe: true,
+        ..Default::default()
+    };
+
+    let one_go = dir.path().join("one-go.c1z");
+    let rep1 = write(&one_go, &t, opts.clone(), true);
+
+    let resumed = dir.path().join("resumed.c1z");
+    let sync_id = {
+        let mut w = C1zWriter::create_with(&resumed, opts.clone()).unwrap();
+        let id = w.begin_sync(SyncType::Full).unwrap();
+        for x in &t.types {
+            w.put_resource_type(x).unwrap();
+        }
+        for x in &t.resources {
+            w.put_resource(x).unwrap();
+        }
+        w.put_grant(&t.grants[0]).unwrap();
+        w.checkpoint("half").unwrap();
+        id // dropped without finish: a crash
+    };
+    let mut w = C1zWriter::open_with(&resumed, opts).unwrap();
+    w.resume_sync(&sync_id).unwrap();
+    for x in &t.ents {
+        w.put_entitlement(x).unwrap();
+    }
+    for x in &t.grants[1..] {
+        w.put_grant(x).unwrap();
+    }
+    let rep2 = w.end_sync().unwrap();
+    w.finish().unwrap();
+
+    assert_eq!(rep1.dropped_grants, 2);
+    assert_eq!(
+        (rep1.dropped_grants, rep1.duplicates_removed, &rep1.expansion),
+        (rep2.dropped_grants, rep2.duplicates_removed, &rep2.expansion)
+    );
+    assert!(rep1.expansion.grants_created > 0);
+    let a = checked_grants(&one_go);
+    let b = checked_grants(&resumed);
+    assert_eq!(
+        a.len(),
+        6 + rep1.expansion.grants_created as usize,
+        "6 written grants kept"
+    );
+    let ids = |v: &[(String, Vec<u8>)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&b));
+    assert_eq!(a, b, "same grant bytes");
+    assert!(!ids(&a).contains(&"group:g1:member:user:ghost".to_owned()));
+}
+
+/// A duplicate grant id makes `end_sync` build the unique index before expansion and keep the last write;
+/// the file is sound.
+#[test]
+fn duplicate_grant_ids_resolve_to_the_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dup.c1z");
+    let mut t = nested();
+    let mut last = t.grants[0].clone();
+    last.entitlement.as_mut().unwrap().display_name = "changed".into();
+    t.grants.push(last.clone());
+    let rep = write(&p, &t, WriterOptions::default(), true);
+    assert_eq!(rep.duplicates_removed, 1);
+    let rows = checked_grants(&p);
+    let got: Vec<&(String, Vec<u8>)> = rows.iter().filter(|r| r.0 == last.id).collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, last.encode_to_vec());
+}
