@@ -2,8 +2,10 @@
 //!
 //! Shape: one writer thread owns the [`C1zWriter`] and is fed by a bounded channel; connector calls run on
 //! tokio tasks, at most `concurrency` at once. The writer hands out pending actions (stored in the file,
-//! see the `queue` module) and applies each completed call — its rows, its follow-up actions and the
-//! removal of the action — as one unit; transactions commit only at checkpoints (every
+//! see the `queue` module; next pages of a listing first) and applies each completed call — its rows, its
+//! follow-up actions and the removal of the action — as one unit; the engine keeps up to `concurrency`
+//! handed-out actions ready, asked for while calls run, so that a call that ends is replaced at once even
+//! while the writer is busy with a page; transactions commit only at checkpoints (every
 //! `checkpoint_every_pages` pages or `checkpoint_interval`). Memory stays flat: a page is the unit held,
 //! the queue lives in the file, and the channel is bounded.
 //!
@@ -15,7 +17,7 @@
 //! found is a warning (the call counts as done with no rows) until the warnings budget is spent; anything
 //! else checkpoints and stops the sync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,6 +155,8 @@ struct Done {
     key: String,
     what: String,
     rows: Rows,
+    /// The next page of this listing, if any (queued as urgent).
+    more: Option<Action>,
     next: Vec<Action>,
     warning: Option<String>,
     rate_limited: u64,
@@ -290,33 +294,53 @@ async fn drive<C: Connector>(
     };
     let bound = opts.concurrency.max(1);
     let mut tasks: JoinSet<Result<Done, SyncError>> = JoinSet::new();
+    // Actions handed out by the writer but not started yet: at most `bound`, so that a task that ends can
+    // be replaced at once, without waiting for the writer (which may be busy inserting a page).
+    let mut ready: VecDeque<(String, Action)> = VecDeque::new();
+    // The fetch in progress: its reply, how many actions it asked for, and `completed` when it was sent.
+    let mut asked: Option<Asked> = None;
+    // Calls completed (sent to the writer), and the value it had when a fetch last found the queue empty.
+    let mut completed: u64 = 0;
+    let mut dry: Option<u64> = None;
     loop {
-        if tasks.len() < bound {
-            let (reply, rx) = oneshot::channel();
-            send(
-                tx,
-                Cmd::Fetch {
-                    n: bound - tasks.len(),
-                    reply,
-                },
-            )
-            .await?;
-            let actions = recv(rx).await??;
-            if actions.is_empty() && tasks.is_empty() {
-                return Ok(());
-            }
-            for (key, action) in actions {
-                tasks.spawn(run_action(
-                    connector.clone(),
-                    types.clone(),
-                    key,
-                    action,
-                    opts.clone(),
-                    progress.clone(),
-                ));
-            }
+        while tasks.len() < bound {
+            let Some((key, action)) = ready.pop_front() else {
+                break;
+            };
+            tasks.spawn(run_action(
+                connector.clone(),
+                types.clone(),
+                key,
+                action,
+                opts.clone(),
+                progress.clone(),
+            ));
         }
-        let Some(joined) = tasks.join_next().await else {
+        let room = (2 * bound).saturating_sub(tasks.len() + ready.len());
+        if asked.is_none() && room > 0 && dry != Some(completed) {
+            let (reply, rx) = oneshot::channel();
+            send(tx, Cmd::Fetch { n: room, reply }).await?;
+            asked = Some((rx, room, completed));
+        }
+        if tasks.is_empty() && ready.is_empty() && asked.is_none() {
+            // The last fetch came after every completion and found nothing: all done.
+            return Ok(());
+        }
+        let joined = tokio::select! {
+            r = reply_of(asked.as_mut()) => {
+                let Some((_, n, at)) = asked.take() else {
+                    continue;
+                };
+                let actions = r.map_err(|_| SyncError::Interrupted("the writer stopped".into()))??;
+                if actions.len() < n {
+                    dry = Some(at);
+                }
+                ready.extend(actions);
+                continue;
+            }
+            j = tasks.join_next(), if !tasks.is_empty() => j,
+        };
+        let Some(joined) = joined else {
             continue;
         };
         let done = match joined {
@@ -370,6 +394,24 @@ async fn drive<C: Connector>(
             rows,
         });
         send(tx, Cmd::Complete(Box::new(done))).await?;
+        completed += 1;
+    }
+}
+
+/// A fetch in progress: its reply, how many actions it asked for, and the calls completed when it was sent.
+type Asked = (
+    oneshot::Receiver<Result<Vec<(String, Action)>, SyncError>>,
+    usize,
+    u64,
+);
+
+/// The reply of the fetch in progress; never ready when there is none.
+async fn reply_of<T>(
+    rx: Option<&mut (oneshot::Receiver<T>, usize, u64)>,
+) -> Result<T, oneshot::error::RecvError> {
+    match rx {
+        Some((rx, _, _)) => rx.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -470,6 +512,7 @@ async fn run_action<C: Connector>(
         key,
         what: what.clone(),
         rows: Rows::None,
+        more: None,
         next: Vec::new(),
         warning: None,
         rate_limited: 0,
@@ -511,7 +554,7 @@ async fn run_action<C: Connector>(
             .await
             {
                 Ok(p) => {
-                    done.next.extend(next_page(p.next_page_token));
+                    done.more = next_page(p.next_page_token);
                     for r in &p.items {
                         done.next.extend(follow_ups(r, &types, true));
                     }
@@ -528,7 +571,7 @@ async fn run_action<C: Connector>(
             .await
             {
                 Ok(p) => {
-                    done.next.extend(next_page(p.next_page_token));
+                    done.more = next_page(p.next_page_token);
                     done.rows = Rows::Entitlements(p.items);
                 }
                 Err(e) => not_found(&mut done, e)?,
@@ -542,7 +585,7 @@ async fn run_action<C: Connector>(
             .await
             {
                 Ok(p) => {
-                    done.next.extend(next_page(p.next_page_token));
+                    done.more = next_page(p.next_page_token);
                     done.rows = Rows::Grants(p.items);
                 }
                 Err(e) => not_found(&mut done, e)?,
@@ -574,6 +617,8 @@ struct WriterState {
     w: C1zWriter,
     next_seq: u64,
     cursor: String,
+    /// The cursor of the urgent queue (continuations).
+    urgent_cursor: String,
     pages: u64,
     pages_since_checkpoint: u64,
     last_checkpoint: Instant,
@@ -582,7 +627,10 @@ struct WriterState {
 
 impl WriterState {
     fn enqueue(&mut self, a: &Action) -> Result<(), SyncError> {
-        let k = queue::key(self.next_seq);
+        self.put(queue::key(self.next_seq), a)
+    }
+
+    fn put(&mut self, k: String, a: &Action) -> Result<(), SyncError> {
         self.next_seq += 1;
         self.w.session_put(&k, &a.encode_to_vec())?;
         Ok(())
@@ -602,6 +650,9 @@ impl WriterState {
             Rows::Entitlements(v) => v.iter().try_for_each(|x| self.w.put_entitlement(x))?,
             Rows::Grants(v) => v.iter().try_for_each(|x| self.w.put_grant(x))?,
             Rows::None => {}
+        }
+        if let Some(a) = &d.more {
+            self.put(queue::urgent_key(self.next_seq), a)?;
         }
         for a in &d.next {
             self.enqueue(a)?;
@@ -632,6 +683,7 @@ fn start(path: &Path, plan: &SyncPlan, opts: &SyncOptions) -> Result<(WriterStat
         w,
         next_seq: 0,
         cursor: String::new(),
+        urgent_cursor: String::new(),
         pages: 0,
         pages_since_checkpoint: 0,
         last_checkpoint: Instant::now(),
@@ -729,23 +781,7 @@ fn writer_thread(
                     Some(f) => Err(SyncError::Interrupted(format!(
                         "writing the sync file failed: {f}"
                     ))),
-                    None => {
-                        st.w.session_scan(queue::PREFIX, &st.cursor, n)
-                            .map_err(SyncError::from)
-                            .and_then(|rows| {
-                                let mut out = Vec::with_capacity(rows.len());
-                                for (k, v) in rows {
-                                    let a = Action::decode(v.as_slice()).map_err(|e| {
-                                        SyncError::Interrupted(format!(
-                                            "queued action {k} in the sync file is corrupt: {e}"
-                                        ))
-                                    })?;
-                                    st.cursor = k.clone();
-                                    out.push((k, a));
-                                }
-                                Ok(out)
-                            })
-                    }
+                    None => fetch(&mut st, n),
                 };
                 let _ = reply.send(r);
             }
@@ -766,6 +802,30 @@ fn writer_thread(
     // Channel closed without Finish: leave the working database at its last checkpoint.
 }
 
+/// Up to `n` actions not handed out yet: continuations first, then the rest in creation order.
+fn fetch(st: &mut WriterState, n: usize) -> Result<Vec<(String, Action)>, SyncError> {
+    let mut out = Vec::with_capacity(n);
+    for urgent in [true, false] {
+        let want = n - out.len();
+        if want == 0 {
+            break;
+        }
+        let (prefix, cursor) = if urgent {
+            (queue::URGENT, &mut st.urgent_cursor)
+        } else {
+            (queue::PREFIX, &mut st.cursor)
+        };
+        for (k, v) in st.w.session_scan(prefix, cursor, want)? {
+            let a = Action::decode(v.as_slice()).map_err(|e| {
+                SyncError::Interrupted(format!("queued action {k} in the sync file is corrupt: {e}"))
+            })?;
+            cursor.clone_from(&k);
+            out.push((k, a));
+        }
+    }
+    Ok(out)
+}
+
 fn finish(mut st: WriterState, state: Option<String>) -> Result<EndReport, SyncError> {
     if let Some(f) = st.failed {
         return Err(SyncError::Interrupted(format!(
@@ -773,6 +833,7 @@ fn finish(mut st: WriterState, state: Option<String>) -> Result<EndReport, SyncE
         )));
     }
     st.w.session_clear(queue::PREFIX)?;
+    st.w.session_clear(queue::URGENT)?;
     // A finished sync's token is the connector's state (read back by `previous_sync`), or empty.
     st.w.checkpoint(
         &state

@@ -1,7 +1,10 @@
 //! The engine's work items and their storage in the sync file.
 //!
 //! Every pending connector call is an [`Action`], stored in `v1_connector_sessions` under
-//! `steward/q/<seq>` (zero-padded, so key order is creation order). A completed call's rows, its follow-up
+//! `steward/q/<seq>` (zero-padded, so key order is creation order), or under `steward/p/<seq>` when it
+//! continues a listing (its next page): those are handed out first. A paged listing is a chain — its next
+//! page is known only when the previous one is read — so a continuation queued behind every follow-up of
+//! a large tenant (20,000 entitlement and grant calls) would advance one page per pass over the whole queue. A completed call's rows, its follow-up
 //! actions and the deletion of its own key are written in the same transaction, and transactions commit
 //! only at checkpoints; so the committed file always holds exactly the rows of the completed calls and the
 //! actions still to do. `sync_token` holds the next sequence number.
@@ -12,9 +15,17 @@ use steward_model::{Resource, ResourceId};
 /// Key prefix of queued actions.
 pub const PREFIX: &str = "steward/q/";
 
+/// Key prefix of queued continuations (next pages), handed out before [`PREFIX`]'s.
+pub const URGENT: &str = "steward/p/";
+
 /// The key of action number `seq`.
 pub fn key(seq: u64) -> String {
     format!("{PREFIX}{seq:020}")
+}
+
+/// The key of action number `seq` when it continues a listing.
+pub fn urgent_key(seq: u64) -> String {
+    format!("{URGENT}{seq:020}")
 }
 
 /// What a queued action does.
@@ -117,6 +128,7 @@ mod tests {
     #[test]
     fn keys_sort_by_seq_and_tokens_round_trip() {
         assert!(key(9) < key(10));
+        assert!(!urgent_key(1).starts_with(PREFIX) && !key(1).starts_with(URGENT));
         assert_eq!(parse_token(&token(42)), Some(42));
         assert_eq!(parse_token(""), None);
         let a = Action {

@@ -119,6 +119,8 @@ struct Fake {
     /// the 1 ms retries line up on the runtime's timer ticks): under load one request was throttled on
     /// all 11 attempts and the sync failed (about 1 run in 30).
     throttled: Mutex<BTreeSet<String>>,
+    /// Every call, in the order they started.
+    log: Mutex<Vec<String>>,
 }
 
 impl Fake {
@@ -133,6 +135,7 @@ impl Fake {
             vanished: BTreeSet::new(),
             fail_on_call: None,
             throttled: Mutex::new(BTreeSet::new()),
+            log: Mutex::new(Vec::new()),
         }
     }
 
@@ -152,6 +155,7 @@ impl Fake {
     /// Bookkeeping shared by every call: concurrency, throttling, injected failure. `request` names the
     /// call and its arguments (the same for a retry).
     async fn enter(&self, request: String) -> Result<(), ConnectorError> {
+        self.log.lock().unwrap().push(request.clone());
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let cur = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(cur, Ordering::SeqCst);
@@ -465,6 +469,46 @@ fn full_sync_lists_everything_and_expands() {
     assert!(
         !steward_c1z::writer::wip_path(&path).exists() && !steward_c1z::writer::build_path(&path).exists()
     );
+}
+
+/// A listing's next page is handed out before the follow-ups (entitlements, grants) queued before it: the
+/// pages of a listing are a chain, and behind every follow-up of a large tenant it would advance one page
+/// per pass over the whole queue.
+#[test]
+fn next_pages_go_before_queued_follow_ups() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("order.c1z");
+    // 60 groups, 3 a page: each page queues 6 follow-ups (entitlements and grants of 3 groups).
+    let fake = Arc::new(Fake::new(tenant(3, 10, 60), 3));
+    rt().block_on(run_sync(fake.clone(), &path, SyncPlan::Full, opts(1), None))
+        .unwrap();
+    let log = fake.log.lock().unwrap().clone();
+    let pages: Vec<usize> = log
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.starts_with("list_resources group "))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(pages.len(), 20, "{log:#?}");
+    let first_calls = |r: &String| {
+        (r.starts_with("list_entitlements ") || r.starts_with("list_grants ")) && r.ends_with(' ')
+    };
+    for w in pages.windows(2) {
+        let between = log[w[0] + 1..w[1]].iter().filter(|r| first_calls(r)).count();
+        // One call running and one handed out ahead (concurrency 1) may come first; without the urgent
+        // queue, all of the previous pages' follow-ups would (6 or more).
+        assert!(
+            between <= 2,
+            "{between} follow-ups between two group pages: {:#?}",
+            &log[w[0]..=w[1]]
+        );
+    }
+    // Every group's follow-ups still ran.
+    let groups = log
+        .iter()
+        .filter(|r| r.starts_with("list_grants ") && r.contains("\"group\""))
+        .count();
+    assert!(groups >= 60, "{groups}");
 }
 
 #[test]
