@@ -4,7 +4,12 @@
 //! into lists this connector read once per sync (the directory index, role holders). Shared state is
 //! read lazily, once, behind `OnceCell`s, so a resumed sync rebuilds it on demand. A group's first grants
 //! page reads its first members page and all of its owners concurrently; an app's reads its first
-//! assignments page and its owners concurrently.
+//! assignments page and its owners concurrently. Group and app grants resolve principals whose type Graph
+//! states with the directory part of the index (groups, service principals: ready in about a second), so
+//! they start while the users are still being indexed (see [`crate::index`]). Chains — the index
+//! listings, the manager slices, the user listing, next pages of members and assignments — go through
+//! the client's urgent lane ([`Client::urgent`]), so that thousands of independent member reads do not
+//! slow them down.
 //!
 //! Every full sync first takes Graph delta links (two requests) and keeps them with the sync
 //! ([`Connector::sync_state`]); with [`Entra::set_previous`], the listings are served from the previous
@@ -23,7 +28,7 @@ use tokio::sync::OnceCell;
 use crate::config::EntraConfig;
 use crate::error::EntraError;
 use crate::incremental::{self as inc, Changes, Links};
-use crate::index::{self, Index, Kind};
+use crate::index::{self, Index, Kind, Stated};
 use crate::managers::Managers;
 use crate::prefetch::Chain;
 use crate::provision::{self, GrantOptions};
@@ -37,7 +42,10 @@ pub struct Entra {
     cfg: EntraConfig,
     ms: Microsoft,
     graph: Client,
+    /// `graph` for the pages of chains (see the module docs).
+    chain: Client,
     sized: OnceCell<()>,
+    directory: OnceCell<Arc<Index>>,
     index: OnceCell<Arc<Index>>,
     managers: OnceCell<Arc<Managers>>,
     roles: tokio::sync::Mutex<Option<Arc<RoleHolders>>>,
@@ -83,8 +91,10 @@ impl Entra {
         Ok(Entra {
             cfg,
             ms,
+            chain: graph.urgent(),
             graph,
             sized: OnceCell::new(),
+            directory: OnceCell::new(),
             index: OnceCell::new(),
             managers: OnceCell::new(),
             roles: tokio::sync::Mutex::new(None),
@@ -207,12 +217,51 @@ impl Entra {
         if let Some(c) = self.changes() {
             return Ok(c.index.clone());
         }
-        self.size().await?;
+        let dir = self.directory().await?;
         let ix = self
             .index
-            .get_or_try_init(|| async { Index::build(&self.graph, &self.cfg).await.map(Arc::new) })
+            .get_or_try_init(|| async { dir.with_users(&self.chain).await.map(Arc::new) })
             .await?;
         Ok(ix.clone())
+    }
+
+    /// The directory part of the index (groups and service principals; the full index of an incremental
+    /// sync).
+    async fn directory(&self) -> Result<Arc<Index>, EntraError> {
+        if let Some(c) = self.changes() {
+            return Ok(c.index.clone());
+        }
+        self.size().await?;
+        let ix = self
+            .directory
+            .get_or_try_init(|| async { Index::directory(&self.chain, &self.cfg).await.map(Arc::new) })
+            .await?;
+        Ok(ix.clone())
+    }
+
+    /// The kind of principal `id` (of the type Graph `stated`): from the directory part when the type says
+    /// enough, else from the full index (read once into `full`). `None` (counted as left out) when it is
+    /// not synced.
+    async fn kind_of(
+        &self,
+        dir: &Index,
+        full: &mut Option<Arc<Index>>,
+        id: &str,
+        stated: Stated,
+    ) -> Result<Option<Kind>, EntraError> {
+        let k = match dir.typed(id, stated) {
+            Ok(k) => k,
+            Err(()) => {
+                if full.is_none() {
+                    *full = Some(self.index().await?);
+                }
+                full.as_ref().and_then(|f| f.kind(id))
+            }
+        };
+        if k.is_none() {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(k)
     }
 
     /// Users' managers, read once per sync in concurrent slices planned from the index.
@@ -220,7 +269,7 @@ impl Entra {
         let ix = self.index().await?;
         let m = self
             .managers
-            .get_or_try_init(|| async { Managers::load(&self.graph, &ix.upns).await.map(Arc::new) })
+            .get_or_try_init(|| async { Managers::load(&self.chain, &ix.upns).await.map(Arc::new) })
             .await?;
         Ok(m.clone())
     }
@@ -298,7 +347,7 @@ impl Entra {
         let (page, managers) = futures::try_join!(
             async {
                 self.user_pages
-                    .page(&self.graph, &url)
+                    .page(&self.chain, &url)
                     .await
                     .map_err(EntraError::from)
             },
@@ -355,7 +404,7 @@ impl Entra {
         } else {
             token.to_owned()
         };
-        let page = self.group_pages.page(&self.graph, &url).await?;
+        let page = self.group_pages.page(&self.chain, &url).await?;
         let items = page
             .items
             .iter()
@@ -368,22 +417,34 @@ impl Entra {
         })
     }
 
-    /// Grants of `ent` to the directory objects of one members/owners page.
-    fn object_grants(&self, ix: &Index, ent: &Entitlement, items: &[Value], out: &mut Vec<Grant>) {
+    /// Grants of `ent` to the directory objects of one members/owners page (typed by `@odata.type`).
+    async fn object_grants(
+        &self,
+        dir: &Index,
+        full: &mut Option<Arc<Index>>,
+        ent: &Entitlement,
+        items: &[Value],
+        out: &mut Vec<Grant>,
+    ) -> Result<(), EntraError> {
         for o in items {
-            if let Some((k, id)) = self.resolve(ix, o["id"].as_str()) {
-                out.push(grants::to(ent, k, &id));
+            let Some(id) = o["id"].as_str() else { continue };
+            let stated = Stated::of_odata(o["@odata.type"].as_str());
+            if let Some(k) = self.kind_of(dir, full, id, stated).await? {
+                out.push(grants::to(ent, k, id));
             }
         }
+        Ok(())
     }
 
     async fn group_grants(&self, r: &Resource, token: &str) -> Result<Page<Grant>, EntraError> {
-        let ix = self.index().await?;
+        let dir = self.directory().await?;
         let id = rid(r)?;
         let ents = groups::entitlements(r);
         let (member, owner) = (&ents[0], &ents[1]);
         let mut out = Vec::new();
+        let mut full = None;
         if let Some(ch) = self.changes().filter(|c| !c.group_is_new(&id)) {
+            let ix = self.index().await?;
             let (members, owners) = ch.group_principals(&id)?;
             for (ent, list) in [(owner, owners), (member, members)] {
                 for p in list {
@@ -395,16 +456,18 @@ impl Entra {
             return Ok(Page::last(out));
         }
         let members = if let Some(next) = token.strip_prefix("m|") {
-            self.graph.get_page(next, false).await?
+            self.chain.get_page(next, false).await?
         } else {
             let m = format!("/v1.0/groups/{id}/members?$select=id&$top=999");
             let o = format!("/v1.0/groups/{id}/owners?$select=id&$top=999");
             let (members, owners) =
                 futures::try_join!(self.graph.get_page(&m, false), self.graph.get_all(&o, false))?;
-            self.object_grants(&ix, owner, &owners, &mut out);
+            self.object_grants(&dir, &mut full, owner, &owners, &mut out)
+                .await?;
             members
         };
-        self.object_grants(&ix, member, &members.items, &mut out);
+        self.object_grants(&dir, &mut full, member, &members.items, &mut out)
+            .await?;
         Ok(Page {
             items: out,
             next_page_token: members.next_link.map(|n| format!("m|{n}")).unwrap_or_default(),
@@ -412,12 +475,14 @@ impl Entra {
     }
 
     async fn app_grants(&self, r: &Resource, token: &str) -> Result<Page<Grant>, EntraError> {
-        let ix = self.index().await?;
+        let dir = self.directory().await?;
         let id = rid(r)?;
         let ents = apps::entitlements(r);
         let owner = &ents[0];
         let mut out = Vec::new();
+        let mut full = None;
         if let Some(ch) = self.changes().filter(|c| !c.app_is_dirty(&id)) {
+            let ix = self.index().await?;
             for (slug, p) in ch.app_grants(&id)? {
                 let Some(ent) = ents.iter().find(|e| e.slug == slug) else {
                     self.left_out.fetch_add(1, Ordering::Relaxed);
@@ -430,7 +495,7 @@ impl Entra {
             return Ok(Page::last(out));
         }
         let assigned = if let Some(next) = token.strip_prefix("a|") {
-            self.graph.get_page(next, false).await?
+            self.chain.get_page(next, false).await?
         } else {
             let a = format!(
                 "/v1.0/servicePrincipals/{id}/appRoleAssignedTo?$select=id,appRoleId,principalId,principalType&$top=999"
@@ -438,7 +503,8 @@ impl Entra {
             let o = format!("/v1.0/servicePrincipals/{id}/owners?$select=id&$top=999");
             let (assigned, owners) =
                 futures::try_join!(self.graph.get_page(&a, false), self.graph.get_all(&o, false))?;
-            self.object_grants(&ix, owner, &owners, &mut out);
+            self.object_grants(&dir, &mut full, owner, &owners, &mut out)
+                .await?;
             assigned
         };
         for a in &assigned.items {
@@ -449,8 +515,12 @@ impl Entra {
                 self.left_out.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            if let Some((k, pid)) = self.resolve(&ix, a["principalId"].as_str()) {
-                out.push(grants::to(ent, k, &pid));
+            let Some(pid) = a["principalId"].as_str() else {
+                continue;
+            };
+            let stated = Stated::of_principal_type(a["principalType"].as_str());
+            if let Some(k) = self.kind_of(&dir, &mut full, pid, stated).await? {
+                out.push(grants::to(ent, k, pid));
             }
         }
         Ok(Page {

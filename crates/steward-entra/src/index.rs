@@ -1,11 +1,16 @@
 //! The directory index: every principal the sync will emit (users, groups, managed identities,
 //! enterprise applications) by id, users' licenses by SKU, and the managed identities themselves.
 //!
-//! Built once per sync with three concurrent minimal listings (`$select`, `$top=999`). Grants resolve their
-//! principals through it, which keeps the file referentially intact: a member, owner or assignee that is
-//! not synced (an on-prem group under `skip_ad_groups`, an excluded Microsoft app, a device or contact) is
-//! left out and counted, never written as a dangling reference. It also sizes the throttle budget from
-//! the tenant's user count.
+//! Built once per sync in two steps, from minimal listings (`$select`, `$top=999`): the *directory* part
+//! (groups and service principals, a few pages read concurrently: ready in about a second), then the
+//! users (a chain of n/999 pages: 101 on a 100,000-user tenant), which adds them to a copy. Grants resolve
+//! their principals through it, which keeps the file referentially intact: a member, owner or assignee
+//! that is not synced (an on-prem group under `skip_ad_groups`, an excluded Microsoft app, a device or
+//! contact) is left out and counted, never written as a dangling reference. A principal whose type Graph
+//! states (`@odata.type` of members and owners, `principalType` of app role assignments) is resolved
+//! with the directory part alone — every user is synced, groups and service principals are in it — so
+//! group and app grants need not wait for the user listing. The full index also sizes the throttle
+//! budget from the tenant's user count.
 
 use std::collections::HashMap;
 
@@ -15,6 +20,42 @@ use steward_msgraph::Client;
 use crate::config::EntraConfig;
 use crate::error::EntraError;
 use crate::types;
+
+/// A principal's type as Graph states it, for [`Index::typed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stated {
+    /// A user.
+    User,
+    /// A group or a service principal: the directory part knows whether it is synced, and as what.
+    Directory,
+    /// Another kind of directory object (device, contact…): never synced.
+    Other,
+    /// Not stated: only the full index can tell.
+    Unknown,
+}
+
+impl Stated {
+    /// From a directory object's `@odata.type` (`#microsoft.graph.user`, …).
+    pub fn of_odata(t: Option<&str>) -> Stated {
+        match t.map(|t| t.trim_start_matches("#microsoft.graph.")) {
+            None | Some("") | Some("directoryObject") => Stated::Unknown,
+            Some("user") => Stated::User,
+            Some("group" | "servicePrincipal") => Stated::Directory,
+            Some(_) => Stated::Other,
+        }
+    }
+
+    /// From an app role assignment's `principalType` (`User`, `Group`, `ServicePrincipal`).
+    pub fn of_principal_type(t: Option<&str>) -> Stated {
+        match t {
+            Some(t) if t.eq_ignore_ascii_case("user") => Stated::User,
+            Some(t) if t.eq_ignore_ascii_case("group") || t.eq_ignore_ascii_case("servicePrincipal") => {
+                Stated::Directory
+            }
+            _ => Stated::Unknown,
+        }
+    }
+}
 
 /// Microsoft's own tenant: `appOwnerOrganizationId` of first-party service principals.
 pub const MICROSOFT_TENANT: &str = "f8cdef31-a31e-4b4a-93e4-5f571e91255a";
@@ -63,37 +104,19 @@ pub struct Index {
 pub const SP_SELECT: &str = "id,appId,displayName,servicePrincipalType,appOwnerOrganizationId,accountEnabled,appRoleAssignmentRequired,appRoles,tags,homepage,alternativeNames,signInAudience";
 
 impl Index {
-    /// Lists the directory and builds the index.
+    /// Lists the directory and builds the full index (both steps).
     pub async fn build(g: &Client, cfg: &EntraConfig) -> Result<Index, EntraError> {
+        Index::directory(g, cfg).await?.with_users(g).await
+    }
+
+    /// The directory part: groups and service principals (no users).
+    pub async fn directory(g: &Client, cfg: &EntraConfig) -> Result<Index, EntraError> {
         let sp_url = format!("/v1.0/servicePrincipals?$select={SP_SELECT}&$top=999");
-        let (users, groups, sps) = futures::try_join!(
-            g.get_all(
-                "/v1.0/users?$select=id,userPrincipalName,assignedLicenses&$top=999",
-                false
-            ),
+        let (groups, sps) = futures::try_join!(
             g.get_all("/v1.0/groups?$select=id,onPremisesSyncEnabled&$top=999", false),
             g.get_all(&sp_url, false),
         )?;
-        g.set_tenant_users(users.len() as u64);
-        let mut ix = Index {
-            users: users.len(),
-            ..Index::default()
-        };
-        for u in &users {
-            let Some(id) = id_of(u) else { continue };
-            if let Some(upn) = u["userPrincipalName"].as_str() {
-                ix.upns.push(upn.to_owned());
-            }
-            for l in u["assignedLicenses"].as_array().into_iter().flatten() {
-                if let Some(sku) = l["skuId"].as_str() {
-                    ix.licenses
-                        .entry(sku.to_ascii_lowercase())
-                        .or_default()
-                        .push(id.clone());
-                }
-            }
-            ix.kinds.insert(id, Kind::User);
-        }
+        let mut ix = Index::default();
         for gr in &groups {
             if cfg.skip_ad_groups && is_on_prem(gr) {
                 continue;
@@ -103,6 +126,47 @@ impl Index {
             }
         }
         ix.add_service_principals(sps, cfg);
+        Ok(ix)
+    }
+
+    /// A copy of this directory part with every user added (their principal names and licenses too); sizes
+    /// `g`'s throttle budget from their number.
+    pub async fn with_users(&self, g: &Client) -> Result<Index, EntraError> {
+        let mut ix = Index {
+            kinds: self.kinds.clone(),
+            licenses: HashMap::new(),
+            managed_identities: self.managed_identities.clone(),
+            apps: self.apps.clone(),
+            users: 0,
+            upns: Vec::new(),
+        };
+        // Page by page: only one page of parsed users is held at a time.
+        let mut url = "/v1.0/users?$select=id,userPrincipalName,assignedLicenses&$top=999".to_owned();
+        loop {
+            let page = g.get_page(&url, false).await?;
+            ix.kinds.reserve(page.items.len());
+            for u in &page.items {
+                let Some(id) = id_of(u) else { continue };
+                ix.users += 1;
+                if let Some(upn) = u["userPrincipalName"].as_str() {
+                    ix.upns.push(upn.to_owned());
+                }
+                for l in u["assignedLicenses"].as_array().into_iter().flatten() {
+                    if let Some(sku) = l["skuId"].as_str() {
+                        ix.licenses
+                            .entry(sku.to_ascii_lowercase())
+                            .or_default()
+                            .push(id.clone());
+                    }
+                }
+                ix.kinds.insert(id, Kind::User);
+            }
+            match page.next_link {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        g.set_tenant_users(ix.users as u64);
         tracing::info!(
             users = ix.users,
             principals = ix.kinds.len(),
@@ -153,6 +217,18 @@ impl Index {
     /// The kind of a synced principal, `None` if it is not synced.
     pub fn kind(&self, id: &str) -> Option<Kind> {
         self.kinds.get(id).copied()
+    }
+
+    /// The kind of principal `id` whose type Graph stated: `Ok(None)` when it is not synced, `Err(())` when
+    /// the type is not stated and only the full index can tell.
+    #[allow(clippy::result_unit_err)]
+    pub fn typed(&self, id: &str, stated: Stated) -> Result<Option<Kind>, ()> {
+        match stated {
+            Stated::User => Ok(Some(Kind::User)),
+            Stated::Directory => Ok(self.kind(id).filter(|k| *k != Kind::User)),
+            Stated::Other => Ok(None),
+            Stated::Unknown => Err(()),
+        }
     }
 
     /// Users holding SKU `sku_id`.

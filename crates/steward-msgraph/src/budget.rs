@@ -93,6 +93,19 @@ impl Budget {
         }
     }
 
+    /// Units available now (refilled to this instant; may be negative after corrections), without taking any.
+    pub fn available(&self) -> f64 {
+        let (cap, rate) = self.shape();
+        let Ok(s) = self.state.lock() else {
+            return 0.0;
+        };
+        let now = Instant::now();
+        if s.paused_until.is_some_and(|p| now < p) {
+            return s.tokens.min(0.0);
+        }
+        (s.tokens + now.saturating_duration_since(s.at).as_secs_f64() * rate).min(cap)
+    }
+
     /// Corrects a request's estimated cost with the actual one (`x-ms-resource-unit`).
     pub fn reconcile(&self, estimated: f64, actual: f64) {
         if let Ok(mut s) = self.state.lock() {

@@ -2,7 +2,9 @@
 //! URL, a token scope, a throttle [`Budget`], a concurrency bound and statistics.
 //!
 //! Invariants: every request takes its estimated cost from the budget before it is sent and holds a
-//! concurrency permit while in flight (never while sleeping); only GETs (and `$batch` of GETs) are retried
+//! concurrency permit while in flight (never while sleeping) — a client made by [`Client::urgent`] takes
+//! its permits from a separate, smaller pool, so that the pages of a chain (each page's next link is in the
+//! previous one) never queue behind hundreds of independent requests; only GETs (and `$batch` of GETs) are retried
 //! blindly — a write is resent only when it certainly did not apply (429, 401, no connection), otherwise
 //! [`Client::write`] answers [`Written::Unconfirmed`] and the caller reads back;
 //! `@odata.nextLink` / `nextLink` are followed verbatim with the same headers; a 401 refreshes the token
@@ -81,6 +83,24 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Resource units the service reported (`x-ms-resource-unit`).
     pub resource_units: AtomicU64,
+    /// Requests waiting for the throttle budget now.
+    pub waiting: AtomicU64,
+}
+
+/// Counts one while alive (also when the future holding it is dropped).
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a AtomicU64) -> Gauge<'a> {
+        g.fetch_add(1, Ordering::Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of [`Stats`].
@@ -231,11 +251,19 @@ impl Microsoft {
                 budget,
                 writes,
                 sem: Semaphore::new(self.cfg.concurrency.max(1)),
+                sem_size: self.cfg.concurrency.max(1),
+                lane: Semaphore::new(urgent_permits(self.cfg.concurrency)),
                 stats: Stats::default(),
                 retry: self.cfg.retry,
             }),
+            urgent: false,
         }
     }
+}
+
+/// Permits of the urgent lane for a client of `concurrency` permits: a third, at least 4.
+fn urgent_permits(concurrency: usize) -> usize {
+    (concurrency / 3).max(4)
 }
 
 fn load_ca(p: &Path) -> Result<Vec<reqwest::Certificate>> {
@@ -268,6 +296,10 @@ struct Inner {
     /// endpoint in the process ([`shared_writes`]).
     writes: Arc<Budget>,
     sem: Semaphore,
+    /// Permits of `sem`.
+    sem_size: usize,
+    /// Permits of urgent clients ([`Client::urgent`]).
+    lane: Semaphore,
     stats: Stats,
     retry: RetryPolicy,
 }
@@ -299,6 +331,8 @@ fn shared_writes(api: Api, base: &str, tenant: &str, client_id: &str) -> Arc<Bud
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Takes permits from `Inner::lane` instead of `Inner::sem`.
+    urgent: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -341,6 +375,34 @@ impl Client {
     pub fn set_tenant_users(&self, users: u64) {
         let c = crate::budget::graph_capacity(users);
         self.inner.budget.resize(c, c / 10.0);
+    }
+
+    /// A clone for the pages of a chain (a listing followed page by page, whose next link is known only
+    /// when the previous page is read): same budget, token and statistics, but its own, smaller pool of
+    /// permits (a third of the concurrency, at least 4), so that the chain is not slowed by independent
+    /// requests queued for the main pool.
+    pub fn urgent(&self) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            urgent: true,
+        }
+    }
+
+    fn permits(&self) -> &Semaphore {
+        if self.urgent {
+            &self.inner.lane
+        } else {
+            &self.inner.sem
+        }
+    }
+
+    /// Requests now (waiting for the throttle budget, in flight on the network), for benchmarks' timelines.
+    pub fn gauges(&self) -> (u64, usize) {
+        let i = &self.inner;
+        let waiting = i.stats.waiting.load(Ordering::Relaxed);
+        let main = i.sem_size.saturating_sub(i.sem.available_permits());
+        let lane = urgent_permits(i.sem_size).saturating_sub(i.lane.available_permits());
+        (waiting, main + lane)
     }
 
     /// Counters so far.
@@ -434,7 +496,10 @@ impl Client {
     async fn once(&self, url: &str, what: &str, eventual: bool) -> Outcome {
         let inner = &self.inner;
         let est = self.cost(self.path_of(url));
-        inner.budget.acquire(est).await;
+        {
+            let _waiting = Gauge::up(&inner.stats.waiting);
+            inner.budget.acquire(est).await;
+        }
         let token = match inner.tokens.token(&inner.scope).await {
             Ok(t) => t,
             Err(e) if e.is_transient() => {
@@ -446,7 +511,7 @@ impl Client {
             }
             Err(e) => return Outcome::Fail(e),
         };
-        let Ok(_permit) = inner.sem.acquire().await else {
+        let Ok(_permit) = self.permits().acquire().await else {
             return Outcome::Fail(Error::Config("the client was shut down".into()));
         };
         let mut req = inner.http.get(url).bearer_auth(token.expose());
@@ -815,7 +880,7 @@ impl Client {
             .token(&inner.scope)
             .await
             .map_err(|e| (e.is_transient(), e))?;
-        let Ok(_permit) = inner.sem.acquire().await else {
+        let Ok(_permit) = self.permits().acquire().await else {
             return Err((false, Error::Config("the client was shut down".into())));
         };
         inner.stats.requests.fetch_add(1, Ordering::Relaxed);

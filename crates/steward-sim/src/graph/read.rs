@@ -88,6 +88,19 @@ pub fn list(
     spec: ListSpec,
     render: impl Fn(usize) -> Option<Map<String, Value>>,
 ) -> Result<Reply, GraphError> {
+    list_with(call, q, n, spec, render, |_, _| {})
+}
+
+/// [`list`], with `$expand` applied by `expand` to the items of the page only — after `$filter`, which never
+/// looks at expanded properties — so a filtered listing does not expand every object it skips.
+pub fn list_with(
+    call: &Call,
+    q: &Query,
+    n: usize,
+    spec: ListSpec,
+    render: impl Fn(usize) -> Option<Map<String, Value>>,
+    expand: impl Fn(usize, &mut Map<String, Value>),
+) -> Result<Reply, GraphError> {
     let hash = query_hash(&call.segs.join("/"), q);
     let offset = match &q.skiptoken {
         Some(t) => {
@@ -119,7 +132,7 @@ pub fn list(
     let mut count = None;
     if let Some((prop, desc)) = &q.orderby {
         // Sorted: collect every match, order, then page over the sorted list.
-        let mut all: Vec<(String, Map<String, Value>)> = Vec::new();
+        let mut all: Vec<(String, usize, Map<String, Value>)> = Vec::new();
         for i in 0..n {
             if let Some(m) = render(i) {
                 check(&m)?;
@@ -130,7 +143,7 @@ pub fn list(
                         .map(|x| x.as_str().map(str::to_lowercase).unwrap_or_else(|| x.to_string()))
                         .unwrap_or_default();
                     if let Value::Object(m) = v {
-                        all.push((key, m));
+                        all.push((key, i, m));
                     }
                 }
             }
@@ -143,7 +156,8 @@ pub fn list(
             count = Some(all.len());
         }
         let total = all.len();
-        for (_, m) in all.into_iter().skip(offset).take(size) {
+        for (_, i, mut m) in all.into_iter().skip(offset).take(size) {
+            expand(i, &mut m);
             value.push(Value::Object(q.project(m, spec.default)));
         }
         if offset + size < total {
@@ -160,7 +174,8 @@ pub fn list(
                         next = Some(i);
                         break;
                     }
-                    if let Value::Object(m) = v {
+                    if let Value::Object(mut m) = v {
+                        expand(i, &mut m);
                         value.push(Value::Object(q.project(m, spec.default)));
                     }
                 }
@@ -415,13 +430,18 @@ pub fn get(sim: &Sim, call: &Call, q: &Query, segs: &[&str]) -> Result<Reply, Gr
                 default_page: 100,
                 max_page: max,
             };
-            list(call, q, t.users.len(), spec, |i| {
-                let mut m = render::user(&t.users[i], sign_in);
-                if !q.expand.is_empty() {
-                    let _ = expand(&st, q, &t.users[i].id, &mut m);
-                }
-                Some(m)
-            })
+            list_with(
+                call,
+                q,
+                t.users.len(),
+                spec,
+                |i| Some(render::user(&t.users[i], sign_in)),
+                |i, m| {
+                    if !q.expand.is_empty() {
+                        let _ = expand(&st, q, &t.users[i].id, m);
+                    }
+                },
+            )
         }
         ["users", "$count"]
         | ["groups", "$count"]

@@ -490,6 +490,11 @@ pub struct BenchArgs {
     /// The share changed before the incremental sync.
     #[arg(long, default_value_t = 0.01)]
     pub churn: f64,
+    /// Print a timeline to stderr every second of the full sync: resource units and requests the emulator
+    /// served, the client's requests waiting for the budget and in flight, the budget's units left, CPU
+    /// by thread (writer, tokio workers) and the busiest routes.
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
@@ -539,8 +544,14 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             }
             None
         });
+        let timeline = a
+            .timeline
+            .then(|| tokio::spawn(timeline(running.sim.clone(), entra.clone(), t0)));
         let summary = run_sync(entra.clone(), &file, SyncPlan::Full, opts, Some(tx)).await?;
         let wall = t0.elapsed().as_secs_f64();
+        if let Some(t) = timeline {
+            t.abort();
+        }
         let fetch = fetch_done.await.ok().flatten().unwrap_or(wall);
         let stats: serde_json::Value = reqwest::get(format!("{}/_sim/stats", ready.graph))
             .await?
@@ -593,6 +604,76 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     })
+}
+
+/// CPU seconds of this process's threads so far: (sync writer, tokio workers, others).
+fn thread_cpu() -> (f64, f64, f64) {
+    let mut out = (0.0, 0.0, 0.0);
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // Fields after the name: state is 0, utime 11, stime 12 (clock ticks, 100 per second).
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let secs = (ticks(11) + ticks(12)) / 100.0;
+        if name.starts_with("steward-sync") {
+            out.0 += secs;
+        } else if name.starts_with("tokio-runtime") {
+            out.1 += secs;
+        } else {
+            out.2 += secs;
+        }
+    }
+    out
+}
+
+/// `--timeline`: one line a second on stderr (see [`BenchArgs::timeline`]).
+async fn timeline(sim: Arc<steward_sim::ctx::Sim>, entra: Arc<Entra>, t0: Instant) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let routes = || sim.stats.by_route.lock().map(|m| m.clone()).unwrap_or_default();
+    let (mut ru0, mut rq0, mut cpu0, mut r0) = (0, 0, thread_cpu(), routes());
+    eprintln!(
+        "t_s\tRU/s\treq/s\twaiting\tin_flight\tbudget_RU\tcpu_writer\tcpu_tokio\tcpu_other\tbusiest routes"
+    );
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (ru, rq) = (
+            sim.stats.resource_units.load(Relaxed),
+            sim.stats.requests.load(Relaxed),
+        );
+        let cpu = thread_cpu();
+        let r = routes();
+        let mut busiest: Vec<(u64, &String)> = r
+            .iter()
+            .map(|(k, v)| (v - r0.get(k).copied().unwrap_or(0), k))
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        busiest.sort_unstable_by(|a, b| b.cmp(a));
+        let busiest: Vec<String> = busiest.iter().take(3).map(|(n, k)| format!("{k} ×{n}")).collect();
+        let (waiting, in_flight) = entra.graph().gauges();
+        eprintln!(
+            "{:.0}\t{}\t{}\t{waiting}\t{in_flight}\t{:.0}\t{:.2}\t{:.2}\t{:.2}\t{}",
+            t0.elapsed().as_secs_f64(),
+            ru - ru0,
+            rq - rq0,
+            entra.graph().budget().available(),
+            cpu.0 - cpu0.0,
+            cpu.1 - cpu0.1,
+            cpu.2 - cpu0.2,
+            busiest.join("; ")
+        );
+        (ru0, rq0, cpu0, r0) = (ru, rq, cpu, r);
+    }
 }
 
 /// The incremental part of `steward bench entra --incremental`: churn, an incremental sync into the full
