@@ -606,7 +606,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     })
 }
 
-/// CPU seconds of this process's threads so far: (sync writer, tokio workers, others).
+/// CPU seconds of this process's threads so far: (sync writer, tokio workers — `tokio-rt-worker`, or
+/// `tokio-runtime-w` in older tokio —, others).
 fn thread_cpu() -> (f64, f64, f64) {
     let mut out = (0.0, 0.0, 0.0);
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
@@ -626,7 +627,7 @@ fn thread_cpu() -> (f64, f64, f64) {
         let secs = (ticks(11) + ticks(12)) / 100.0;
         if name.starts_with("steward-sync") {
             out.0 += secs;
-        } else if name.starts_with("tokio-runtime") {
+        } else if name.starts_with("tokio-r") {
             out.1 += secs;
         } else {
             out.2 += secs;
