@@ -724,13 +724,21 @@ impl Platform {
     /// One app with its entitlements (everyone signed in): its own, then its attached connectors'.
     pub async fn app(&self, _a: &Actor, id: &str) -> Result<AppDetail> {
         let app = self.app_row(id).await?;
-        let mut entitlements = if app.managed {
-            self.store.app_entitlements(id).await?
-        } else {
-            self.idp_app_entitlements(&app).await?
-        };
-        self.attached_entitlements(id, true, &mut entitlements).await?;
+        let entitlements = self.entitlements_of_app(&app, true).await?;
         Ok(AppDetail { app, entitlements })
+    }
+
+    /// An app's entitlements: its own (stored once managed, else read from the IdP snapshot), then its
+    /// attached connectors'; their holders are counted only when asked (one index range per entitlement).
+    async fn entitlements_of_app(&self, app: &App, with_holders: bool) -> Result<Vec<AppEntitlement>> {
+        let mut entitlements = if app.managed {
+            self.store.app_entitlements(&app.id).await?
+        } else {
+            self.idp_app_entitlements(app).await?
+        };
+        self.attached_entitlements(&app.id, with_holders, &mut entitlements)
+            .await?;
+        Ok(entitlements)
     }
 
     async fn idp_app_entitlements(&self, app: &App) -> Result<Vec<AppEntitlement>> {
@@ -849,10 +857,11 @@ impl Platform {
         if a.role != Role::ConnectorAdmin {
             Self::require_app_admin(a, &app)?;
         }
-        let d = self.app(a, app_id).await?;
-        let e = d
-            .entitlements
-            .iter()
+        // Only the one entitlement is wanted: no holder counts for all of them.
+        let e = self
+            .entitlements_of_app(&app, false)
+            .await?
+            .into_iter()
             .find(|e| e.id == ent)
             .ok_or_else(|| PlatformError::not_found("app entitlement", ent))?;
         match (&e.connector_id, &e.idp_entitlement_id) {

@@ -776,12 +776,7 @@ impl Platform {
                 why_none = format!("{what}: only the requester, and the policy does not allow self-approval");
             }
             if ids.is_empty() {
-                ids = s
-                    .fallback
-                    .iter()
-                    .filter(|i| r.allow_self_approval || **i != r.requester_id)
-                    .cloned()
-                    .collect();
+                ids = policy::fallback_approvers(&s, &r.requester_id, r.allow_self_approval);
             }
             ids.sort();
             ids.dedup();

@@ -211,6 +211,20 @@ pub fn validate_rule(r: &RuleSpec, kinds: &BTreeSet<String>) -> Result<()> {
     Ok(())
 }
 
+/// The step's fallback approvers who may decide this request (the requester only when the policy allows
+/// self-approval), sorted and without repeats: used when a step finds nobody and when it is escalated.
+pub fn fallback_approvers(step: &Step, requester: &str, allow_self_approval: bool) -> Vec<String> {
+    let mut ids: Vec<String> = step
+        .fallback
+        .iter()
+        .filter(|i| allow_self_approval || i.as_str() != requester)
+        .cloned()
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// Whether a rule covers an app entitlement.
 pub fn rule_covers(r: &RuleSpec, entitlement: &str, kind: &str) -> bool {
     r.enabled

@@ -881,17 +881,14 @@ impl Platform {
         let n = r.step + 1;
         let secs = s.timeout_secs.unwrap_or(0);
         let mut w = self.write();
-        let fallback: Vec<String> = s
-            .fallback
-            .iter()
-            .filter(|i| r.allow_self_approval || **i != r.requester_id)
-            .cloned()
-            .collect();
+        let fallback = super::policy::fallback_approvers(&s, &r.requester_id, r.allow_self_approval);
         let mut waiting = r.approvers.clone();
         waiting.sort();
-        let mut to = fallback.clone();
-        to.sort();
-        if !escalated && s.on_timeout == Some(OnTimeout::Escalate) && !to.is_empty() && to != waiting {
+        if !escalated
+            && s.on_timeout == Some(OnTimeout::Escalate)
+            && !fallback.is_empty()
+            && fallback != waiting
+        {
             r.approvers = fallback.clone();
             self.event(
                 &mut r,
