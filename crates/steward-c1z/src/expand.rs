@@ -29,8 +29,11 @@
 //! fields, and a new grant's bytes are assembled from the target entitlement (encoded once), the principal
 //! as embedded in the first of its grants read, the id, the `GrantImmutable` annotation and the sources —
 //! byte-for-byte what encoding the `Grant` message gives (unusual encodings fall back to a full decode).
-//! Memory: the grants of the entitlements taking part (ids, sources and one copy of each principal's
-//! bytes), not the rest of the sync.
+//! Memory: the grants of the entitlements taking part (row ids and sources), not the rest of the sync.
+//! A principal's embedded bytes (≈ 1 KB for each of 100,000 users) are not kept in memory: as the holders
+//! are read, the first copy of each goes to an unnamed temporary file next to the database (removed when
+//! expansion ends), and is read back from there for each grant it gets. Held grants take 16 bytes each
+//! and their sources live in one arena, so a large tenant's ~1.7 M grants cost ~60 MB, not ~250 MB.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -93,7 +96,7 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
         adj[index[s]].push(index[d]);
     }
     let comp = tarjan(&adj);
-    let mut x = Expander::new(conn, sync_id, &names);
+    let mut x = Expander::new(conn, sync_id, &names)?;
     x.stats.edges = edges.len() as u64;
     let t = std::time::Instant::now();
     x.load()?;
@@ -389,40 +392,133 @@ struct Target {
 struct Principal {
     ptype: String,
     pid: String,
-    /// The `principal` message as embedded in its first grant (copied into derived grants).
-    bytes: Option<Vec<u8>>,
+    /// Where [`Spill`] keeps the `principal` message as embedded in its first grant read (copied into
+    /// derived grants); `None` when no grant read embeds one.
+    bytes: Option<(u64, u32)>,
 }
 
-/// One principal's grant on one entitlement, in memory while expanding.
+/// An unnamed temporary file holding the principals' embedded bytes while expanding.
+struct Spill {
+    path: std::path::PathBuf,
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    file: Option<std::fs::File>,
+    len: u64,
+}
+
+impl Spill {
+    /// A new file in `dir` (the database's directory), else in the system's temporary directory.
+    fn new(dir: Option<&std::path::Path>) -> Result<Self> {
+        let path = dir.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+        let file = tempfile::tempfile_in(&path).map_err(C1zError::io("create a temporary file in", &path))?;
+        Ok(Self {
+            out: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            file: None,
+            path,
+            len: 0,
+        })
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(u64, u32)> {
+        use std::io::Write;
+        let out = self
+            .out
+            .as_mut()
+            .ok_or(C1zError::State("expansion spill written after reading"))?;
+        out.write_all(bytes)
+            .map_err(C1zError::io("write a temporary file in", &self.path))?;
+        let at = (self.len, bytes.len() as u32);
+        self.len += bytes.len() as u64;
+        Ok(at)
+    }
+
+    fn get(&mut self, (at, len): (u64, u32), buf: &mut Vec<u8>) -> Result<()> {
+        use std::io::{Read, Seek};
+        if let Some(out) = self.out.take() {
+            self.file = Some(
+                out.into_inner()
+                    .map_err(|e| C1zError::io("write a temporary file in", &self.path)(e.into_error()))?,
+            );
+        }
+        let file = self
+            .file
+            .as_mut()
+            .ok_or(C1zError::State("expansion spill lost"))?;
+        buf.resize(len as usize, 0);
+        file.seek(std::io::SeekFrom::Start(at))
+            .and_then(|_| file.read_exact(buf))
+            .map_err(C1zError::io("read a temporary file in", &self.path))
+    }
+}
+
+/// One principal's grant on one entitlement, in memory while expanding (16 bytes: a large tenant has
+/// ~1.7 million of them).
 struct Held {
     /// Its row id; 0 for a grant expansion creates.
     row: i64,
-    /// Its sources as (entitlement name id, is_direct); empty = no sources.
-    sources: Vec<(u32, bool)>,
+    /// The head of its sources' list in [`SourceLists`]; [`NIL`] = no sources.
+    sources: u32,
     /// Whether the row must be written.
     dirty: bool,
 }
 
-/// Adds `s` to sources of a grant on `d` (after `d: direct` when they were empty) and upgrades a
-/// non-direct `s`. Returns whether anything changed.
-fn add_source_ids(srcs: &mut Vec<(u32, bool)>, d: u32, s: u32, direct: bool) -> bool {
-    let mut dirty = false;
-    if srcs.is_empty() {
-        srcs.push((d, true));
-        dirty = true;
+/// The end of a list in [`SourceLists`].
+const NIL: u32 = u32::MAX;
+
+/// One entry of a grant's sources: (entitlement name id, is_direct) and the next entry.
+struct SourceNode {
+    name: u32,
+    direct: bool,
+    next: u32,
+}
+
+/// The sources of every grant in memory, as singly linked lists in one arena (12 bytes an entry) rather
+/// than a `Vec` per grant. Entry order does not matter: `GrantSources` encodes its map sorted.
+#[derive(Default)]
+struct SourceLists {
+    nodes: Vec<SourceNode>,
+}
+
+impl SourceLists {
+    fn iter(&self, mut head: u32) -> impl Iterator<Item = (u32, bool)> + '_ {
+        std::iter::from_fn(move || {
+            let n = self.nodes.get(head as usize)?;
+            head = n.next;
+            Some((n.name, n.direct))
+        })
     }
-    match srcs.iter_mut().find(|(k, _)| *k == s) {
-        None => {
-            srcs.push((s, direct));
+
+    fn push(&mut self, head: &mut u32, name: u32, direct: bool) {
+        let at = self.nodes.len() as u32;
+        self.nodes.push(SourceNode {
+            name,
+            direct,
+            next: *head,
+        });
+        *head = at;
+    }
+
+    /// Adds `s` to the sources of a grant on `d` (after `d: direct` when they were empty) and upgrades a
+    /// non-direct `s`. Returns whether anything changed.
+    fn add(&mut self, head: &mut u32, d: u32, s: u32, direct: bool) -> bool {
+        let mut dirty = false;
+        if *head == NIL {
+            self.push(head, d, true);
             dirty = true;
         }
-        Some(src) if direct && !src.1 => {
-            src.1 = true;
-            dirty = true;
+        let mut at = *head;
+        while let Some(n) = self.nodes.get_mut(at as usize) {
+            if n.name == s {
+                if direct && !n.direct {
+                    n.direct = true;
+                    return true;
+                }
+                return dirty;
+            }
+            at = n.next;
         }
-        Some(_) => {}
+        self.push(head, s, direct);
+        true
     }
-    dirty
 }
 
 /// The expansion state: every grant of the entitlements that take part, keyed by interned ids.
@@ -434,8 +530,12 @@ struct Expander<'c> {
     name_ids: HashMap<String, u32>,
     principals: Vec<Principal>,
     principal_ids: HashMap<(String, String), u32>,
-    /// Per node: its holders by principal id.
-    held: Vec<BTreeMap<u32, Held>>,
+    /// Per node: its holders, principal id → index in `slots` (a small map value: map nodes are at most
+    /// half full when keys arrive in order).
+    held: Vec<BTreeMap<u32, u32>>,
+    slots: Vec<Held>,
+    sources: SourceLists,
+    spill: Spill,
     /// Grants created, in creation order: (node, principal).
     created: Vec<(u32, u32)>,
     targets: HashMap<u32, Option<Rc<Target>>>,
@@ -443,17 +543,24 @@ struct Expander<'c> {
 }
 
 impl<'c> Expander<'c> {
-    fn new(conn: &'c Connection, sync_id: &'c str, nodes: &[&String]) -> Self {
+    fn new(conn: &'c Connection, sync_id: &'c str, nodes: &[&String]) -> Result<Self> {
         let names: Vec<String> = nodes.iter().map(|n| (*n).clone()).collect();
         let name_ids = names
             .iter()
             .enumerate()
             .map(|(i, n)| (n.clone(), i as u32))
             .collect();
-        Self {
+        Ok(Self {
             conn,
             sync_id,
             held: (0..names.len()).map(|_| BTreeMap::new()).collect(),
+            slots: Vec::new(),
+            sources: SourceLists::default(),
+            spill: Spill::new(
+                conn.path()
+                    .filter(|p| !p.is_empty())
+                    .and_then(|p| std::path::Path::new(p).parent()),
+            )?,
             names,
             name_ids,
             principals: Vec::new(),
@@ -461,7 +568,7 @@ impl<'c> Expander<'c> {
             created: Vec::new(),
             targets: HashMap::new(),
             stats: ExpandStats::default(),
-        }
+        })
     }
 
     fn name_id(&mut self, name: &str) -> u32 {
@@ -530,35 +637,40 @@ impl<'c> Expander<'c> {
                 p
             }
         };
+        let known = self.principals[p as usize].bytes.is_some();
         let (principal, sources) = match scan_grant(data) {
             Some(parts) => {
                 let srcs = match parts.sources {
                     Some(b) => Some(decode_sources(b, &r.get::<_, String>(4)?)?),
                     None => None,
                 };
-                (parts.principal.map(<[u8]>::to_vec), srcs)
+                (
+                    parts.principal.filter(|_| !known).map(std::borrow::Cow::Borrowed),
+                    srcs,
+                )
             }
             None => {
                 let g = decode_grant(data, &r.get::<_, String>(4)?)?;
-                (g.principal.map(|x| x.encode_to_vec()), g.sources)
+                let pb = g.principal.filter(|_| !known).map(|x| x.encode_to_vec().into());
+                (pb, g.sources)
             }
         };
-        let slot = &mut self.principals[p as usize].bytes;
-        if slot.is_none() {
-            *slot = principal;
+        if let Some(b) = principal {
+            self.principals[p as usize].bytes = Some(self.spill.put(&b)?);
         }
-        let sources = sources
-            .map(|x| {
-                x.sources
-                    .into_iter()
-                    .map(|(k, v)| (self.name_id(&k), v.is_direct))
-                    .collect()
-            })
-            .unwrap_or_default();
         // Duplicate principals on one entitlement (different grant ids): the first row stands for both.
-        self.held[node as usize].entry(p).or_insert(Held {
+        if self.held[node as usize].contains_key(&p) {
+            return Ok(());
+        }
+        let mut head = NIL;
+        for (k, v) in sources.map(|x| x.sources).unwrap_or_default() {
+            let name = self.name_id(&k);
+            self.sources.push(&mut head, name, v.is_direct);
+        }
+        self.held[node as usize].insert(p, self.slots.len() as u32);
+        self.slots.push(Held {
             row,
-            sources,
+            sources: head,
             dirty: false,
         });
         Ok(())
@@ -614,7 +726,8 @@ impl<'c> Expander<'c> {
         };
         let holders: Vec<(u32, bool)> = self.held[s as usize]
             .iter()
-            .filter_map(|(&p, h)| {
+            .filter_map(|(&p, &slot)| {
+                let h = &self.slots[slot as usize];
                 let pr = &self.principals[p as usize];
                 if !attr.resource_type_ids.is_empty() && !attr.resource_type_ids.contains(&pr.ptype) {
                     return None;
@@ -622,7 +735,7 @@ impl<'c> Expander<'c> {
                 if pr.ptype == dst.resource_type && pr.pid == dst.resource {
                     return None;
                 }
-                let direct = h.sources.is_empty() || h.sources.iter().any(|(k, _)| *k == s);
+                let direct = h.sources == NIL || self.sources.iter(h.sources).any(|(k, _)| k == s);
                 (!attr.shallow || direct).then_some((p, direct))
             })
             .collect();
@@ -630,9 +743,9 @@ impl<'c> Expander<'c> {
         let dmap = &mut self.held[d as usize];
         for (p, direct) in holders {
             match dmap.entry(p) {
-                std::collections::btree_map::Entry::Occupied(mut e) => {
-                    let h = e.get_mut();
-                    if add_source_ids(&mut h.sources, d, s, direct) {
+                std::collections::btree_map::Entry::Occupied(e) => {
+                    let h = &mut self.slots[*e.get() as usize];
+                    if self.sources.add(&mut h.sources, d, s, direct) {
                         if !h.dirty && h.row != 0 {
                             self.stats.grants_updated += 1;
                         }
@@ -641,9 +754,12 @@ impl<'c> Expander<'c> {
                     }
                 }
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(Held {
+                    let mut head = NIL;
+                    self.sources.push(&mut head, s, direct);
+                    e.insert(self.slots.len() as u32);
+                    self.slots.push(Held {
                         row: 0,
-                        sources: vec![(s, direct)],
+                        sources: head,
                         dirty: true,
                     });
                     self.created.push((d, p));
@@ -655,11 +771,12 @@ impl<'c> Expander<'c> {
         Ok(changed)
     }
 
-    fn sources_msg(&self, srcs: &[(u32, bool)]) -> GrantSources {
+    fn sources_msg(&self, head: u32) -> GrantSources {
         GrantSources {
-            sources: srcs
-                .iter()
-                .map(|&(k, v)| (self.names[k as usize].clone(), GrantSource { is_direct: v }))
+            sources: self
+                .sources
+                .iter(head)
+                .map(|(k, v)| (self.names[k as usize].clone(), GrantSource { is_direct: v }))
                 .collect(),
         }
     }
@@ -708,6 +825,7 @@ impl<'c> Expander<'c> {
             (&self.names[d1 as usize], &a.ptype, &a.pid).cmp(&(&self.names[d2 as usize], &b.ptype, &b.pid))
         });
         let t = std::time::Instant::now();
+        let mut pbytes = Vec::new();
         let mut buf = Vec::with_capacity(4096);
         let mut ins = self.conn.prepare_cached(
             "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
@@ -715,20 +833,24 @@ impl<'c> Expander<'c> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8, ?9)",
         )?;
         for &(d, p) in &created {
-            let (Some(Some(dst)), Some(h)) = (self.targets.get(&d), self.held[d as usize].get(&p)) else {
+            let (Some(Some(dst)), Some(&slot)) = (self.targets.get(&d), self.held[d as usize].get(&p)) else {
                 continue;
             };
+            let h = &self.slots[slot as usize];
             let pr = &self.principals[p as usize];
+            if let Some(at) = pr.bytes {
+                self.spill.get(at, &mut pbytes)?;
+            }
             let dname = &self.names[d as usize];
             let gid = steward_model::ids::grant_id(dname, &pr.ptype, &pr.pid);
             buf.clear();
             put_len_field(&mut buf, 1, &dst.bytes);
-            if let Some(b) = &pr.bytes {
-                put_len_field(&mut buf, 2, b);
+            if pr.bytes.is_some() {
+                put_len_field(&mut buf, 2, &pbytes);
             }
             put_len_field(&mut buf, 3, gid.as_bytes());
             buf.extend_from_slice(&immutable);
-            put_len_field(&mut buf, 5, &self.sources_msg(&h.sources).encode_to_vec());
+            put_len_field(&mut buf, 5, &self.sources_msg(h.sources).encode_to_vec());
             ins.execute(params![
                 dst.resource_type,
                 dst.resource,
@@ -748,11 +870,10 @@ impl<'c> Expander<'c> {
         );
         let t = std::time::Instant::now();
         let mut changed: Vec<(i64, GrantSources)> = self
-            .held
+            .slots
             .iter()
-            .flat_map(|m| m.values())
             .filter(|h| h.dirty && h.row != 0)
-            .map(|h| (h.row, self.sources_msg(&h.sources)))
+            .map(|h| (h.row, self.sources_msg(h.sources)))
             .collect();
         changed.sort_by_key(|c| c.0);
         let mut get = self
@@ -851,12 +972,23 @@ mod tests {
     #[test]
     fn sources_are_added_and_replaced_like_a_full_decode() {
         // No sources: D first, then S; the same again changes nothing; an upgrade to direct does.
-        let mut srcs = Vec::new();
-        assert!(add_source_ids(&mut srcs, 7, 3, false));
-        assert_eq!(srcs, [(7, true), (3, false)]);
-        assert!(!add_source_ids(&mut srcs, 7, 3, false));
-        assert!(add_source_ids(&mut srcs, 7, 3, true));
-        assert_eq!(srcs, [(7, true), (3, true)]);
+        let (mut lists, mut head) = (SourceLists::default(), NIL);
+        let sorted = |l: &SourceLists, h| {
+            let mut v: Vec<(u32, bool)> = l.iter(h).collect();
+            v.sort();
+            v
+        };
+        assert!(lists.add(&mut head, 7, 3, false));
+        assert_eq!(sorted(&lists, head), [(3, false), (7, true)]);
+        assert!(!lists.add(&mut head, 7, 3, false));
+        assert!(lists.add(&mut head, 7, 3, true));
+        assert_eq!(sorted(&lists, head), [(3, true), (7, true)]);
+        assert!(
+            !lists.add(&mut head, 7, 7, false),
+            "D is already there, as direct"
+        );
+        assert!(lists.add(&mut head, 7, 9, false));
+        assert_eq!(sorted(&lists, head), [(3, true), (7, true), (9, false)]);
 
         let (_, mut g) = sample();
         let new = GrantSources {
