@@ -430,9 +430,13 @@ pub fn extract_from(
 // interior pages, starting at each table's root page (from `sqlite_master`, on page 1). A page is read
 // only once it is known to belong to one of those trees; a leaf page that arrives before the interior page
 // pointing at it waits in memory until then, and pages that no tree reaches (the freelist, pointer maps)
-// are never read. Anything this reader does not handle — a needed row that spills into overflow pages, a
-// schema that does not fit on page 1, more than one sync in the file, a malformed page — makes it answer
-// [`Extracted::Fallback`], and the store reads the file unpacked instead.
+// are never read. A file may hold several syncs (Baton's cleanup keeps two full ones; incremental runs add
+// more): the sync to ingest is the one the unpacked reader takes (the latest finished full sync by
+// `ended_at`, else the latest finished sync of any kind), chosen before the rows are read from a first,
+// short pass over the stream up to `v1_sync_runs`' root page, and rows of the other syncs are skipped.
+// Anything this reader does not handle — a needed row that spills into overflow pages, a schema that does
+// not fit on page 1, several syncs whose runs are not on one early leaf page, a malformed page — makes it
+// answer [`Extracted::Fallback`], and the store reads the file unpacked instead.
 // ---------------------------------------------------------------------------------------------------------
 
 /// Smallest page size read from the stream: below it, large rows spill into overflow pages.
@@ -469,8 +473,12 @@ enum Table {
     Entitlements { data: usize, sync: usize },
     /// `external_id`, `entitlement_id`, `principal_resource_type_id`, `principal_resource_id`, `data`, `sync_id`.
     Grants { cols: [usize; 6] },
-    /// `sync_id`, `ended_at`.
-    SyncRuns { sync: usize, ended: usize },
+    /// `sync_id`, `ended_at`, `sync_type` (absent from old schemas: full).
+    SyncRuns {
+        sync: usize,
+        ended: usize,
+        kind: Option<usize>,
+    },
     /// Any other table: its pages are recognised and skipped.
     Other,
 }
@@ -719,6 +727,7 @@ fn read_schema(page1: &[u8], usable: usize) -> Option<StreamSchema> {
             _ => Table::SyncRuns {
                 sync: at("sync_id")?,
                 ended: at("ended_at")?,
+                kind: at("sync_type"),
             },
         };
         schema.roots.push((root, t));
@@ -743,7 +752,9 @@ struct StreamState<'s, S: Sink> {
     /// Leaf pages not yet reached from a root.
     pending_leaf: std::collections::HashMap<u32, Vec<u8>>,
     pending_bytes: usize,
-    /// The sync of every row read so far.
+    /// The sync whose rows are read, when the file was found to hold several ([`choose_sync`]).
+    want: Option<Vec<u8>>,
+    /// Without `want`: the sync of every row read so far.
     sync_id: Option<Vec<u8>>,
     /// The rows of `v1_sync_runs`: (sync id, finished).
     runs: Vec<(Vec<u8>, bool)>,
@@ -816,16 +827,21 @@ impl<S: Sink> StreamState<'_, S> {
         Ok(Ok(()))
     }
 
-    fn same_sync(&mut self, sid: Val<'_>) -> Step {
+    /// Whether a row of sync `sid` is read: with a chosen sync, only its rows; without one, the file must
+    /// hold a single sync.
+    fn same_sync(&mut self, sid: Val<'_>) -> std::result::Result<bool, NotStreamable> {
         let Val::Text(sid) = sid else {
             return Err(NotStreamable("a row without a sync id".into()));
         };
+        if let Some(want) = &self.want {
+            return Ok(want.as_slice() == sid);
+        }
         match &self.sync_id {
-            Some(s) if s.as_slice() == sid => Ok(()),
+            Some(s) if s.as_slice() == sid => Ok(true),
             Some(_) => Err(NotStreamable("the file holds rows of more than one sync".into())),
             None => {
                 self.sync_id = Some(sid.to_vec());
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -847,8 +863,10 @@ impl<S: Sink> StreamState<'_, S> {
             };
             match t {
                 Table::Grants { cols } => {
-                    if let Err(e) = self.same_sync(v[cols[5]]) {
-                        return Ok(Err(e));
+                    match self.same_sync(v[cols[5]]) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => return Ok(Err(e)),
                     }
                     let texts = (|| {
                         Ok::<_, NotStreamable>((
@@ -879,8 +897,10 @@ impl<S: Sink> StreamState<'_, S> {
                     self.n.grants += 1;
                 }
                 Table::Resources { data, sync } => {
-                    if let Err(e) = self.same_sync(v[sync]) {
-                        return Ok(Err(e));
+                    match self.same_sync(v[sync]) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => return Ok(Err(e)),
                     }
                     let Val::Blob(data) = v[data] else {
                         return Ok(Err(NotStreamable("a resource without data".into())));
@@ -890,15 +910,17 @@ impl<S: Sink> StreamState<'_, S> {
                     }
                 }
                 Table::Entitlements { data, sync } => {
-                    if let Err(e) = self.same_sync(v[sync]) {
-                        return Ok(Err(e));
+                    match self.same_sync(v[sync]) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => return Ok(Err(e)),
                     }
                     let Val::Blob(data) = v[data] else {
                         return Ok(Err(NotStreamable("an entitlement without data".into())));
                     };
                     self.entitlements.push(entitlement_row(data)?);
                 }
-                Table::SyncRuns { sync, ended } => {
+                Table::SyncRuns { sync, ended, .. } => {
                     let Val::Text(sid) = v[sync] else {
                         return Ok(Err(NotStreamable("a sync run without an id".into())));
                     };
@@ -909,6 +931,65 @@ impl<S: Sink> StreamState<'_, S> {
         }
         Ok(Ok(()))
     }
+}
+
+/// The first pages a file's `v1_sync_runs` root may sit on for [`choose_sync`] to read it (tables are
+/// created with the file, so their roots come first).
+const CHOOSE_SYNC_MAX_PAGE: u32 = 64;
+
+/// The sync the unpacked reader would ingest (the latest finished full sync by `ended_at`, else the latest
+/// finished sync of any kind), when the file holds more than one run: read from a first pass over the
+/// stream that stops at `v1_sync_runs`' root page, which must be an early leaf. `None` when the file holds
+/// one run, or when the runs cannot be read that way (the single-sync rule then applies).
+fn choose_sync(path: &Path, page_size: usize, usable: usize, schema: &StreamSchema) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let (root, sync, ended, kind) = schema.roots.iter().find_map(|(root, t)| match *t {
+        Table::SyncRuns { sync, ended, kind } => Some((*root, sync, ended, kind)),
+        _ => None,
+    })?;
+    if !(2..=CHOOSE_SYNC_MAX_PAGE).contains(&root) {
+        return None;
+    }
+    let mut dec = steward_c1z::envelope::decoder(path).ok()?;
+    let mut page = vec![0u8; page_size];
+    for _ in 1..root {
+        dec.read_exact(&mut page).ok()?;
+    }
+    dec.read_exact(&mut page).ok()?;
+    if page.first() != Some(&13) {
+        return None;
+    }
+    // (sync id, full, ended_at) of the finished runs, in row order.
+    let mut runs: Vec<(Vec<u8>, bool, Vec<u8>)> = Vec::new();
+    let mut count = 0;
+    for (payload, spills) in leaf_cells(&page, 0, usable)? {
+        if spills {
+            return None;
+        }
+        let v = record(payload)?;
+        let Val::Text(sid) = v[sync] else { return None };
+        count += 1;
+        let Val::Text(at) = v[ended] else { continue };
+        let full = match kind.map(|k| v[k]) {
+            None | Some(Val::Null) => true,
+            Some(Val::Text(t)) => {
+                std::str::from_utf8(t).ok().and_then(steward_c1z::SyncType::parse)
+                    == Some(steward_c1z::SyncType::Full)
+            }
+            Some(_) => return None,
+        };
+        runs.push((sid.to_vec(), full, at.to_vec()));
+    }
+    if count < 2 {
+        return None;
+    }
+    let latest = |full_only: bool| {
+        let mut r: Vec<&(Vec<u8>, bool, Vec<u8>)> = runs.iter().filter(|r| r.1 || !full_only).collect();
+        // Stable: of two runs that ended at the same time, the later row wins, as in the reader.
+        r.sort_by(|a, b| a.2.cmp(&b.2));
+        r.pop().map(|r| r.0.clone())
+    };
+    latest(true).or_else(|| latest(false))
 }
 
 /// Feeds every row of the stream's sync to `sink` (grants first, as they arrive; then the resources with
@@ -939,6 +1020,7 @@ pub fn extract_stream(
         pending_interior: Default::default(),
         pending_leaf: Default::default(),
         pending_bytes: 0,
+        want: choose_sync(&path, page_size, usable, &schema),
         sync_id: None,
         runs: Vec::new(),
         resources: Vec::new(),
@@ -1013,11 +1095,17 @@ pub fn extract_stream(
             "page {p} is past the end of the database"
         )));
     }
-    let Some((sid, finished)) = st.runs.first().cloned() else {
-        return Ok(Extracted::Fallback("no sync run".into()));
-    };
-    if !finished || st.runs.iter().any(|r| r.0 != sid) || st.sync_id.as_ref().is_some_and(|s| *s != sid) {
-        return Ok(Extracted::Fallback("not exactly one finished sync".into()));
+    if let Some(want) = &st.want {
+        if !st.runs.iter().any(|(sid, finished)| sid == want && *finished) {
+            return Ok(Extracted::Fallback("the chosen sync is not finished".into()));
+        }
+    } else {
+        let Some((sid, finished)) = st.runs.first().cloned() else {
+            return Ok(Extracted::Fallback("no sync run".into()));
+        };
+        if !finished || st.runs.iter().any(|r| r.0 != sid) || st.sync_id.as_ref().is_some_and(|s| *s != sid) {
+            return Ok(Extracted::Fallback("not exactly one finished sync".into()));
+        }
     }
     let StreamState {
         sink,
@@ -1119,9 +1207,27 @@ mod tests {
     /// A full sync of `users` users (with profiles large enough to fill many 64 KiB pages), `groups`
     /// groups and memberships spread over them; `partial`: a second, partial sync after it.
     fn write_sync(path: &Path, users: usize, groups: usize, partial: bool) {
+        write_sync_to(
+            steward_c1z::C1zWriter::create(path).unwrap(),
+            users,
+            groups,
+            partial,
+        );
+    }
+
+    /// Adds a full sync to the c1z at `path`.
+    fn append_sync(path: &Path, users: usize, groups: usize, partial: bool) {
+        write_sync_to(
+            steward_c1z::C1zWriter::open(path).unwrap(),
+            users,
+            groups,
+            partial,
+        );
+    }
+
+    fn write_sync_to(mut w: steward_c1z::C1zWriter, users: usize, groups: usize, partial: bool) {
         let ut = builders::resource_type("user", "User", &[Trait::User]);
         let gt = builders::resource_type("group", "Group", &[Trait::Group]);
-        let mut w = steward_c1z::C1zWriter::create(path).unwrap();
         w.begin_sync(steward_c1z::SyncType::Full).unwrap();
         w.put_resource_type(&ut).unwrap();
         w.put_resource_type(&gt).unwrap();
@@ -1229,12 +1335,56 @@ mod tests {
     }
 
     #[test]
-    fn what_the_stream_does_not_read_is_read_unpacked() {
+    fn the_stream_takes_the_sync_the_unpacked_reader_takes_from_a_file_with_several() {
         let dir = tempfile::tempdir().unwrap();
+        // A full sync and a partial one after it: the full sync is ingested.
         let two = dir.path().join("two.c1z");
         write_sync(&two, 200, 5, true);
-        let why = streamed_rows(&two).unwrap_err();
+        let unpacked = unpacked_rows(&two);
+        assert_eq!(unpacked.0.len(), 200 * 2 + 5 * 2 + 600);
+        assert_eq!(streamed_rows(&two).unwrap(), unpacked);
+
+        // Two full syncs (as Baton's cleanup keeps), then a partial one: the newer full sync, and none of
+        // the older one's rows.
+        let many = dir.path().join("many.c1z");
+        write_sync(&many, 300, 7, false);
+        append_sync(&many, 500, 11, true);
+        let unpacked = unpacked_rows(&many);
+        assert_eq!(unpacked.0.len(), 500 * 2 + 11 * 2 + 1500);
+        assert_eq!(streamed_rows(&many).unwrap(), unpacked);
+
+        // The newest full sync unfinished (a crash): the older finished one, as unpacked.
+        let cut = dir.path().join("cut.c1z");
+        rewrite(
+            &many,
+            &cut,
+            "UPDATE v1_sync_runs SET ended_at = NULL WHERE id = (SELECT max(id) FROM v1_sync_runs WHERE sync_type = 'full')",
+        );
+        let unpacked = unpacked_rows(&cut);
+        assert_eq!(unpacked.0.len(), 300 * 2 + 7 * 2 + 900);
+        assert_eq!(streamed_rows(&cut).unwrap(), unpacked);
+    }
+
+    #[test]
+    fn what_the_stream_does_not_read_is_read_unpacked() {
+        let dir = tempfile::tempdir().unwrap();
+        // Several syncs whose runs are not on an early leaf page: the single-sync rule, then unpacked.
+        let two = dir.path().join("two.c1z");
+        write_sync(&two, 200, 5, false);
+        append_sync(&two, 100, 5, false);
+        let late = dir.path().join("late.c1z");
+        rewrite(
+            &two,
+            &late,
+            "CREATE TABLE pad (x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 80)
+               INSERT INTO pad SELECT zeroblob(60000) FROM n;
+             CREATE TABLE runs_copy AS SELECT * FROM v1_sync_runs; DROP TABLE v1_sync_runs;
+             ALTER TABLE runs_copy RENAME TO v1_sync_runs;",
+        );
+        let why = streamed_rows(&late).unwrap_err();
         assert!(why.contains("sync"), "{why}");
+        assert_eq!(unpacked_rows(&late), unpacked_rows(&two));
 
         // Small pages: rows may spill into overflow pages, so the file is not streamed at all.
         let one = dir.path().join("one.c1z");
