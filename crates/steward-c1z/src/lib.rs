@@ -16,8 +16,10 @@
 //! ```
 //!
 //! Modules: [`envelope`] (magic + zstd, atomic replace), [`schema`] (tables and indexes), [`writer`],
-//! [`reader`] (temp-dir unpacking, paged queries), [`expand`] (grant expansion), [`diff`], [`ksuid`].
+//! [`reader`] (temp-dir unpacking, paged queries), [`expand`] (grant expansion), [`diff`], [`ksuid`];
+//! internally `btree` (the grant index b-trees the writer writes as pages itself).
 
+mod btree;
 pub mod diff;
 pub mod envelope;
 mod error;

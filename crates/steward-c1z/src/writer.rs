@@ -5,13 +5,17 @@
 //! tables are dropped while a sync loads and built again by [`C1zWriter::end_sync`]: first those of the small
 //! tables and, when a grant id may be duplicated, the unique grant index (duplicates resolve to the last
 //! write); then it removes dangling rows, expands grants, builds the remaining grant indexes once over all
-//! grants and marks the sync finished. While grants are written the writer remembers the entitlements and
+//! grants and marks the sync finished. Those remaining grant indexes are written as b-tree pages directly
+//! (`btree`: one pass over the grants for all their keys, sorted runs merged into pages appended to the
+//! file, then registered in `sqlite_schema`); SQLite's `CREATE INDEX` is the fallback for what that does
+//! not handle (a key that is not TEXT, a duplicate id). While grants are written the writer remembers the entitlements and
 //! principals they reference and a hash of each grant id (up to 2M grants, not for a resumed sync), so that
 //! the end needs no extra pass over the grants to find dangling references or possible duplicates. [`C1zWriter::finish`] (after checkpointing a WAL an
 //! older version left) compresses the database into `<target>` atomically and deletes the working file.
 //!
 //! Crash safety: committed transactions survive a kill of the process (a transaction cut short leaves a hot
-//! journal that SQLite rolls back on the next open); [`C1zWriter::checkpoint`]
+//! journal that SQLite rolls back on the next open; pages of a direct index build cut short are cut off
+//! the file by the next open, see `write_grant_indexes`); [`C1zWriter::checkpoint`]
 //! commits together with the caller's `sync_token`, so a resumed run ([`C1zWriter::open`] finds the `.wip`,
 //! [`C1zWriter::resume_sync`]) continues exactly from the last checkpoint. Dropping a writer without
 //! `finish` keeps the `.wip` for a later resume and rolls back the open transaction.
@@ -28,6 +32,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, Resource, ResourceType};
 
+use crate::btree;
 use crate::envelope::{self, CompressOptions};
 use crate::error::{C1zError, Result};
 use crate::expand::{self, ExpandStats};
@@ -237,6 +242,62 @@ fn work_path(target: &Path, opts: &WriterOptions) -> PathBuf {
     }
 }
 
+/// Opens the working database with the writer's settings.
+fn connect(target: &Path, wip: &Path, opts: &WriterOptions) -> Result<Connection> {
+    let conn = Connection::open(wip)?;
+    // Large pages: a grant row is hundreds of bytes, and index builds scan the whole table once per
+    // index; 64 KiB pages make those scans and the appends several times cheaper. (Only takes effect
+    // on a new database; readers accept any page size.)
+    conn.execute_batch("PRAGMA page_size=65536;")?;
+    // No sorter threads: with N threads SQLite's index sorter keeps up to N+1 in-memory runs of
+    // `index_cache_kib` each, so peak memory grew with the sync (522 MiB at 10M grants with 2 threads)
+    // while the builds were no faster on our 2 cores (docs/benchmarks.md). One run at a time keeps the
+    // peak independent of the count.
+    conn.execute_batch(&format!(
+        "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode={}; PRAGMA synchronous=OFF;
+             PRAGMA cache_size=-{}; PRAGMA temp_store=FILE; PRAGMA threads=0;",
+        // Switching a `.wip` an older version left in WAL mode checkpoints its WAL first.
+        if opts.crash_safe { "TRUNCATE" } else { "OFF" },
+        opts.cache_kib
+    ))
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            C1zError::Corrupt {
+                path: target.to_owned(),
+                detail: "the zstd frame does not hold a SQLite database".into(),
+            }
+        }
+        e => e.into(),
+    })?;
+    Ok(conn)
+}
+
+/// Cuts the pages of an interrupted grant index build (marked by a negative `user_version`: minus the
+/// database size before the build) off the end of the working database and clears the mark. Nothing else
+/// can have been written after them: the mark is set right before the build and cleared in the same
+/// transaction that registers the finished indexes.
+fn undo_index_build(
+    conn: Connection,
+    target: &Path,
+    wip: &Path,
+    opts: &WriterOptions,
+    pages: u32,
+) -> Result<Connection> {
+    conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+    if let Some(hdr) = btree::read_header(wip)?
+        && hdr.pages > pages
+    {
+        tracing::warn!(
+            orphaned = hdr.pages - pages,
+            "c1z: removing the pages of an interrupted index build"
+        );
+        btree::set_size(wip, &hdr, pages)?;
+    }
+    let conn = connect(target, wip, opts)?;
+    conn.execute_batch("PRAGMA user_version=0")?;
+    Ok(conn)
+}
+
 fn remove_wip(wip: &Path) -> Result<()> {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut s = wip.as_os_str().to_owned();
@@ -296,31 +357,13 @@ impl C1zWriter {
     }
 
     fn open_db(target: PathBuf, wip: PathBuf, opts: WriterOptions) -> Result<Self> {
-        let conn = Connection::open(&wip)?;
-        // Large pages: a grant row is hundreds of bytes, and index builds scan the whole table once per
-        // index; 64 KiB pages make those scans and the appends several times cheaper. (Only takes effect
-        // on a new database; readers accept any page size.)
-        conn.execute_batch("PRAGMA page_size=65536;")?;
-        // No sorter threads: with N threads SQLite's index sorter keeps up to N+1 in-memory runs of
-        // `index_cache_kib` each, so peak memory grew with the sync (522 MiB at 10M grants with 2 threads)
-        // while the builds were no faster on our 2 cores (docs/benchmarks.md). One run at a time keeps the
-        // peak independent of the count.
-        conn.execute_batch(&format!(
-            "PRAGMA locking_mode=EXCLUSIVE; PRAGMA journal_mode={}; PRAGMA synchronous=OFF;
-             PRAGMA cache_size=-{}; PRAGMA temp_store=FILE; PRAGMA threads=0;",
-            // Switching a `.wip` an older version left in WAL mode checkpoints its WAL first.
-            if opts.crash_safe { "TRUNCATE" } else { "OFF" },
-            opts.cache_kib
-        ))
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
-                C1zError::Corrupt {
-                    path: target.clone(),
-                    detail: "the zstd frame does not hold a SQLite database".into(),
-                }
-            }
-            e => e.into(),
-        })?;
+        let mut conn = connect(&target, &wip, &opts)?;
+        // A grant index build cut short between writing page 1's header and registering its b-trees left
+        // pages no b-tree uses at the end of the file: cut them off before anything else is written.
+        let marker: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if marker < 0 {
+            conn = undo_index_build(conn, &target, &wip, &opts, (-marker) as u32)?;
+        }
         conn.execute_batch(TABLES)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
@@ -823,8 +866,15 @@ impl C1zWriter {
         let t = Instant::now();
         drop(refs);
         // A duplicate here can only be a grant expansion created under an id another grant has: an
-        // error, as inserting it into the unique index would have been.
-        self.build_indexes(&sync_id, false, |i| late_index(i, defer_unique))?;
+        // error, as inserting it into the unique index would have been (the direct build leaves such a
+        // case, and keys it cannot write, to SQLite's CREATE INDEX).
+        let late: Vec<&BulkIndex> = BULK_INDEXES
+            .iter()
+            .filter(|i| late_index(i, defer_unique))
+            .collect();
+        if !self.write_grant_indexes(&late)? {
+            self.build_indexes(&sync_id, false, |i| late_index(i, defer_unique))?;
+        }
         index_ms += t.elapsed().as_millis() as u64;
         report.index_ms = index_ms;
         self.conn.execute(
@@ -842,6 +892,132 @@ impl C1zWriter {
             report.sync_id
         );
         Ok(report)
+    }
+
+    /// Builds the grant indexes `late` by writing their b-tree pages directly (see [`btree`]): one pass
+    /// over `v1_grants` for all their keys, sorted runs merged into pages appended to the file, page 1's
+    /// header updated, the indexes registered in `sqlite_schema`. Commits what is pending first. Returns
+    /// false, having changed nothing, when SQLite must build them instead (a key that is not TEXT, a
+    /// duplicate in the unique index, a file it does not handle).
+    ///
+    /// Crash safety: the database size before the build is recorded (as a negative `user_version`) in a
+    /// committed transaction first; the pages are written after the last page with no connection open,
+    /// then the header's size is set, then one transaction registers the indexes and clears the record.
+    /// A kill before the header is written leaves bytes past the size SQLite reads (ignored, overwritten
+    /// later); a kill after it leaves pages no b-tree uses, which the next [`open`](Self::open) cuts
+    /// off ([`undo_index_build`]). Either way the indexes are not registered and a resumed `end_sync`
+    /// builds them again. The one transaction that registers them is journalled as any other.
+    fn write_grant_indexes(&mut self, late: &[&BulkIndex]) -> Result<bool> {
+        let Some(mut specs) = late
+            .iter()
+            .map(|i| btree::Spec::of(i))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(false);
+        };
+        if specs.is_empty() {
+            return Ok(true);
+        }
+        // The unique index first: a duplicate stops the build before the others are written.
+        specs.sort_by_key(|s| !s.unique);
+        let dir = self
+            .wip
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let t = Instant::now();
+        // A sequential scan needs no page cache: its memory is better spent on the sort runs.
+        self.conn.execute_batch("PRAGMA cache_size=-2048")?;
+        let Some(mut keys) = btree::collect(&self.conn, &specs, &dir, btree::RUN_BUDGET)? else {
+            tracing::debug!("c1z: a grant key is not text; SQLite builds the indexes");
+            self.conn.execute_batch(&format!(
+                "PRAGMA cache_size=-{}",
+                self.opts.index_cache_kib.max(self.opts.cache_kib)
+            ))?;
+            return Ok(false);
+        };
+        let pass_ms = t.elapsed().as_millis() as u64;
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let Ok(pages) = u32::try_from(pages) else {
+            return Ok(false);
+        };
+        self.before_write()?;
+        self.conn
+            .execute_batch(&format!("PRAGMA user_version={}", -i64::from(pages)))?;
+        self.commit()?;
+        let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+        let t = Instant::now();
+        let written = self.write_pages(&specs, &mut keys, pages);
+        let write_ms = t.elapsed().as_millis() as u64;
+        drop(keys);
+        // Reconnect whatever happened (the writer must not be left on the placeholder).
+        self.conn = connect(&self.target, &self.wip, &self.opts)?;
+        let Some(roots) = written? else {
+            self.conn.execute_batch("PRAGMA user_version=0")?;
+            return Ok(false);
+        };
+        let t = Instant::now();
+        let schema_version: i64 = self.conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        self.conn.execute_batch("BEGIN; PRAGMA writable_schema=ON;")?;
+        self.in_tx = true;
+        for (spec, root) in specs.iter().zip(&roots) {
+            self.conn.execute(
+                "INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ('index', ?1, 'v1_grants', ?2, ?3)",
+                params![spec.name, root, spec.sql],
+            )?;
+        }
+        self.conn.execute_batch(&format!(
+            "PRAGMA writable_schema=OFF; PRAGMA user_version=0; PRAGMA schema_version={};",
+            schema_version + 1
+        ))?;
+        self.commit()?;
+        // A new connection reads the schema with the indexes (so that later writes maintain them).
+        let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+        self.conn = connect(&self.target, &self.wip, &self.opts)?;
+        tracing::debug!(
+            indexes = specs.len(),
+            pass_ms,
+            write_ms,
+            register_ms = t.elapsed().as_millis() as u64,
+            "c1z: grant indexes written directly"
+        );
+        Ok(true)
+    }
+
+    /// The page-writing part of [`write_grant_indexes`](Self::write_grant_indexes), with no connection
+    /// open: `None` (and the file as it was) when the unique index has a duplicate or the header is not
+    /// one it handles.
+    fn write_pages(
+        &self,
+        specs: &[btree::Spec],
+        keys: &mut btree::Collected,
+        pages: u32,
+    ) -> Result<Option<Vec<u32>>> {
+        let Some(hdr) = btree::read_header(&self.wip)?.filter(|h| h.pages == pages) else {
+            return Ok(None);
+        };
+        tracing::debug!(
+            rows = keys.rows,
+            spilled_runs = keys.spilled,
+            "c1z: grant index keys gathered"
+        );
+        match btree::write_indexes(&self.wip, &hdr, specs, keys) {
+            Ok(Some((roots, end))) => {
+                btree::set_size(&self.wip, &hdr, end)?;
+                Ok(Some(roots))
+            }
+            Ok(None) => {
+                btree::set_size(&self.wip, &hdr, hdr.pages)?;
+                Ok(None)
+            }
+            Err(e) => {
+                btree::set_size(&self.wip, &hdr, hdr.pages)?;
+                Err(e)
+            }
+        }
     }
 
     /// Builds the bulk indexes `which` selects; with `dedupe`, duplicates that fail a unique index are

@@ -1,0 +1,943 @@
+//! The `v1_grants` secondary indexes written as SQLite b-trees directly, instead of one `CREATE INDEX`
+//! (a full pass over the grant table and a sort) per index.
+//!
+//! [`collect`] reads every row of `v1_grants` once (all syncs in the file) and gathers the keys of all
+//! the indexes to build at once: per index, the key columns and the row id in a form whose bytewise
+//! order is SQLite's order of the entries ([`push_key_col`], [`push_rowid`]), appended to a run buffer.
+//! When the buffers reach their share of a fixed budget ([`RUN_BUDGET`] in all), each is sorted (7 key
+//! bytes at a time, [`Runs::sort`]) and spilled to an unnamed temporary file next to the database, so
+//! memory stays flat in the grant count.
+//! [`write_indexes`] then, with no SQLite connection open on the database, merges each index's runs
+//! (k-way, a binary heap) and appends its b-tree pages to the end of the database file, in SQLite's file
+//! format (<https://www.sqlite.org/fileformat2.html>): index leaf pages (0x0a) and interior index pages
+//! (0x02) whose cells are `[left child]` + payload size + record (key columns, then the row id), payloads
+//! longer than the maximum local size continued on overflow pages. The order is SQLite's for these keys:
+//! every key column holds TEXT (anything else makes [`collect`] give up, and the caller builds the
+//! indexes with SQLite), compared bytewise (BINARY collation, UTF-8), then the row id. The tree is built
+//! bottom up while the sorted entries stream by: a leaf is filled until the next entry does not fit;
+//! that entry goes up to the parent level as the divider (in an index b-tree every entry is stored once,
+//! interior cells are entries too), and so on up. A divider is only sent up once a following entry
+//! exists, so no page is left empty; at the end of the stream the last page of a level that has a
+//! divider waiting gives its own last cell up instead. Every leaf is at the same depth. A duplicate key
+//! in a unique index stops the build (the caller then builds with SQLite, which reports it as before).
+//! Page 1's header (database size, file change counter, version-valid-for) is then updated, and the
+//! caller registers the indexes in `sqlite_schema`.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use rusqlite::Connection;
+use rusqlite::types::ValueRef;
+
+use crate::error::{C1zError, Result};
+use crate::schema::BulkIndex;
+
+/// Memory for the sort runs of all indexes together (each index gets an equal share); a full buffer is
+/// sorted and spilled to a temporary file.
+pub(crate) const RUN_BUDGET: usize = 64 << 20;
+
+/// The columns [`collect`] reads, after the row id, in this order.
+const COLUMNS: [&str; 7] = [
+    "external_id",
+    "sync_id",
+    "resource_type_id",
+    "resource_id",
+    "entitlement_id",
+    "principal_resource_type_id",
+    "principal_resource_id",
+];
+
+/// One index to build.
+pub(crate) struct Spec {
+    /// Index name.
+    pub name: &'static str,
+    /// The `sql` that `sqlite_schema` holds for it (SQLite stores the statement without `IF NOT EXISTS`).
+    pub sql: String,
+    /// Positions of its key columns in [`COLUMNS`].
+    cols: Vec<usize>,
+    /// UNIQUE (a duplicate key stops the build).
+    pub unique: bool,
+}
+
+impl Spec {
+    /// The spec of a `v1_grants` bulk index, or `None` if its columns are not ones [`collect`] reads.
+    pub(crate) fn of(idx: &BulkIndex) -> Option<Self> {
+        if idx.table != "v1_grants" {
+            return None;
+        }
+        let open = idx.ddl.rfind('(')?;
+        let close = idx.ddl.rfind(')')?;
+        let cols = idx
+            .ddl
+            .get(open + 1..close)?
+            .split(',')
+            .map(|c| COLUMNS.iter().position(|n| *n == c.trim()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            name: idx.name,
+            sql: idx.ddl.replace(" IF NOT EXISTS", ""),
+            cols,
+            unique: idx.unique,
+        })
+    }
+}
+
+/// Sorted runs of one index: spilled files and the last, in-memory run.
+struct Runs {
+    files: Vec<File>,
+    /// Entries: `u32` (LE) length, then the key in a form whose bytewise order is SQLite's order of the
+    /// index entry ([`push_key_col`] per column, then [`push_rowid`]).
+    arena: Vec<u8>,
+    /// Each entry's sort chunk ([`chunk_at`]) and offset.
+    sorted: Vec<(u64, u32)>,
+}
+
+/// The keys of every index, gathered by one pass over `v1_grants`.
+pub(crate) struct Collected {
+    runs: Vec<Runs>,
+    /// Rows read.
+    pub rows: u64,
+    /// Temporary files written (sorted runs).
+    pub spilled: usize,
+}
+
+/// Appends a TEXT column so that byte order of the whole key is column-by-column order: the bytes with
+/// each 0x00 written as 0x00 0xFF, then the terminator 0x00 0x00 (which sorts before any continuation,
+/// as a shorter string sorts before a longer one it starts).
+fn push_key_col(out: &mut Vec<u8>, v: &[u8]) {
+    if v.contains(&0) {
+        for &b in v {
+            out.push(b);
+            if b == 0 {
+                out.push(0xff);
+            }
+        }
+    } else {
+        out.extend_from_slice(v);
+    }
+    out.extend_from_slice(&[0, 0]);
+}
+
+/// Appends the row id, big-endian with the sign bit flipped (byte order = integer order).
+fn push_rowid(out: &mut Vec<u8>, id: i64) {
+    out.extend_from_slice(&((id as u64) ^ (1 << 63)).to_be_bytes());
+}
+
+/// Whether the key columns (not the row id) of two keys are equal.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() >= 8 && b.len() >= 8 && a[..a.len() - 8] == b[..b.len() - 8]
+}
+
+fn u32_le(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn rowid_of(e: &[u8]) -> i64 {
+    let mut r = [0u8; 8];
+    r.copy_from_slice(&e[e.len() - 8..]);
+    (u64::from_be_bytes(r) ^ (1 << 63)) as i64
+}
+
+/// Key bytes `7 * depth ..` as a big-endian number: 7 bytes (zero-padded past the end), then how many
+/// key bytes remain, capped at 8 — so that only a key ending within these 7 bytes is told apart by it,
+/// and sorts first (it is then a prefix of the other).
+fn chunk_at(key: &[u8], depth: usize) -> u64 {
+    let rest = &key[(7 * depth).min(key.len())..];
+    let mut b = [0u8; 8];
+    let n = rest.len().min(7);
+    b[..n].copy_from_slice(&rest[..n]);
+    b[7] = rest.len().min(8) as u8;
+    u64::from_be_bytes(b)
+}
+
+impl Runs {
+    fn entry(&self, off: u32) -> &[u8] {
+        let o = off as usize;
+        let len = u32_le(&self.arena, o) as usize;
+        &self.arena[o + 4..o + 4 + len]
+    }
+
+    /// Sorts the entries by key: by 7 key bytes at a time (kept next to each entry's offset, so that a
+    /// comparison touches no key bytes; [`chunk_at`]), refining only the groups of entries whose bytes
+    /// so far are equal with the next 7 — one read of each tied key per 7 bytes of common prefix, instead
+    /// of reading both keys in every comparison of a comparison sort. Deep ties (more than 112 equal
+    /// bytes) are sorted by whole keys.
+    fn sort(&mut self) {
+        let mut sorted = std::mem::take(&mut self.sorted);
+        let mut stack = vec![(0usize, sorted.len(), 0usize)];
+        while let Some((start, end, depth)) = stack.pop() {
+            let group = &mut sorted[start..end];
+            if depth > 0 {
+                for e in group.iter_mut() {
+                    *e = (chunk_at(self.entry(e.1), depth), e.1);
+                }
+            }
+            if depth >= 16 {
+                group.sort_unstable_by(|a, b| self.entry(a.1).cmp(self.entry(b.1)));
+                continue;
+            }
+            group.sort_unstable_by_key(|e| e.0);
+            let mut i = 0;
+            while i < group.len() {
+                let mut j = i + 1;
+                while j < group.len() && group[j].0 == group[i].0 {
+                    j += 1;
+                }
+                if j - i > 1 {
+                    stack.push((start + i, start + j, depth + 1));
+                }
+                i = j;
+            }
+        }
+        self.sorted = sorted;
+    }
+
+    fn spill(&mut self, dir: &Path) -> Result<()> {
+        self.sort();
+        let f = tempfile::tempfile_in(dir).map_err(C1zError::io("create a sort run in", dir))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        for &(_, off) in &self.sorted {
+            let o = off as usize;
+            let len = u32_le(&self.arena, o) as usize;
+            w.write_all(&self.arena[o..o + 4 + len])
+                .map_err(C1zError::io("write a sort run in", dir))?;
+        }
+        let f = w
+            .into_inner()
+            .map_err(|e| C1zError::io("write a sort run in", dir)(e.into_error()))?;
+        self.files.push(f);
+        self.arena.clear();
+        self.sorted.clear();
+        Ok(())
+    }
+}
+
+/// One pass over every row of `v1_grants`, gathering the keys of `specs` (sorted runs of `budget` bytes
+/// in all). `None` when a key column holds
+/// something other than TEXT (the caller then lets SQLite build the indexes).
+pub(crate) fn collect(
+    conn: &Connection,
+    specs: &[Spec],
+    dir: &Path,
+    budget: usize,
+) -> Result<Option<Collected>> {
+    let share = budget / specs.len().max(1);
+    let mut runs: Vec<Runs> = specs
+        .iter()
+        .map(|_| Runs {
+            files: Vec::new(),
+            // Reserved (not yet touched) so that filling it never copies it.
+            arena: Vec::with_capacity(share + (64 << 10)),
+            sorted: Vec::new(),
+        })
+        .collect();
+    let mut st = conn.prepare(&format!("SELECT id, {} FROM v1_grants", COLUMNS.join(", ")))?;
+    let mut rows = st.query([])?;
+    let mut n = 0u64;
+    let mut spilled = 0;
+    while let Some(r) = rows.next()? {
+        let id = r.get::<_, i64>(0)?;
+        let mut vals: [&[u8]; 7] = [&[]; 7];
+        for (i, v) in vals.iter_mut().enumerate() {
+            match r.get_ref(i + 1)? {
+                ValueRef::Text(t) => *v = t,
+                _ => return Ok(None),
+            }
+        }
+        n += 1;
+        for (spec, run) in specs.iter().zip(runs.iter_mut()) {
+            let off = run.arena.len();
+            run.arena.extend_from_slice(&[0; 4]);
+            for &c in &spec.cols {
+                push_key_col(&mut run.arena, vals[c]);
+            }
+            push_rowid(&mut run.arena, id);
+            let len = run.arena.len() - off - 4;
+            if run.arena.len() > u32::MAX as usize {
+                return Ok(None);
+            }
+            run.arena[off..off + 4].copy_from_slice(&(len as u32).to_le_bytes());
+            let key = &run.arena[off + 4..];
+            run.sorted.push((chunk_at(key, 0), off as u32));
+            if run.arena.len() >= share {
+                run.spill(dir)?;
+                spilled += 1;
+            }
+        }
+    }
+    for run in &mut runs {
+        run.sort();
+    }
+    Ok(Some(Collected {
+        runs,
+        rows: n,
+        spilled,
+    }))
+}
+
+/// The facts of page 1's header that the b-tree writer needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DbHeader {
+    pub page_size: usize,
+    /// Page size minus the reserved bytes at the end of each page.
+    usable: usize,
+    /// Pages in the database (in-header size).
+    pub pages: u32,
+    change_counter: u32,
+    /// Schema format 4 stores the integers 0 and 1 as serial types 8 and 9.
+    format4: bool,
+}
+
+/// Reads page 1's header; `None` when the file is not something [`write_indexes`] handles (not UTF-8,
+/// in-header size not valid).
+pub(crate) fn read_header(path: &Path) -> Result<Option<DbHeader>> {
+    let mut f = File::open(path).map_err(C1zError::io("open", path))?;
+    let mut h = [0u8; 100];
+    f.read_exact(&mut h).map_err(C1zError::io("read", path))?;
+    let ps = u16::from_be_bytes([h[16], h[17]]) as usize;
+    let page_size = if ps == 1 { 65536 } else { ps };
+    let be = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let (counter, pages, valid_for, encoding, format) = (be(24), be(28), be(92), be(56), be(44));
+    if &h[..16] != b"SQLite format 3\0"
+        || encoding != 1
+        || counter != valid_for
+        || pages == 0
+        || page_size < 512
+    {
+        return Ok(None);
+    }
+    Ok(Some(DbHeader {
+        page_size,
+        usable: page_size - h[20] as usize,
+        pages,
+        change_counter: counter,
+        format4: format >= 4,
+    }))
+}
+
+/// Sets the database size in page 1's header to `pages` (and bumps the change counter, with the
+/// version-valid-for number equal to it) and cuts the file to that size.
+pub(crate) fn set_size(path: &Path, hdr: &DbHeader, pages: u32) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(C1zError::io("open", path))?;
+    let counter = hdr.change_counter.wrapping_add(1);
+    let io = C1zError::io("write the header of", path);
+    f.seek(SeekFrom::Start(24))
+        .map_err(C1zError::io("seek in", path))?;
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&counter.to_be_bytes());
+    b[4..].copy_from_slice(&pages.to_be_bytes());
+    f.write_all(&b)
+        .map_err(C1zError::io("write the header of", path))?;
+    f.seek(SeekFrom::Start(92))
+        .map_err(C1zError::io("seek in", path))?;
+    f.write_all(&counter.to_be_bytes()).map_err(io)?;
+    f.set_len(pages as u64 * hdr.page_size as u64)
+        .map_err(C1zError::io("truncate", path))?;
+    Ok(())
+}
+
+/// Pages appended to the database file in page-number order.
+struct PageOut<'a> {
+    w: BufWriter<File>,
+    next: u32,
+    page: Vec<u8>,
+    hdr: DbHeader,
+    path: &'a Path,
+}
+
+impl PageOut<'_> {
+    /// Writes `self.page` as the next page and returns its number.
+    fn append(&mut self) -> Result<u32> {
+        let pgno = self.next;
+        self.w
+            .write_all(&self.page)
+            .map_err(C1zError::io("write index pages to", self.path))?;
+        self.next = self
+            .next
+            .checked_add(1)
+            .ok_or(C1zError::State("the database would exceed 2^32 pages"))?;
+        Ok(pgno)
+    }
+}
+
+/// One level of the b-tree being built: the cells of its current page.
+#[derive(Default)]
+struct Level {
+    cells: Vec<u8>,
+    ends: Vec<usize>,
+    /// A cell that did not fit: it goes up as a divider once the next cell arrives.
+    held: Option<Vec<u8>>,
+}
+
+impl Level {
+    fn cell(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.cells[start..self.ends[i]]
+    }
+
+    fn push(&mut self, c: &[u8]) {
+        self.cells.extend_from_slice(c);
+        self.ends.push(self.cells.len());
+    }
+
+    fn pop(&mut self) -> Vec<u8> {
+        self.ends.pop();
+        let start = self.ends.last().copied().unwrap_or(0);
+        self.cells.split_off(start)
+    }
+
+    fn clear(&mut self) {
+        self.cells.clear();
+        self.ends.clear();
+    }
+}
+
+/// Builds one index b-tree from entries given in order.
+struct Builder<'a, 'p> {
+    out: &'a mut PageOut<'p>,
+    levels: Vec<Level>,
+    max_local: usize,
+    min_local: usize,
+    rec: Vec<u8>,
+    cell: Vec<u8>,
+    cols: Vec<u8>,
+    col_ends: Vec<usize>,
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    if v <= 0x7f {
+        out.push(v as u8);
+        return;
+    }
+    if v > 0x00ff_ffff_ffff_ffff {
+        // Nine bytes: eight of 7 bits, then a full byte.
+        let mut b = [0u8; 9];
+        b[8] = v as u8;
+        let mut x = v >> 8;
+        for i in (0..8).rev() {
+            b[i] = ((x & 0x7f) as u8) | 0x80;
+            x >>= 7;
+        }
+        out.extend_from_slice(&b);
+        return;
+    }
+    let mut tmp = [0u8; 9];
+    let mut n = 0;
+    let mut x = v;
+    while x > 0 {
+        tmp[n] = ((x & 0x7f) as u8) | 0x80;
+        x >>= 7;
+        n += 1;
+    }
+    tmp[0] &= 0x7f;
+    for i in (0..n).rev() {
+        out.push(tmp[i]);
+    }
+}
+
+fn varint_len(v: u64) -> usize {
+    let mut tmp = Vec::with_capacity(9);
+    put_varint(&mut tmp, v);
+    tmp.len()
+}
+
+/// Serial type and byte width of an integer, as SQLite chooses them.
+fn int_type(v: i64, format4: bool) -> (u64, usize) {
+    if format4 && v == 0 {
+        return (8, 0);
+    }
+    if format4 && v == 1 {
+        return (9, 0);
+    }
+    let u = if v < 0 { !v } else { v } as u64;
+    match u {
+        0..=127 => (1, 1),
+        128..=32767 => (2, 2),
+        32768..=8_388_607 => (3, 3),
+        8_388_608..=2_147_483_647 => (4, 4),
+        2_147_483_648..=0x7fff_ffff_ffff => (5, 6),
+        _ => (6, 8),
+    }
+}
+
+impl<'a, 'p> Builder<'a, 'p> {
+    fn new(out: &'a mut PageOut<'p>) -> Self {
+        let u = out.hdr.usable;
+        Self {
+            out,
+            levels: vec![Level::default()],
+            max_local: (u - 12) * 64 / 255 - 23,
+            min_local: (u - 12) * 32 / 255 - 23,
+            rec: Vec::new(),
+            cell: Vec::new(),
+            cols: Vec::new(),
+            col_ends: Vec::new(),
+        }
+    }
+
+    /// Adds an entry (a key as [`collect`] stores it, without the length prefix) of `k` key columns.
+    fn add(&mut self, e: &[u8], k: usize) -> Result<()> {
+        let corrupt = || C1zError::State("malformed index key in a sort run");
+        if e.len() < 8 {
+            return Err(corrupt());
+        }
+        // The columns back from their sortable form.
+        let body = &e[..e.len() - 8];
+        self.cols.clear();
+        self.col_ends.clear();
+        let mut i = 0;
+        for _ in 0..k {
+            loop {
+                let p = body
+                    .get(i..)
+                    .and_then(|r| r.iter().position(|&b| b == 0))
+                    .ok_or_else(corrupt)?;
+                self.cols.extend_from_slice(&body[i..i + p]);
+                i += p;
+                match body.get(i + 1) {
+                    Some(0) => {
+                        i += 2;
+                        break;
+                    }
+                    Some(_) => {
+                        self.cols.push(0);
+                        i += 2;
+                    }
+                    None => return Err(corrupt()),
+                }
+            }
+            self.col_ends.push(self.cols.len());
+        }
+        // The record: header size, serial types (TEXT n = 2n + 13, the row id's integer type), values.
+        let rowid = rowid_of(e);
+        let (rt, rw) = int_type(rowid, self.out.hdr.format4);
+        let mut types = [0u64; 8];
+        let mut hdr_len = varint_len(rt);
+        let mut start = 0;
+        for (t, &end) in types.iter_mut().zip(&self.col_ends) {
+            *t = 2 * (end - start) as u64 + 13;
+            start = end;
+            hdr_len += varint_len(*t);
+        }
+        // The header size counts its own varint.
+        let hdr_size = if hdr_len < 127 {
+            hdr_len + 1
+        } else {
+            hdr_len + varint_len(hdr_len as u64 + 2)
+        };
+        self.rec.clear();
+        put_varint(&mut self.rec, hdr_size as u64);
+        for t in &types[..k] {
+            put_varint(&mut self.rec, *t);
+        }
+        put_varint(&mut self.rec, rt);
+        if self.rec.len() != hdr_size {
+            return Err(C1zError::State("index record header size mismatch"));
+        }
+        self.rec.extend_from_slice(&self.cols);
+        self.rec.extend_from_slice(&rowid.to_be_bytes()[8 - rw..]);
+        // The cell's payload part: size, local bytes, and the first overflow page when it does not fit.
+        let p = self.rec.len();
+        self.cell.clear();
+        put_varint(&mut self.cell, p as u64);
+        if p <= self.max_local {
+            self.cell.extend_from_slice(&self.rec);
+        } else {
+            let u = self.out.hdr.usable;
+            let kk = self.min_local + (p - self.min_local) % (u - 4);
+            let local = if kk <= self.max_local { kk } else { self.min_local };
+            self.cell.extend_from_slice(&self.rec[..local]);
+            self.cell.extend_from_slice(&self.out.next.to_be_bytes());
+            let rest = &self.rec[local..];
+            let chunks: Vec<&[u8]> = rest.chunks(u - 4).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                self.out.page.fill(0);
+                let next = if i + 1 < chunks.len() {
+                    self.out.next + 1
+                } else {
+                    0
+                };
+                self.out.page[..4].copy_from_slice(&next.to_be_bytes());
+                self.out.page[4..4 + chunk.len()].copy_from_slice(chunk);
+                self.out.append()?;
+            }
+        }
+        let cell = std::mem::take(&mut self.cell);
+        let r = self.push(0, &cell);
+        self.cell = cell;
+        r
+    }
+
+    fn fits(&self, level: usize, cell_len: usize) -> bool {
+        let l = &self.levels[level];
+        let hdr = if level == 0 { 8 } else { 12 };
+        hdr + 2 * (l.ends.len() + 1) + l.cells.len() + cell_len <= self.out.hdr.usable
+    }
+
+    /// Adds a cell (for an interior level: left child first) to `level`.
+    fn push(&mut self, level: usize, cell: &[u8]) -> Result<()> {
+        if self.levels.len() <= level {
+            self.levels.push(Level::default());
+        }
+        if self.levels[level].held.is_none() {
+            if self.fits(level, cell.len()) {
+                self.levels[level].push(cell);
+            } else {
+                self.levels[level].held = Some(cell.to_vec());
+            }
+            return Ok(());
+        }
+        // The page is full and its held cell is followed by this one: the page is done, the held cell
+        // becomes the divider above it, and this one starts the next page.
+        let held = self.levels[level].held.take().unwrap_or_default();
+        let up = if level == 0 {
+            let pg = self.write_page(0, 0)?;
+            let mut up = pg.to_be_bytes().to_vec();
+            up.extend_from_slice(&held);
+            up
+        } else {
+            let right = u32::from_be_bytes([held[0], held[1], held[2], held[3]]);
+            let pg = self.write_page(level, right)?;
+            let mut up = pg.to_be_bytes().to_vec();
+            up.extend_from_slice(&held[4..]);
+            up
+        };
+        self.levels[level].clear();
+        self.push(level + 1, &up)?;
+        self.levels[level].push(cell);
+        Ok(())
+    }
+
+    /// Writes the current page of `level` (with `right` as the right-most child of an interior page).
+    fn write_page(&mut self, level: usize, right: u32) -> Result<u32> {
+        let usable = self.out.hdr.usable;
+        let l = &self.levels[level];
+        let page = &mut self.out.page;
+        page.fill(0);
+        let leaf = level == 0;
+        let hdr = if leaf { 8 } else { 12 };
+        let n = l.ends.len();
+        let start = usable - l.cells.len();
+        if hdr + 2 * n > start || n > 0xffff {
+            return Err(C1zError::State("index page overflow"));
+        }
+        page[0] = if leaf { 0x0a } else { 0x02 };
+        page[3..5].copy_from_slice(&(n as u16).to_be_bytes());
+        // 65536 is stored as 0.
+        page[5..7].copy_from_slice(&((start & 0xffff) as u16).to_be_bytes());
+        if !leaf {
+            page[8..12].copy_from_slice(&right.to_be_bytes());
+        }
+        page[start..usable].copy_from_slice(&l.cells);
+        let mut at = start;
+        for i in 0..n {
+            page[hdr + 2 * i..hdr + 2 * i + 2].copy_from_slice(&(at as u16).to_be_bytes());
+            at += l.cell(i).len();
+        }
+        self.out.append()
+    }
+
+    /// Writes the last page of every level; returns the root page.
+    fn finish(mut self) -> Result<u32> {
+        let mut level = 0;
+        let mut right = 0u32;
+        loop {
+            let held = self.levels[level].held.take();
+            let pg = match held {
+                None => self.write_page(level, right)?,
+                Some(h) => {
+                    // The page's own last cell goes up as the divider; the held cell alone makes the last
+                    // page of the level.
+                    if self.levels[level].ends.len() < 2 {
+                        return Err(C1zError::State("index page holds fewer than three cells"));
+                    }
+                    let last = self.levels[level].pop();
+                    let (left_right, payload) = if level == 0 {
+                        (0, &last[..])
+                    } else {
+                        (
+                            u32::from_be_bytes([last[0], last[1], last[2], last[3]]),
+                            &last[4..],
+                        )
+                    };
+                    let a = self.write_page(level, left_right)?;
+                    let mut up = a.to_be_bytes().to_vec();
+                    up.extend_from_slice(payload);
+                    self.levels[level].clear();
+                    self.levels[level].push(&h);
+                    let b = self.write_page(level, right)?;
+                    self.push(level + 1, &up)?;
+                    b
+                }
+            };
+            if level + 1 >= self.levels.len() {
+                return Ok(pg);
+            }
+            right = pg;
+            level += 1;
+        }
+    }
+}
+
+/// A source of sorted entries for the merge.
+enum Source<'a> {
+    File(BufReader<&'a File>),
+    Mem(&'a Runs, usize),
+}
+
+impl Source<'_> {
+    /// Reads the next entry (without its length prefix) into `buf`; false at the end.
+    fn next(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+        match self {
+            Source::File(r) => {
+                let mut len = [0u8; 4];
+                match r.read_exact(&mut len) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+                buf.resize(u32::from_le_bytes(len) as usize, 0);
+                r.read_exact(buf)?;
+                Ok(true)
+            }
+            Source::Mem(runs, i) => {
+                let Some(&(_, off)) = runs.sorted.get(*i) else {
+                    return Ok(false);
+                };
+                *i += 1;
+                buf.clear();
+                buf.extend_from_slice(runs.entry(off));
+                Ok(true)
+            }
+        }
+    }
+}
+
+struct Head {
+    entry: Vec<u8>,
+    src: usize,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Head {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap.
+        o.entry.cmp(&self.entry)
+    }
+}
+
+/// Writes the b-trees of `specs` (gathered in `keys`) after the last page of the database at `path`.
+/// Returns each index's root page and the new size in pages, or `None` when a unique index has a
+/// duplicate key (nothing is registered then; the caller cuts the file back to `hdr.pages`).
+pub(crate) fn write_indexes(
+    path: &Path,
+    hdr: &DbHeader,
+    specs: &[Spec],
+    keys: &mut Collected,
+) -> Result<Option<(Vec<u32>, u32)>> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(C1zError::io("open", path))?;
+    f.seek(SeekFrom::Start(hdr.pages as u64 * hdr.page_size as u64))
+        .map_err(C1zError::io("seek in", path))?;
+    let mut out = PageOut {
+        w: BufWriter::with_capacity(1 << 20, f),
+        next: hdr.pages + 1,
+        page: vec![0u8; hdr.page_size],
+        hdr: *hdr,
+        path,
+    };
+    let mut roots = Vec::with_capacity(specs.len());
+    for (spec, runs) in specs.iter().zip(keys.runs.iter_mut()) {
+        let k = spec.cols.len();
+        for f in &mut runs.files {
+            f.seek(SeekFrom::Start(0))
+                .map_err(C1zError::io("rewind a sort run of", path))?;
+        }
+        let runs = &*runs;
+        let mut sources: Vec<Source> = runs
+            .files
+            .iter()
+            .map(|f| Source::File(BufReader::with_capacity(256 << 10, f)))
+            .collect();
+        sources.push(Source::Mem(runs, 0));
+        let mut heap = BinaryHeap::with_capacity(sources.len());
+        let io_fail = |e: std::io::Error| C1zError::io("read a sort run of", path)(e);
+        for (i, s) in sources.iter_mut().enumerate() {
+            let mut entry = Vec::new();
+            if s.next(&mut entry).map_err(io_fail)? {
+                heap.push(Head { entry, src: i });
+            }
+        }
+        let mut b = Builder::new(&mut out);
+        let mut prev: Vec<u8> = Vec::new();
+        let mut first = true;
+        while let Some(mut head) = heap.pop() {
+            if spec.unique && !first && same_key(&prev, &head.entry) {
+                return Ok(None);
+            }
+            first = false;
+            b.add(&head.entry, k)?;
+            if spec.unique {
+                prev.clear();
+                prev.extend_from_slice(&head.entry);
+            }
+            if sources[head.src].next(&mut head.entry).map_err(io_fail)? {
+                heap.push(head);
+            }
+        }
+        roots.push(b.finish()?);
+    }
+    let pages = out.next - 1;
+    out.w
+        .flush()
+        .map_err(C1zError::io("write index pages to", path))?;
+    Ok(Some((roots, pages)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_match_sqlite() {
+        let cases: [(u64, &[u8]); 5] = [
+            (0, &[0]),
+            (127, &[0x7f]),
+            (128, &[0x81, 0x00]),
+            (16383, &[0xff, 0x7f]),
+            (16384, &[0x81, 0x80, 0x00]),
+        ];
+        for (v, want) in cases {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out, want, "{v}");
+        }
+    }
+
+    #[test]
+    fn integer_serial_types() {
+        assert_eq!(int_type(1, true), (9, 0));
+        assert_eq!(int_type(1, false), (1, 1));
+        assert_eq!(int_type(200, true), (2, 2));
+        assert_eq!(int_type(3_000_000_000, true), (5, 6));
+    }
+
+    /// Builds every grant index directly into small-page databases (512-byte pages: many levels, overflow
+    /// pages and spilled runs even with a few hundred rows) for each row count below 100 and two larger
+    /// ones, so that every way a level can end is met; SQLite's `integrity_check` must be ok and each index
+    /// must list the rows in the order of a sorted table scan.
+    #[test]
+    fn small_pages_every_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs: Vec<Spec> = crate::schema::BULK_INDEXES.iter().filter_map(Spec::of).collect();
+        assert_eq!(specs.len(), 4);
+        let counts: Vec<u64> = (0..100).chain([300, 1_500]).collect();
+        for n in counts {
+            let path = dir.path().join(format!("db{n}"));
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("PRAGMA page_size=512; PRAGMA journal_mode=OFF;")
+                .unwrap();
+            c.execute_batch(crate::schema::TABLES).unwrap();
+            let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut rnd = |m: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % m
+            };
+            for i in 0..n {
+                let text = |len: u64, tag: u64| {
+                    let mut s = format!("{tag:x}é");
+                    while (s.len() as u64) < len {
+                        s.push_str("日z");
+                    }
+                    s
+                };
+                let rid = text(rnd(150), rnd(5));
+                let pid = text(rnd(40), rnd(20));
+                let ext = format!("{}:{i}", text(rnd(300), rnd(1000)));
+                c.execute(
+                    "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
+                       principal_resource_id, external_id, data, sync_id, discovered_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, x'00', ?7, '')",
+                    rusqlite::params![
+                        if rnd(2) == 0 { "group" } else { "role" },
+                        rid,
+                        format!("{rid}:member"),
+                        "user",
+                        pid,
+                        ext,
+                        if rnd(3) == 0 { "sync-a" } else { "sync-b" }
+                    ],
+                )
+                .unwrap();
+            }
+            let mut keys = collect(&c, &specs, dir.path(), 4096).unwrap().unwrap();
+            assert_eq!(keys.rows, n);
+            let pages: u32 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+            drop(c);
+            let hdr = read_header(&path).unwrap().unwrap();
+            assert_eq!(hdr.pages, pages);
+            let (roots, end) = write_indexes(&path, &hdr, &specs, &mut keys).unwrap().unwrap();
+            set_size(&path, &hdr, end).unwrap();
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("BEGIN; PRAGMA writable_schema=ON;").unwrap();
+            for (s, root) in specs.iter().zip(&roots) {
+                c.execute(
+                    "INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ('index', ?1, 'v1_grants', ?2, ?3)",
+                    rusqlite::params![s.name, root, s.sql],
+                )
+                .unwrap();
+            }
+            c.execute_batch("PRAGMA writable_schema=OFF; PRAGMA schema_version=100; COMMIT;")
+                .unwrap();
+            drop(c);
+            let c = Connection::open(&path).unwrap();
+            let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+            assert_eq!(ok, "ok", "{n} rows");
+            for s in &specs {
+                let cols = s.cols.iter().map(|&i| COLUMNS[i]).collect::<Vec<_>>().join(", ");
+                let q = |hint: &str| -> Vec<(String, i64)> {
+                    let sql = format!("SELECT {cols}, id FROM v1_grants {hint} ORDER BY {cols}, id");
+                    let mut st = c.prepare(&sql).unwrap();
+                    let k = s.cols.len();
+                    st.query_map([], |r| {
+                        let mut key = String::new();
+                        for i in 0..k {
+                            key.push_str(&r.get::<_, String>(i)?);
+                            key.push('\u{1}');
+                        }
+                        Ok((key, r.get(k)?))
+                    })
+                    .unwrap()
+                    .collect::<std::result::Result<_, _>>()
+                    .unwrap()
+                };
+                assert_eq!(
+                    q(&format!("INDEXED BY {}", s.name)),
+                    q("NOT INDEXED"),
+                    "{} at {n} rows",
+                    s.name
+                );
+            }
+        }
+    }
+}
