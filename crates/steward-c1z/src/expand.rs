@@ -19,12 +19,13 @@
 //! are read once (one pass over the table when many entitlements take part, else one index range each)
 //! into memory as (entitlement, principal) → (row id, sources), with principals and entitlement names
 //! interned; the edges are then applied in memory; finally the new grants are inserted in creation order
-//! in key order (entitlement, principal) and the changed ones updated in row order. The writer runs
-//! expansion before it builds the non-unique grant indexes (and, without possible duplicates, the unique
-//! one), so the new grants are only appended to the table. When a caller has those indexes and the new
-//! grants are many (at least 20,000 and a quarter of the table), they are dropped while the grants go in
-//! and built again afterwards (one sort each is cheaper than that many random inserts into 64 KiB index
-//! pages); without the entitlement index, holders are read in one pass over the table. Grants are not decoded on
+//! in key order (entitlement, principal) and the changed ones updated in row order. The writer usually
+//! runs expansion before it builds the grant indexes, so the new grants are only appended to the table
+//! (on a resumed sync, or one too large for its grant ids to be tracked, it builds them before). When
+//! those indexes exist and the new grants are many (at least 20,000 and a quarter of the table), the
+//! non-unique ones are dropped while the grants go in and built again afterwards (one sort each is
+//! cheaper than that many random inserts into 64 KiB index pages) — by [`expand_grants`] with SQLite, or
+//! by the writer, which writes their b-tree pages itself; without the entitlement index, holders are read in one pass over the table. Grants are not decoded on
 //! the common path: the embedded principal and `sources` are located by scanning the top-level protobuf
 //! fields, and a new grant's bytes are assembled from the target entitlement (encoded once), the principal
 //! as embedded in the first of its grants read, the id, the `GrantImmutable` annotation and the sources —
@@ -78,6 +79,17 @@ struct EdgeAttr {
 /// Expands the grants of `sync_id` in place. Needs the unique indexes of `v1_entitlements` and `v1_grants`;
 /// the non-unique grant indexes are used when they exist (the writer builds them after expansion).
 pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Result<ExpandStats> {
+    expand(conn, sync_id, max_depth, true)
+}
+
+/// [`expand_grants`]; without `rebuild`, the non-unique grant indexes it drops for many new grants are
+/// left for the caller to build (the writer writes them as b-tree pages).
+pub(crate) fn expand(
+    conn: &Connection,
+    sync_id: &str,
+    max_depth: usize,
+    rebuild: bool,
+) -> Result<ExpandStats> {
     let edges = load_edges(conn, sync_id)?;
     if edges.is_empty() {
         return Ok(ExpandStats::default());
@@ -97,6 +109,7 @@ pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Resu
     }
     let comp = tarjan(&adj);
     let mut x = Expander::new(conn, sync_id, &names)?;
+    x.rebuild = rebuild;
     x.stats.edges = edges.len() as u64;
     let t = std::time::Instant::now();
     x.load()?;
@@ -540,6 +553,8 @@ struct Expander<'c> {
     created: Vec<(u32, u32)>,
     targets: HashMap<u32, Option<Rc<Target>>>,
     stats: ExpandStats,
+    /// Build the indexes dropped for many new grants again at the end.
+    rebuild: bool,
 }
 
 impl<'c> Expander<'c> {
@@ -568,6 +583,7 @@ impl<'c> Expander<'c> {
             created: Vec::new(),
             targets: HashMap::new(),
             stats: ExpandStats::default(),
+            rebuild: true,
         })
     }
 
@@ -892,7 +908,7 @@ impl<'c> Expander<'c> {
             "c1z expansion: grants updated"
         );
         let t = std::time::Instant::now();
-        for idx in dropped {
+        for idx in dropped.into_iter().filter(|_| self.rebuild) {
             self.conn.execute_batch(idx.ddl)?;
         }
         tracing::debug!(

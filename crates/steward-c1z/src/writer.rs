@@ -8,7 +8,10 @@
 //! grants and marks the sync finished. Those remaining grant indexes are written as b-tree pages directly
 //! (`btree`: one pass over the grants for all their keys, sorted runs merged into pages appended to the
 //! file, then registered in `sqlite_schema`); SQLite's `CREATE INDEX` is the fallback for what that does
-//! not handle (a key that is not TEXT, a duplicate id). While grants are written the writer remembers the entitlements and
+//! not handle (a key that is not TEXT, a duplicate id). When the unique grant index is needed before
+//! expansion, all four grant indexes are written that way before it (SQLite maintains them through
+//! expansion; those it drops for many new grants are written again after it), and only a duplicate id
+//! sends the unique one to SQLite's build that resolves it. While grants are written the writer remembers the entitlements and
 //! principals they reference and a hash of each grant id (up to 2M grants, not for a resumed sync), so that
 //! the end needs no extra pass over the grants to find dangling references or possible duplicates. [`C1zWriter::finish`] (after checkpointing a WAL an
 //! older version left) compresses the database into `<target>` atomically and deletes the working file.
@@ -828,6 +831,15 @@ impl C1zWriter {
             ..Default::default()
         };
         let t = Instant::now();
+        // Without a possible duplicate grant id, the unique grant index is built after expansion too.
+        let defer_unique = refs.as_ref().is_some_and(|r| !r.maybe_duplicate);
+        // When the unique grant index must exist before expansion (a resumed sync, or one too large for
+        // its grant ids to be tracked), all four grant indexes are written as pages now, in one pass over
+        // the grants; a duplicate id makes that give up, and SQLite's unique build below resolves it.
+        // Expansion then maintains them (or drops the non-unique ones for many new grants: they are
+        // written again below).
+        let grant_indexes: Vec<&BulkIndex> = BULK_INDEXES.iter().filter(|i| i.table == "v1_grants").collect();
+        let early_direct = !defer_unique && self.write_grant_indexes(&grant_indexes)?;
         if !self.opts.crash_safe {
             // A failed CREATE UNIQUE INDEX (duplicates) must roll back, which needs a journal; in memory it
             // costs little because index pages are appended, not overwritten. Expansion, which rewrites
@@ -845,9 +857,10 @@ impl C1zWriter {
         // The unique indexes (they resolve duplicates) and those of the small tables first; the three
         // non-unique grant indexes only after expansion, so that they are built once over every grant
         // instead of being built, dropped for expansion's inserts and built again.
-        // Without a possible duplicate grant id, the unique grant index is built after expansion too.
-        let defer_unique = refs.as_ref().is_some_and(|r| !r.maybe_duplicate);
-        report.duplicates_removed = self.build_indexes(&sync_id, true, |i| !late_index(i, defer_unique))?;
+        report.duplicates_removed = self.build_indexes(&sync_id, true, |i| {
+            let written = early_direct && i.table == "v1_grants";
+            !late_index(i, defer_unique) && !written
+        })?;
         let mut index_ms = t.elapsed().as_millis() as u64;
         self.commit()?;
         if !self.opts.crash_safe {
@@ -861,19 +874,27 @@ impl C1zWriter {
             tracing::debug!(ms = t.elapsed().as_millis() as u64, "c1z: dangling rows checked");
         }
         let t = Instant::now();
-        report.expansion = expand::expand_grants(&self.conn, &sync_id, self.opts.max_expansion_depth)?;
+        report.expansion = expand::expand(&self.conn, &sync_id, self.opts.max_expansion_depth, false)?;
         report.expand_ms = t.elapsed().as_millis() as u64;
         let t = Instant::now();
         drop(refs);
         // A duplicate here can only be a grant expansion created under an id another grant has: an
         // error, as inserting it into the unique index would have been (the direct build leaves such a
         // case, and keys it cannot write, to SQLite's CREATE INDEX).
-        let late: Vec<&BulkIndex> = BULK_INDEXES
-            .iter()
-            .filter(|i| late_index(i, defer_unique))
-            .collect();
-        if !self.write_grant_indexes(&late)? {
-            self.build_indexes(&sync_id, false, |i| late_index(i, defer_unique))?;
+        // The grant indexes not built yet: all four, or the three non-unique ones, or those expansion
+        // dropped.
+        let mut late: Vec<&BulkIndex> = Vec::new();
+        for idx in grant_indexes {
+            let exists = self
+                .conn
+                .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?
+                .exists([idx.name])?;
+            if !exists {
+                late.push(idx);
+            }
+        }
+        if !late.is_empty() && !self.write_grant_indexes(&late)? {
+            self.build_indexes(&sync_id, false, |i| late.iter().any(|l| l.name == i.name))?;
         }
         index_ms += t.elapsed().as_millis() as u64;
         report.index_ms = index_ms;

@@ -363,3 +363,70 @@ fn an_interrupted_index_build_leaves_no_unused_pages() {
     let uv: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(uv, 0);
 }
+
+/// A resumed sync (grant ids not tracked): all four grant indexes are written before expansion, SQLite
+/// maintains them through expansion, which drops the non-unique ones for its 24,000 new grants; those
+/// are written again afterwards. Every index is sound and complete.
+#[test]
+fn resumed_sync_with_a_large_expansion() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("resumed.c1z");
+    let ut = builders::resource_type("user", "User", &[Trait::User]);
+    let gt = builders::resource_type("group", "Group", &[Trait::Group]);
+    let users: Vec<Resource> = (0..300)
+        .map(|i| ResourceBuilder::new("user", &long_id(i, 40), "U").build())
+        .collect();
+    let hub = ResourceBuilder::new("group", "hub-ö", "hub").group().build();
+    let groups: Vec<Resource> = (0..80)
+        .map(|i| {
+            ResourceBuilder::new("group", &long_id(5_000 + i, 30), "G")
+                .group()
+                .build()
+        })
+        .collect();
+    let all_types = [ut.clone(), gt.clone()];
+    let ent =
+        |g: &Resource| builders::entitlement(g, "member", "member", PurposeValue::Assignment, &all_types);
+    let hub_ent = ent(&hub);
+    let ents: Vec<Entitlement> = groups.iter().map(ent).chain([hub_ent.clone()]).collect();
+    let mut grants: Vec<Grant> = users.iter().map(|u| builders::grant(&hub_ent, u)).collect();
+    for e in &ents[..groups.len()] {
+        grants.push(builders::expandable(
+            builders::grant(e, &hub),
+            &[hub_ent.id.as_str()],
+        ));
+    }
+    let t = Tenant {
+        types: vec![ut, gt],
+        resources: users.into_iter().chain(groups).chain([hub]).collect(),
+        ents,
+        grants,
+    };
+    let opts = WriterOptions {
+        crash_safe: true,
+        auto_commit_rows: None,
+        ..Default::default()
+    };
+    let sync = {
+        let mut w = C1zWriter::create_with(&p, opts.clone()).unwrap();
+        let id = w.begin_sync(SyncType::Full).unwrap();
+        put_all(&mut w, &t, &t.grants[..100]);
+        w.checkpoint("part").unwrap();
+        id
+    };
+    let mut w = C1zWriter::open_with(&p, opts).unwrap();
+    w.resume_sync(&sync).unwrap();
+    for g in &t.grants[100..] {
+        w.put_grant(g).unwrap();
+    }
+    let rep = w.end_sync().unwrap();
+    w.finish().unwrap();
+    assert_eq!(rep.expansion.grants_created, 24_000);
+    let r = C1zReader::open(&p).unwrap();
+    check(r.db_path());
+    let c = Connection::open(r.db_path()).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM v1_grants", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 380 + 24_000);
+}
