@@ -5,8 +5,8 @@
 //! the indexes to build at once: per index, the key columns and the row id in a form whose bytewise
 //! order is SQLite's order of the entries ([`push_key_col`], [`push_rowid`]), appended to a run buffer.
 //! When the buffers reach their share of a fixed budget ([`RUN_BUDGET`] in all), each is sorted (7 key
-//! bytes at a time, [`Runs::sort`]) and spilled to an unnamed temporary file next to the database, so
-//! memory stays flat in the grant count.
+//! bytes at a time, [`Runs::sort`]) and spilled to an unnamed temporary file next to the database (keys
+//! front-coded, [`Runs::spill`]), so memory stays flat in the grant count.
 //! [`write_indexes`] then, with no SQLite connection open on the database, merges each index's runs
 //! (k-way, a binary heap) and appends its b-tree pages to the end of the database file, in SQLite's file
 //! format (<https://www.sqlite.org/fileformat2.html>): index leaf pages (0x0a) and interior index pages
@@ -195,15 +195,26 @@ impl Runs {
         self.sorted = sorted;
     }
 
+    /// Sorts the buffer and writes it to a temporary file, each key as the length of the prefix it
+    /// shares with the one before, its remaining length (both LEB128) and the remaining bytes: sorted
+    /// keys share long prefixes (the same entitlement, principal, or whole key but the row id), so the
+    /// runs are a fraction of the keys' size.
     fn spill(&mut self, dir: &Path) -> Result<()> {
         self.sort();
         let f = tempfile::tempfile_in(dir).map_err(C1zError::io("create a sort run in", dir))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut prev: &[u8] = &[];
+        let mut head = Vec::with_capacity(10);
         for &(_, off) in &self.sorted {
-            let o = off as usize;
-            let len = u32_le(&self.arena, o) as usize;
-            w.write_all(&self.arena[o..o + 4 + len])
+            let key = self.entry(off);
+            let shared = prev.iter().zip(key).take_while(|(a, b)| a == b).count();
+            head.clear();
+            put_leb(&mut head, shared as u64);
+            put_leb(&mut head, (key.len() - shared) as u64);
+            w.write_all(&head)
+                .and_then(|()| w.write_all(&key[shared..]))
                 .map_err(C1zError::io("write a sort run in", dir))?;
+            prev = key;
         }
         let f = w
             .into_inner()
@@ -212,6 +223,36 @@ impl Runs {
         self.arena.clear();
         self.sorted.clear();
         Ok(())
+    }
+}
+
+fn put_leb(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 number; `None` at the end of the input before its first byte.
+fn read_leb(r: &mut impl Read) -> std::io::Result<Option<u64>> {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let mut b = [0u8; 1];
+        match r.read_exact(&mut b) {
+            Ok(()) => {}
+            Err(e) if shift == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        if shift > 63 {
+            return Err(std::io::Error::other("sort run: number too long"));
+        }
+        v |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] < 0x80 {
+            return Ok(Some(v));
+        }
+        shift += 7;
     }
 }
 
@@ -352,8 +393,41 @@ struct PageOut<'a> {
 }
 
 impl PageOut<'_> {
+    /// SQLite's lock-byte page: the page holding byte 2^30 of the file is never part of a b-tree
+    /// (`integrity_check` reports a reference to it as a second reference), so numbering skips it.
+    fn lock_page(&self) -> u32 {
+        u32::try_from((1u64 << 30) / self.hdr.page_size as u64 + 1).unwrap_or(u32::MAX)
+    }
+
+    /// The number [`append`](Self::append) gives the next page.
+    fn next_no(&self) -> u32 {
+        if self.next == self.lock_page() {
+            self.next.saturating_add(1)
+        } else {
+            self.next
+        }
+    }
+
+    /// The number of the page after that one.
+    fn after_next_no(&self) -> u32 {
+        let n = self.next_no().saturating_add(1);
+        if n == self.lock_page() {
+            n.saturating_add(1)
+        } else {
+            n
+        }
+    }
+
     /// Writes `self.page` as the next page and returns its number.
     fn append(&mut self) -> Result<u32> {
+        if self.next == self.lock_page() {
+            // Left as zeros, as SQLite leaves it.
+            let zeros = vec![0u8; self.page.len()];
+            self.w
+                .write_all(&zeros)
+                .map_err(C1zError::io("write index pages to", self.path))?;
+            self.next += 1;
+        }
         let pgno = self.next;
         self.w
             .write_all(&self.page)
@@ -553,13 +627,13 @@ impl<'a, 'p> Builder<'a, 'p> {
             let kk = self.min_local + (p - self.min_local) % (u - 4);
             let local = if kk <= self.max_local { kk } else { self.min_local };
             self.cell.extend_from_slice(&self.rec[..local]);
-            self.cell.extend_from_slice(&self.out.next.to_be_bytes());
+            self.cell.extend_from_slice(&self.out.next_no().to_be_bytes());
             let rest = &self.rec[local..];
             let chunks: Vec<&[u8]> = rest.chunks(u - 4).collect();
             for (i, chunk) in chunks.iter().enumerate() {
                 self.out.page.fill(0);
                 let next = if i + 1 < chunks.len() {
-                    self.out.next + 1
+                    self.out.after_next_no()
                 } else {
                     0
                 };
@@ -696,14 +770,18 @@ impl Source<'_> {
     fn next(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {
         match self {
             Source::File(r) => {
-                let mut len = [0u8; 4];
-                match r.read_exact(&mut len) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-                    Err(e) => return Err(e),
+                // `buf` holds this run's previous key, whose prefix the next one shares.
+                let Some(shared) = read_leb(r)? else {
+                    return Ok(false);
+                };
+                let rest = read_leb(r)?.ok_or_else(|| std::io::Error::other("sort run: cut short"))?;
+                let (shared, rest) = (shared as usize, rest as usize);
+                if shared > buf.len() || rest > u32::MAX as usize {
+                    return Err(std::io::Error::other("sort run: malformed key"));
                 }
-                buf.resize(u32::from_le_bytes(len) as usize, 0);
-                r.read_exact(buf)?;
+                buf.truncate(shared);
+                buf.resize(shared + rest, 0);
+                r.read_exact(&mut buf[shared..])?;
                 Ok(true)
             }
             Source::Mem(runs, i) => {
@@ -815,6 +893,51 @@ pub(crate) fn write_indexes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_numbers_skip_the_lock_byte_page() {
+        // 64 KiB pages: byte 2^30 is on page 16,385. Pages are appended from 16,383 on (a sparse file).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pages");
+        let mut f = File::create(&path).unwrap();
+        let size = 65536usize;
+        f.seek(SeekFrom::Start(16_382 * size as u64)).unwrap();
+        let hdr = DbHeader {
+            page_size: size,
+            usable: size,
+            pages: 16_382,
+            change_counter: 1,
+            format4: true,
+        };
+        let mut out = PageOut {
+            w: BufWriter::new(f),
+            next: 16_383,
+            page: vec![7u8; size],
+            hdr,
+            path: &path,
+        };
+        assert_eq!((out.next_no(), out.after_next_no()), (16_383, 16_384));
+        assert_eq!(out.append().unwrap(), 16_383);
+        assert_eq!((out.next_no(), out.after_next_no()), (16_384, 16_386));
+        assert_eq!(out.append().unwrap(), 16_384);
+        assert_eq!((out.next_no(), out.after_next_no()), (16_386, 16_387));
+        assert_eq!(out.append().unwrap(), 16_386);
+        assert_eq!(out.next, 16_387);
+        out.w.flush().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16_386 * size as u64);
+        // The four pages written (not the sparse gigabyte before them).
+        let mut f = File::open(&path).unwrap();
+        f.seek(SeekFrom::Start(16_382 * size as u64)).unwrap();
+        let mut bytes = vec![0u8; 4 * size];
+        f.read_exact(&mut bytes).unwrap();
+        let page = |n: usize| &bytes[(n - 16_383) * size..(n - 16_382) * size];
+        assert!(page(16_384).iter().all(|b| *b == 7));
+        assert!(
+            page(16_385).iter().all(|b| *b == 0),
+            "the lock-byte page holds nothing"
+        );
+        assert!(page(16_386).iter().all(|b| *b == 7));
+    }
 
     #[test]
     fn varints_match_sqlite() {
