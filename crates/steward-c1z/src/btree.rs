@@ -26,7 +26,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use rusqlite::Connection;
@@ -234,25 +234,39 @@ fn put_leb(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Reads a LEB128 number; `None` at the end of the input before its first byte.
-fn read_leb(r: &mut impl Read) -> std::io::Result<Option<u64>> {
+/// Reads a LEB128 number from the reader's buffer; `None` at the end of the input before its first byte.
+fn read_leb(r: &mut impl BufRead) -> std::io::Result<Option<u64>> {
     let mut v = 0u64;
     let mut shift = 0;
     loop {
-        let mut b = [0u8; 1];
-        match r.read_exact(&mut b) {
-            Ok(()) => {}
-            Err(e) if shift == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
-        }
-        if shift > 63 {
-            return Err(std::io::Error::other("sort run: number too long"));
-        }
-        v |= u64::from(b[0] & 0x7f) << shift;
-        if b[0] < 0x80 {
+        let (used, done) = {
+            let buf = r.fill_buf()?;
+            if buf.is_empty() {
+                if shift == 0 {
+                    return Ok(None);
+                }
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut used = 0;
+            let mut done = false;
+            for &b in buf {
+                used += 1;
+                if shift > 63 {
+                    return Err(std::io::Error::other("sort run: number too long"));
+                }
+                v |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b < 0x80 {
+                    done = true;
+                    break;
+                }
+            }
+            (used, done)
+        };
+        r.consume(used);
+        if done {
             return Ok(Some(v));
         }
-        shift += 7;
     }
 }
 
@@ -937,6 +951,24 @@ mod tests {
             "the lock-byte page holds nothing"
         );
         assert!(page(16_386).iter().all(|b| *b == 7));
+    }
+
+    #[test]
+    fn leb_numbers_read_back_across_buffer_ends() {
+        let values = [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64, u64::MAX];
+        let mut bytes = Vec::new();
+        for v in values {
+            put_leb(&mut bytes, v);
+        }
+        for cap in [1, 2, 3, 64] {
+            let mut r = BufReader::with_capacity(cap, bytes.as_slice());
+            for v in values {
+                assert_eq!(read_leb(&mut r).unwrap(), Some(v), "capacity {cap}");
+            }
+            assert_eq!(read_leb(&mut r).unwrap(), None);
+        }
+        let mut cut = BufReader::new(&[0x80u8][..]);
+        assert!(read_leb(&mut cut).is_err(), "a number cut short");
     }
 
     #[test]
