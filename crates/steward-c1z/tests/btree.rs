@@ -430,3 +430,36 @@ fn resumed_sync_with_a_large_expansion() {
         .unwrap();
     assert_eq!(n, 380 + 24_000);
 }
+
+/// Syncs added to a file whose oldest one `finish` then deletes (Baton keeps two full syncs): SQLite
+/// deletes its rows through the b-trees written directly, and the file stays sound.
+#[test]
+fn old_syncs_deleted_through_directly_written_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("three.c1z");
+    let t = tenant(40, 30, 3);
+    for i in 0..3 {
+        let mut w = if i == 0 {
+            C1zWriter::create(&p)
+        } else {
+            C1zWriter::open(&p)
+        }
+        .unwrap();
+        w.begin_sync(SyncType::Full).unwrap();
+        put_all(&mut w, &t, &t.grants);
+        w.end_sync().unwrap();
+        w.finish().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let r = C1zReader::open(&p).unwrap();
+    check(r.db_path());
+    let c = Connection::open(r.db_path()).unwrap();
+    let (syncs, n): (i64, i64) = c
+        .query_row(
+            "SELECT count(DISTINCT sync_id), count(*) FROM v1_grants",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((syncs, n), (2, 2 * t.grants.len() as i64));
+}
