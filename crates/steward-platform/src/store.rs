@@ -348,6 +348,8 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 //   dropped, new one attached — so no index is maintained row by row. `grant_partitions` names each
 //   connector's partition. A rollback drops the new table and leaves the old partition attached.
 
+/// PostgreSQL, identity source: [`LINK_BY_OBJECT_ID`]'s rows, from the identities staged by this ingest.
+const LINK_STAGED_IDENTITIES: &str = "INSERT INTO account_links (connector_id, resource_type, resource_id, identity_id, matched_by) SELECT $1, kind, id, id, 'object_id' FROM steward_ingest_identities WHERE kind IN ('user', 'managed_identity')";
 const LINK_BY_OBJECT_ID: &str = "INSERT INTO account_links (connector_id, resource_type, resource_id, identity_id, matched_by) SELECT r.connector_id, r.resource_type, r.resource_id, i.id, 'object_id' FROM resources r JOIN identities i ON i.id = r.resource_id WHERE r.connector_id = $1 AND r.resource_type IN ('user', 'managed_identity')";
 
 /// Links the connector's users to identities by a lowercased attribute not linked yet (`upn` or `email`).
@@ -1083,11 +1085,19 @@ async fn load_pg(
             .execute(&mut *tx)
             .await?;
     }
-    st.accounts_linked += sqlx::query(LINK_BY_OBJECT_ID)
-        .bind(cid)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    // An identity source's users and managed identities are each linked to the identity they just
+    // became: those are exactly the staged rows (one per such resource), so they are linked from the
+    // staging table rather than by joining every resource to `identities` (a nested loop of one index probe
+    // per user: the planner has no statistics for the rows loaded in this transaction).
+    st.accounts_linked += sqlx::query(if identity_source {
+        LINK_STAGED_IDENTITIES
+    } else {
+        LINK_BY_OBJECT_ID
+    })
+    .bind(cid)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     if !identity_source {
         for col in ["upn", "email"] {
             st.accounts_linked += sqlx::query(AssertSqlSafe(link_by_sql(col)))
