@@ -82,6 +82,26 @@ impl std::fmt::Display for SyncType {
     }
 }
 
+/// Of sync runs given in row order as (`ended_at`, `sync_type`), the index of the latest finished one (by
+/// `ended_at`; of two that ended at the same time, the later row) of `kind`, or of any kind. The rule
+/// readers use to pick a file's sync; the platform's stream reader applies it to rows it decodes itself.
+pub fn latest_finished<'a>(
+    runs: impl IntoIterator<Item = (Option<&'a str>, &'a str)>,
+    kind: Option<SyncType>,
+) -> Option<usize> {
+    let mut best: Option<(usize, &str)> = None;
+    for (i, (ended, t)) in runs.into_iter().enumerate() {
+        let Some(ended) = ended else { continue };
+        if kind.is_some_and(|k| SyncType::parse(t) != Some(k)) {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| ended >= b) {
+            best = Some((i, ended));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 /// One row of `v1_sync_runs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRun {
@@ -131,4 +151,24 @@ pub(crate) fn list_sync_runs(conn: &rusqlite::Connection) -> Result<Vec<SyncRun>
         .query_map([], SyncRun::from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_finished_takes_the_last_ended_of_a_kind_and_the_later_row_on_a_tie() {
+        let runs = [
+            (Some("2026-01-02"), "full"),
+            (None, "full"),
+            (Some("2026-01-03"), "partial"),
+            (Some("2026-01-02"), ""),
+            (Some("2026-01-01"), "full"),
+        ];
+        assert_eq!(latest_finished(runs, Some(SyncType::Full)), Some(3));
+        assert_eq!(latest_finished(runs, None), Some(2));
+        assert_eq!(latest_finished(runs, Some(SyncType::ResourcesOnly)), None);
+        assert_eq!(latest_finished([(None, "full")], None), None);
+    }
 }

@@ -298,14 +298,12 @@ impl C1zReader {
 
     /// The latest finished sync (by `ended_at`) of `kind`, or of any kind.
     pub fn latest_finished_sync(&self, kind: Option<SyncType>) -> Result<Option<SyncRun>> {
-        let mut runs: Vec<SyncRun> = self
-            .sync_runs()?
-            .into_iter()
-            .filter(|r| r.ended_at.is_some())
-            .filter(|r| kind.is_none_or(|k| SyncType::parse(&r.sync_type) == Some(k)))
-            .collect();
-        runs.sort_by(|a, b| a.ended_at.cmp(&b.ended_at));
-        Ok(runs.pop())
+        let mut runs = self.sync_runs()?;
+        let i = crate::latest_finished(
+            runs.iter().map(|r| (r.ended_at.as_deref(), r.sync_type.as_str())),
+            kind,
+        );
+        Ok(i.map(|i| runs.swap_remove(i)))
     }
 
     fn sid(&self) -> Result<&str> {

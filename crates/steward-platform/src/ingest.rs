@@ -959,37 +959,32 @@ fn choose_sync(path: &Path, page_size: usize, usable: usize, schema: &StreamSche
     if page.first() != Some(&13) {
         return None;
     }
-    // (sync id, full, ended_at) of the finished runs, in row order.
-    let mut runs: Vec<(Vec<u8>, bool, Vec<u8>)> = Vec::new();
-    let mut count = 0;
+    // (sync id, ended_at, sync_type) of every run, in row order.
+    let mut runs: Vec<(&[u8], Option<&str>, &str)> = Vec::new();
     for (payload, spills) in leaf_cells(&page, 0, usable)? {
         if spills {
             return None;
         }
         let v = record(payload)?;
         let Val::Text(sid) = v[sync] else { return None };
-        count += 1;
-        let Val::Text(at) = v[ended] else { continue };
-        let full = match kind.map(|k| v[k]) {
-            None | Some(Val::Null) => true,
-            Some(Val::Text(t)) => {
-                std::str::from_utf8(t).ok().and_then(steward_c1z::SyncType::parse)
-                    == Some(steward_c1z::SyncType::Full)
-            }
+        let ended = match v[ended] {
+            Val::Text(t) => Some(std::str::from_utf8(t).ok()?),
+            _ => None,
+        };
+        let kind = match kind.map(|k| v[k]) {
+            None | Some(Val::Null) => "",
+            Some(Val::Text(t)) => std::str::from_utf8(t).ok()?,
             Some(_) => return None,
         };
-        runs.push((sid.to_vec(), full, at.to_vec()));
+        runs.push((sid, ended, kind));
     }
-    if count < 2 {
+    if runs.len() < 2 {
         return None;
     }
-    let latest = |full_only: bool| {
-        let mut r: Vec<&(Vec<u8>, bool, Vec<u8>)> = runs.iter().filter(|r| r.1 || !full_only).collect();
-        // Stable: of two runs that ended at the same time, the later row wins, as in the reader.
-        r.sort_by(|a, b| a.2.cmp(&b.2));
-        r.pop().map(|r| r.0.clone())
-    };
-    latest(true).or_else(|| latest(false))
+    let pairs = || runs.iter().map(|r| (r.1, r.2));
+    let i = steward_c1z::latest_finished(pairs(), Some(steward_c1z::SyncType::Full))
+        .or_else(|| steward_c1z::latest_finished(pairs(), None))?;
+    Some(runs[i].0.to_vec())
 }
 
 /// Feeds every row of the stream's sync to `sink` (grants first, as they arrive; then the resources with
