@@ -12,7 +12,7 @@
 //!
 //! Run: `cargo bench -p steward-c1z --bench write_grants` (set `STEWARD_BENCH_DIR` to choose the disk;
 //! `STEWARD_BENCH_ZSTD_LEVEL` to try another zstd level; `STEWARD_BENCH_CRASH_SAFE=1` for the crash-safe
-//! journalled working database the sync engine uses).
+//! journalled working database the sync engine uses; `STEWARD_BENCH_NO_READ=1` to skip the read-back).
 
 use std::time::Instant;
 
@@ -182,9 +182,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         c1 - c0
     );
     println!(
-        "end_sync: {end_s:8.2} s  (CPU {:.2} s; indexes {} ms, expansion {} ms: {} grants created, {} updated)",
+        "end_sync: {end_s:8.2} s  (CPU {:.2} s; indexes {} ms (keys of {} grants gathered during put), expansion {} ms: {} grants created, {} updated)",
         c2 - c1,
         rep.index_ms,
+        rep.index_keys_gathered,
         rep.expand_ms,
         rep.expansion.grants_created,
         rep.expansion.grants_updated
@@ -212,6 +213,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         vm_rss_kib() / 1024
     );
 
+    // `STEWARD_BENCH_NO_READ=1`: only the write (a 10 M read-back takes minutes and another 6 GB of disk).
+    if std::env::var("STEWARD_BENCH_NO_READ").is_ok_and(|v| v == "1") {
+        return Ok(());
+    }
     reset_hwm();
     let t3 = Instant::now();
     // No decoded-size cap here: the full shape at 10M grants exceeds the 10 GiB that Baton readers accept.

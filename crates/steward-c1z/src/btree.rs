@@ -6,7 +6,11 @@
 //! order is SQLite's order of the entries ([`push_key_col`], [`push_rowid`]), appended to a run buffer.
 //! When the buffers reach their share of a fixed budget ([`RUN_BUDGET`] in all), each is sorted (7 key
 //! bytes at a time, [`Runs::sort`]) and spilled to an unnamed temporary file next to the database (keys
-//! front-coded, [`Runs::spill`]), so memory stays flat in the grant count.
+//! front-coded, [`Runs::spill`]), so memory stays flat in the grant count. The writer usually gathers
+//! the same keys while it inserts the grants instead ([`Gatherer`]: the same entries, built by a
+//! background thread from the values the writer binds and the row ids its rows get, full runs sorted and
+//! spilled there too), and adds only the rows it did not insert with [`collect_rows`] (row-id ranges of
+//! the table).
 //! [`write_indexes`] then, with no SQLite connection open on the database, merges each index's runs
 //! (k-way, a binary heap) and appends its b-tree pages to the end of the database file, in SQLite's file
 //! format (<https://www.sqlite.org/fileformat2.html>): index leaf pages (0x0a) and interior index pages
@@ -270,67 +274,280 @@ fn read_leb(r: &mut impl BufRead) -> std::io::Result<Option<u64>> {
     }
 }
 
-/// One pass over every row of `v1_grants`, gathering the keys of `specs` (sorted runs of `budget` bytes
-/// in all). `None` when a key column holds
-/// something other than TEXT (the caller then lets SQLite build the indexes).
-pub(crate) fn collect(
-    conn: &Connection,
-    specs: &[Spec],
-    dir: &Path,
-    budget: usize,
-) -> Result<Option<Collected>> {
-    let share = budget / specs.len().max(1);
-    let mut runs: Vec<Runs> = specs
-        .iter()
-        .map(|_| Runs {
+/// Appends the entry of one row to `run`: `vals` are the row's values of [`COLUMNS`], `id` its row id.
+/// False when the run buffer would pass 4 GiB (offsets are `u32`).
+fn push_entry(run: &mut Runs, spec: &Spec, vals: &[&[u8]; 7], id: i64) -> bool {
+    let off = run.arena.len();
+    run.arena.extend_from_slice(&[0; 4]);
+    for &c in &spec.cols {
+        push_key_col(&mut run.arena, vals[c]);
+    }
+    push_rowid(&mut run.arena, id);
+    let len = run.arena.len() - off - 4;
+    if run.arena.len() > u32::MAX as usize {
+        return false;
+    }
+    run.arena[off..off + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    let key = &run.arena[off + 4..];
+    run.sorted.push((chunk_at(key, 0), off as u32));
+    true
+}
+
+impl Runs {
+    fn with_capacity(share: usize) -> Self {
+        Self {
             files: Vec::new(),
             // Reserved (not yet touched) so that filling it never copies it.
             arena: Vec::with_capacity(share + (64 << 10)),
             sorted: Vec::new(),
-        })
-        .collect();
-    let mut st = conn.prepare(&format!("SELECT id, {} FROM v1_grants", COLUMNS.join(", ")))?;
-    let mut rows = st.query([])?;
-    let mut n = 0u64;
-    let mut spilled = 0;
+        }
+    }
+}
+
+impl Collected {
+    /// No keys yet, for `specs`' indexes.
+    fn empty(specs: &[Spec], budget: usize) -> Self {
+        let share = budget / specs.len().max(1);
+        Self {
+            runs: specs.iter().map(|_| Runs::with_capacity(share)).collect(),
+            rows: 0,
+            spilled: 0,
+        }
+    }
+
+    /// Sorts the last, in-memory run of each index (after the last row was added).
+    pub(crate) fn sort_last(&mut self) {
+        for run in &mut self.runs {
+            run.sort();
+        }
+    }
+}
+
+/// Adds the keys of `specs` of the `v1_grants` rows `filter` selects (SQL after `FROM v1_grants`, with
+/// `args`) to `keys`, whose in-memory runs are spilled when they reach their share of `budget`. False
+/// when a key column holds something other than TEXT (the caller then lets SQLite build the indexes).
+pub(crate) fn collect_rows(
+    conn: &Connection,
+    specs: &[Spec],
+    dir: &Path,
+    budget: usize,
+    keys: &mut Collected,
+    filter: &str,
+    args: impl rusqlite::Params,
+) -> Result<bool> {
+    let share = budget / specs.len().max(1);
+    let mut st = conn.prepare(&format!(
+        "SELECT id, {} FROM v1_grants {filter}",
+        COLUMNS.join(", ")
+    ))?;
+    let mut rows = st.query(args)?;
     while let Some(r) = rows.next()? {
         let id = r.get::<_, i64>(0)?;
         let mut vals: [&[u8]; 7] = [&[]; 7];
         for (i, v) in vals.iter_mut().enumerate() {
             match r.get_ref(i + 1)? {
                 ValueRef::Text(t) => *v = t,
-                _ => return Ok(None),
+                _ => return Ok(false),
             }
         }
-        n += 1;
-        for (spec, run) in specs.iter().zip(runs.iter_mut()) {
-            let off = run.arena.len();
-            run.arena.extend_from_slice(&[0; 4]);
-            for &c in &spec.cols {
-                push_key_col(&mut run.arena, vals[c]);
+        keys.rows += 1;
+        for (spec, run) in specs.iter().zip(keys.runs.iter_mut()) {
+            if !push_entry(run, spec, &vals, id) {
+                return Ok(false);
             }
-            push_rowid(&mut run.arena, id);
-            let len = run.arena.len() - off - 4;
-            if run.arena.len() > u32::MAX as usize {
-                return Ok(None);
-            }
-            run.arena[off..off + 4].copy_from_slice(&(len as u32).to_le_bytes());
-            let key = &run.arena[off + 4..];
-            run.sorted.push((chunk_at(key, 0), off as u32));
             if run.arena.len() >= share {
                 run.spill(dir)?;
-                spilled += 1;
+                keys.spilled += 1;
             }
         }
     }
-    for run in &mut runs {
-        run.sort();
+    Ok(true)
+}
+
+/// One pass over every row of `v1_grants`, gathering the keys of `specs` (sorted runs of `budget` bytes
+/// in all). `None` when a key column holds something other than TEXT (the caller then lets SQLite build
+/// the indexes).
+pub(crate) fn collect(
+    conn: &Connection,
+    specs: &[Spec],
+    dir: &Path,
+    budget: usize,
+) -> Result<Option<Collected>> {
+    let mut keys = Collected::empty(specs, budget);
+    if !collect_rows(conn, specs, dir, budget, &mut keys, "", [])? {
+        return Ok(None);
     }
-    Ok(Some(Collected {
-        runs,
-        rows: n,
-        spilled,
-    }))
+    keys.sort_last();
+    Ok(Some(keys))
+}
+
+/// Rows handed to the gathering thread: their values of [`COLUMNS`] in one buffer and their row ids.
+#[derive(Default)]
+struct RowBatch {
+    bytes: Vec<u8>,
+    /// Per row, the end offsets of its values in `bytes` (each starts where the previous one ends).
+    ends: Vec<[usize; 7]>,
+    ids: Vec<i64>,
+}
+
+/// Bytes of row values sent to the gathering thread at a time.
+const ROW_BATCH_BYTES: usize = 256 << 10;
+
+/// Row batches that can wait for the gathering thread (while it sorts and spills a run).
+const ROW_BATCHES_QUEUED: usize = 32;
+
+impl RowBatch {
+    fn push(&mut self, vals: &[&[u8]; 7], id: i64) {
+        let mut ends = [0usize; 7];
+        for (e, v) in ends.iter_mut().zip(vals) {
+            self.bytes.extend_from_slice(v);
+            *e = self.bytes.len();
+        }
+        self.ends.push(ends);
+        self.ids.push(id);
+    }
+
+    /// Adds every row's entries to `keys` (spilling full runs); false when one does not fit.
+    fn add_to(&self, specs: &[Spec], keys: &mut Collected, share: usize, dir: &Path) -> Result<bool> {
+        let mut start = 0;
+        for (ends, &id) in self.ends.iter().zip(&self.ids) {
+            let mut vals: [&[u8]; 7] = [&[]; 7];
+            for (v, &end) in vals.iter_mut().zip(ends) {
+                *v = &self.bytes[start..end];
+                start = end;
+            }
+            keys.rows += 1;
+            for (spec, run) in specs.iter().zip(keys.runs.iter_mut()) {
+                if !push_entry(run, spec, &vals, id) {
+                    return Ok(false);
+                }
+                if run.arena.len() >= share {
+                    run.spill(dir)?;
+                    keys.spilled += 1;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.ids.clear();
+    }
+}
+
+/// The keys of the grant indexes gathered while the writer inserts the rows (instead of a pass over the
+/// table at the end). The writer hands over each inserted row's values and row id; they are copied into
+/// a batch, and full batches go to a background thread that builds the entries exactly as [`collect`]
+/// does, sorts full runs and spills them to unnamed temporary files — so that building, sorting and
+/// spilling overlap the inserts (on another core). The writer's thread only copies the values. Memory:
+/// the runs (`budget`) plus at most [`ROW_BATCHES_QUEUED`] batches waiting for the thread.
+pub(crate) struct Gatherer {
+    names: Vec<&'static str>,
+    batch: RowBatch,
+    jobs: Option<std::sync::mpsc::SyncSender<RowBatch>>,
+    free: std::sync::mpsc::Receiver<RowBatch>,
+    worker: Option<std::thread::JoinHandle<Result<Option<Collected>>>>,
+}
+
+impl Gatherer {
+    /// Starts gathering the keys of `specs` (runs of `budget` bytes in all, spilled into `dir`).
+    pub(crate) fn new(specs: Vec<Spec>, dir: &Path, budget: usize) -> Result<Self> {
+        let share = budget / specs.len().max(1);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<RowBatch>(ROW_BATCHES_QUEUED);
+        let (give_back, free) = std::sync::mpsc::channel::<RowBatch>();
+        let names = specs.iter().map(|s| s.name).collect();
+        let tdir = dir.to_owned();
+        let worker = std::thread::Builder::new()
+            .name("c1z-index-keys".into())
+            .spawn(move || -> Result<Option<Collected>> {
+                let mut keys = Collected::empty(&specs, budget);
+                let mut ok = true;
+                for mut batch in queue {
+                    if ok {
+                        ok = batch.add_to(&specs, &mut keys, share, &tdir)?;
+                    }
+                    batch.clear();
+                    // The writer may have stopped gathering: then nobody takes the batch back.
+                    let _ = give_back.send(batch);
+                }
+                Ok(ok.then_some(keys))
+            })
+            .map_err(C1zError::io("start the index key thread for", dir))?;
+        Ok(Self {
+            names,
+            batch: RowBatch::default(),
+            jobs: Some(jobs),
+            free,
+            worker: Some(worker),
+        })
+    }
+
+    /// The names of the indexes whose keys are gathered, in order.
+    pub(crate) fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// Adds one inserted row (`vals`: its values of [`COLUMNS`]; `id`: its row id).
+    pub(crate) fn add(&mut self, vals: &[&[u8]; 7], id: i64) -> Result<()> {
+        self.batch.push(vals, id);
+        if self.batch.bytes.len() >= ROW_BATCH_BYTES {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the current batch to the thread.
+    fn send(&mut self) -> Result<()> {
+        let fresh = self.free.try_recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.batch, fresh);
+        let sent = self.jobs.as_ref().is_some_and(|j| j.send(full).is_ok());
+        if !sent {
+            // The thread stopped: its error says why.
+            self.join()?;
+            return Err(C1zError::State("the index key thread stopped"));
+        }
+        Ok(())
+    }
+
+    /// Waits for the thread to take in every row sent.
+    fn join(&mut self) -> Result<Option<Collected>> {
+        self.jobs = None;
+        match self.worker.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| C1zError::State("the index key thread panicked"))?,
+            None => Err(C1zError::State("the index key thread is gone")),
+        }
+    }
+
+    /// The gathered keys (the last runs not sorted yet: more rows may be added with [`collect_rows`],
+    /// then [`Collected::sort_last`]); `None` when a key could not be gathered.
+    pub(crate) fn finish(mut self) -> Result<Option<Collected>> {
+        if !self.batch.ids.is_empty() {
+            self.send()?;
+        }
+        self.join()
+    }
+}
+
+impl Drop for Gatherer {
+    fn drop(&mut self) {
+        // Let the thread finish what it was given (its files are unnamed: closing them frees them).
+        self.jobs = None;
+        if let Some(h) = self.worker.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The specs of every `v1_grants` bulk index in build order (the unique one first: a duplicate stops the
+/// build before the others are written); `None` if one is not a kind [`collect`] handles.
+pub(crate) fn grant_specs(indexes: &[&BulkIndex]) -> Option<Vec<Spec>> {
+    let mut specs = indexes.iter().map(|i| Spec::of(i)).collect::<Option<Vec<_>>>()?;
+    specs.sort_by_key(|s| !s.unique);
+    Some(specs)
 }
 
 /// The facts of page 1's header that the b-tree writer needs.

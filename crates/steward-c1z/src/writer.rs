@@ -11,9 +11,20 @@
 //! not handle (a key that is not TEXT, a duplicate id). When the unique grant index is needed before
 //! expansion, all four grant indexes are written that way before it (SQLite maintains them through
 //! expansion; those it drops for many new grants are written again after it), and only a duplicate id
-//! sends the unique one to SQLite's build that resolves it. While grants are written the writer remembers the entitlements and
-//! principals they reference and a hash of each grant id (up to 2M grants, not for a resumed sync), so that
-//! the end needs no extra pass over the grants to find dangling references or possible duplicates. [`C1zWriter::finish`] (after checkpointing a WAL an
+//! sends the unique one to SQLite's build that resolves it.
+//!
+//! While grants are written the writer remembers the entitlements and principals they reference and a
+//! hash of each grant id (up to [`WriterOptions::track_grant_ids`]; none of it for a resumed sync), so
+//! that the end needs no extra pass over the grants to find dangling references or possible duplicates.
+//! It also knows the row id each grant gets (the table's largest + 1: only its grant inserts append to
+//! the table during a sync; checked after every insert) and hands each inserted row's key columns to a
+//! background thread that gathers the keys of the four grant indexes (`btree::Gatherer`: entries built,
+//! full runs sorted and spilled there while the inserts go on), so the first direct index build of
+//! `end_sync` reads from the table only the rows those keys do not cover — other syncs' rows (ids below
+//! the sync's first) and rows expansion added (ids above its last). The gathered keys live only in this
+//! process (runs in unnamed temporary files next to the working database): a resumed sync, a failed
+//! insert or commit, or a grant row deleted before the build (a dangling reference dropped, a duplicate
+//! resolved) falls back to the pass over the table. [`C1zWriter::finish`] (after checkpointing a WAL an
 //! older version left) compresses the database into `<target>` atomically and deletes the working file.
 //!
 //! Crash safety: committed transactions survive a kill of the process (a transaction cut short leaves a hot
@@ -72,6 +83,14 @@ pub struct WriterOptions {
     /// checkpoint: ≈ 8 GB of 20.7 GB on the large Azure tenant.) Without it the journal is off and a
     /// leftover working database is discarded instead of resumed.
     pub crash_safe: bool,
+    /// Grant ids whose hashes the writer keeps while a sync is written (8 bytes each), so that the unique
+    /// grant index can wait until after expansion when no two ids collide; past it the index is built
+    /// before expansion, where a duplicate is resolved.
+    pub track_grant_ids: usize,
+    /// Memory in KiB for the sorted runs of the grant index keys, gathered while grants are written or
+    /// read from the table at the end (each of the four indexes an equal share; a full share is sorted
+    /// and spilled to a temporary file).
+    pub sort_run_kib: usize,
 }
 
 impl Default for WriterOptions {
@@ -85,6 +104,8 @@ impl Default for WriterOptions {
             cache_kib: 16 * 1024,
             index_cache_kib: 32 * 1024,
             crash_safe: false,
+            track_grant_ids: TRACK_MAX_GRANTS,
+            sort_run_kib: btree::RUN_BUDGET >> 10,
         }
     }
 }
@@ -108,53 +129,200 @@ pub struct EndReport {
     pub index_ms: u64,
     /// Milliseconds spent expanding.
     pub expand_ms: u64,
+    /// Grants whose index keys were gathered while they were written (the grant indexes were then built
+    /// without reading them back); 0 when the keys came from a pass over the table.
+    pub index_keys_gathered: u64,
 }
 
 struct Active {
     sync_id: String,
     sync_type: SyncType,
     /// What the grants of this sync reference, gathered as they are written; `None` when the sync was
-    /// resumed (rows from before the crash are not in it) or grew past [`TRACK_MAX_GRANTS`].
+    /// resumed (rows from before the crash are not in it).
     refs: Option<GrantRefs>,
+    /// The row id the next grant gets: SQLite gives a row without an id the table's largest + 1, and only
+    /// the writer's grant inserts append to the table while a sync is written, so the ids are known
+    /// without reading them back (checked against `last_insert_rowid` after every insert).
+    next_grant_id: i64,
+    /// The grant index keys of the rows this sync inserted; `None` for a resumed sync (rows from before
+    /// the crash are not in it) or once something made them unusable (a failed insert or commit).
+    gather: Option<Gathering>,
 }
 
-/// Grants tracked in [`GrantRefs`] at most (≈ 40 MiB of hashes); a larger sync is checked by SQL.
+/// Grant index keys gathered while this process inserted the sync's grants: every row with an id in
+/// `start_id..` up to the sync's `next_grant_id` (rows of other syncs are below it; rows expansion adds
+/// are above it).
+struct Gathering {
+    keys: btree::Gatherer,
+    start_id: i64,
+}
+
+/// Gathered keys handed to the first grant index build of [`C1zWriter::end_sync`]: the rows below
+/// `start_id` and from `end_id` on are read from the table.
+struct Gathered {
+    keys: btree::Gatherer,
+    start_id: i64,
+    end_id: i64,
+}
+
+/// Grant ids whose hashes [`GrantRefs`] keeps at most (≈ 40 MiB); past it, a possible duplicate id is
+/// assumed (the unique grant index is then built before expansion, where a duplicate is resolved).
 const TRACK_MAX_GRANTS: usize = 2_000_000;
 
+/// A fast non-cryptographic hasher for the sets of [`GrantRefs`] (the ids come from the connector, not an
+/// attacker who could aim at collisions, and a collision of id hashes only costs the slower path): FxHash
+/// over 8-byte words, finished with a 64-bit mix so that every bit of the result depends on the input.
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.word(u64::from_le_bytes(b));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(b));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.word(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.word(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.word(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // murmur3's fmix64.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+type FastBuild = std::hash::BuildHasherDefault<FastHasher>;
+
+/// A set of values that are hashes already: the hasher passes the value through.
+#[derive(Default, Clone, Copy)]
+struct PassHasher(u64);
+
+impl std::hash::Hasher for PassHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = i;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The distinct entitlements and principals the current sync's grants reference, and a hash of each grant
-/// id: at the end of the sync, dangling references are checked without a pass over the grants, and when
-/// no two grant ids collide the unique grant index can be built after expansion.
+/// id (up to [`TRACK_MAX_GRANTS`]): at the end of the sync, dangling references are checked without a pass
+/// over the grants, and when no two grant ids collide the unique grant index can be built after
+/// expansion. The entitlements and principals are kept whatever the count (there are at most as many as
+/// the sync's entitlements and resources).
 #[derive(Default)]
 struct GrantRefs {
-    entitlements: HashSet<Box<str>>,
+    entitlements: HashSet<Box<str>, FastBuild>,
     /// Principal ids by principal type.
-    principals: HashMap<Box<str>, HashSet<Box<str>>>,
-    id_hashes: HashSet<u64>,
-    /// Two grant ids of the sync hashed alike (possibly a duplicate row).
+    principals: HashMap<Box<str>, HashSet<Box<str>, FastBuild>, FastBuild>,
+    /// `None` once more than [`TRACK_MAX_GRANTS`] ids were seen.
+    id_hashes: Option<HashSet<u64, std::hash::BuildHasherDefault<PassHasher>>>,
+    /// Two grant ids of the sync hashed alike (possibly a duplicate row), or too many to tell.
     maybe_duplicate: bool,
+    /// Ids tracked at most ([`WriterOptions::track_grant_ids`]).
+    max_ids: usize,
+    /// The entitlement and principal of the previous grant (connectors list grants by entitlement or by
+    /// principal, so most grants repeat one of them): known to be in the sets already.
+    /// `None` before the first grant.
+    last_entitlement: Option<String>,
+    last_principal: Option<(String, String)>,
 }
 
 impl GrantRefs {
+    fn new(max_ids: usize) -> Self {
+        Self {
+            id_hashes: Some(HashSet::default()),
+            max_ids,
+            ..Default::default()
+        }
+    }
+
     fn add(&mut self, entitlement: &str, ptype: &str, pid: &str, id: &str) {
-        if !self.entitlements.contains(entitlement) {
-            self.entitlements.insert(entitlement.into());
+        if self.last_entitlement.as_deref() != Some(entitlement) {
+            if !self.entitlements.contains(entitlement) {
+                self.entitlements.insert(entitlement.into());
+            }
+            let last = self.last_entitlement.get_or_insert_with(String::new);
+            last.clear();
+            last.push_str(entitlement);
         }
-        if !self.principals.get(ptype).is_some_and(|ids| ids.contains(pid)) {
-            self.principals
-                .entry(ptype.into())
-                .or_default()
-                .insert(pid.into());
+        if self
+            .last_principal
+            .as_ref()
+            .is_none_or(|(t, i)| i != pid || t != ptype)
+        {
+            if !self.principals.get(ptype).is_some_and(|ids| ids.contains(pid)) {
+                self.principals
+                    .entry(ptype.into())
+                    .or_default()
+                    .insert(pid.into());
+            }
+            let (t, i) = self.last_principal.get_or_insert_with(Default::default);
+            t.clear();
+            t.push_str(ptype);
+            i.clear();
+            i.push_str(pid);
         }
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(id, &mut h);
-        if !self.id_hashes.insert(std::hash::Hasher::finish(&h)) {
-            self.maybe_duplicate = true;
+        if let Some(ids) = self.id_hashes.as_mut() {
+            if ids.len() >= self.max_ids {
+                self.id_hashes = None;
+                self.maybe_duplicate = true;
+            } else {
+                let mut h = FastHasher::default();
+                std::hash::Hasher::write(&mut h, id.as_bytes());
+                if !ids.insert(std::hash::Hasher::finish(&h)) {
+                    self.maybe_duplicate = true;
+                }
+            }
         }
     }
 }
 
-/// Grant rows per multi-row `INSERT` (9 bound values each, plus the shared sync id and timestamp).
+/// Grant rows per multi-row `INSERT` ([`GRANT_VALUES`] bound values each, plus the shared sync id and
+/// timestamp).
 const GRANT_BATCH: usize = 64;
+
+/// Bound values per grant row: the six text columns, expansion, needs_expansion, data.
+const GRANT_VALUES: usize = 9;
 
 /// Grants waiting for their multi-row `INSERT`: every column's bytes in one buffer (no allocation per
 /// row), each row as the end offsets of its columns.
@@ -177,26 +345,20 @@ const GRANT_COLUMNS: &str =
     "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
    principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at) VALUES ";
 
-/// The `INSERT` of `n` grant rows: `?1` is the sync id, `?2` the timestamp, then 9 values per row.
+/// The `INSERT` of `n` grant rows: `?1` is the sync id, `?2` the timestamp, then [`GRANT_VALUES`] values
+/// per row.
 fn grant_insert_sql(n: usize) -> String {
     let mut sql = String::from(GRANT_COLUMNS);
     for i in 0..n {
-        let b = 3 + 9 * i;
+        let b = 3 + GRANT_VALUES * i;
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str(&format!(
-            "(?{},?{},?{},?{},?{},?{},?{},?{},?{},?1,?2)",
-            b,
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8
-        ));
+        sql.push('(');
+        for k in 0..GRANT_VALUES {
+            sql.push_str(&format!("?{},", b + k));
+        }
+        sql.push_str("?1,?2)");
     }
     sql
 }
@@ -215,6 +377,9 @@ pub struct C1zWriter {
     batch: GrantBatch,
     batch_sql: String,
     one_grant_sql: String,
+    /// During [`end_sync`](Self::end_sync): the keys gathered while the sync's grants were inserted, for
+    /// the first grant index build (dropped when a grant row they cover is deleted).
+    gathered: Option<Gathered>,
 }
 
 /// The indexes [`C1zWriter::end_sync`] builds after expansion: the non-unique ones of `v1_grants`, and its
@@ -382,6 +547,7 @@ impl C1zWriter {
             batch: GrantBatch::default(),
             batch_sql: grant_insert_sql(GRANT_BATCH),
             one_grant_sql: grant_insert_sql(1),
+            gathered: None,
         })
     }
 
@@ -430,10 +596,14 @@ impl C1zWriter {
             params![sync_id, timefmt::now_text(), sync_type.as_str(), parent_sync_id],
         )?;
         self.drop_bulk_indexes()?;
+        let next_grant_id = self.next_grant_id()?;
+        let gather = self.start_gathering(next_grant_id)?;
         self.active = Some(Active {
             sync_id: sync_id.clone(),
             sync_type,
-            refs: Some(GrantRefs::default()),
+            refs: Some(GrantRefs::new(self.opts.track_grant_ids)),
+            next_grant_id,
+            gather,
         });
         Ok(sync_id)
     }
@@ -457,12 +627,43 @@ impl C1zWriter {
         }
         let sync_type = SyncType::parse(&run.sync_type).unwrap_or(SyncType::Full);
         self.drop_bulk_indexes()?;
+        let next_grant_id = self.next_grant_id()?;
         self.active = Some(Active {
             sync_id: sync_id.to_owned(),
             sync_type,
             refs: None,
+            next_grant_id,
+            gather: None,
         });
         Ok(run)
+    }
+
+    /// The table's largest grant row id + 1.
+    fn next_grant_id(&self) -> Result<i64> {
+        let max: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(id), 0) FROM v1_grants", [], |r| r.get(0))?;
+        Ok(max.saturating_add(1))
+    }
+
+    /// Starts gathering the grant index keys of the rows a new sync inserts from `start_id` on (sorted
+    /// runs spilled next to the working database); `None` when the indexes are not ones it handles.
+    fn start_gathering(&self, start_id: i64) -> Result<Option<Gathering>> {
+        let indexes: Vec<&BulkIndex> = BULK_INDEXES.iter().filter(|i| i.table == "v1_grants").collect();
+        let Some(specs) = btree::grant_specs(&indexes) else {
+            return Ok(None);
+        };
+        let keys = btree::Gatherer::new(specs, &self.work_dir(), self.opts.sort_run_kib << 10)?;
+        Ok(Some(Gathering { keys, start_id }))
+    }
+
+    /// The directory of the working database (where sort runs are spilled).
+    fn work_dir(&self) -> PathBuf {
+        self.wip
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned()
     }
 
     fn drop_bulk_indexes(&mut self) -> Result<()> {
@@ -498,14 +699,40 @@ impl C1zWriter {
         Ok(())
     }
 
-    /// Inserts the batched grants: full batches with one multi-row statement, a remainder row by row.
+    /// Inserts the batched grants: full batches with one multi-row statement, a remainder row by row. Once
+    /// inserted, their index keys are gathered (under the row ids they got).
     fn flush_grants(&mut self) -> Result<()> {
         if self.batch.rows.is_empty() {
             return Ok(());
         }
-        let sync_id = &self.active()?.sync_id;
+        let r = self.insert_batch();
+        self.batch.rows.clear();
+        self.batch.bytes.clear();
+        if r.is_err()
+            && let Some(a) = self.active.as_mut()
+        {
+            // Rows of the batch may be missing: the gathered keys no longer match the table.
+            a.gather = None;
+        }
+        r
+    }
+
+    fn insert_batch(&mut self) -> Result<()> {
+        let Some(active) = self.active.as_mut() else {
+            return Err(C1zError::State(
+                "no sync in progress: call begin_sync or resume_sync first",
+            ));
+        };
+        let sync_id = active.sync_id.as_str();
         let (bytes, rows) = (&self.batch.bytes, &self.batch.rows);
-        let mut start = 0usize;
+        let col = |row: usize, k: usize| -> &[u8] {
+            let start = match (row, k) {
+                (0, 0) => 0,
+                (_, 0) => rows[row - 1].ends[7],
+                _ => rows[row].ends[k - 1],
+            };
+            &bytes[start..rows[row].ends[k]]
+        };
         let mut i = 0;
         while i < rows.len() {
             let n = if rows.len() - i >= GRANT_BATCH {
@@ -521,37 +748,63 @@ impl C1zWriter {
             let mut st = self.conn.prepare_cached(sql)?;
             st.raw_bind_parameter(1, sync_id)?;
             st.raw_bind_parameter(2, &self.now)?;
-            for (j, row) in rows[i..i + n].iter().enumerate() {
-                let base = 3 + 9 * j;
-                let mut cols: [&[u8]; 8] = [&[]; 8];
-                for (k, c) in cols.iter_mut().enumerate() {
-                    *c = &bytes[start..row.ends[k]];
-                    start = row.ends[k];
-                }
-                for (k, c) in cols.iter().take(6).enumerate() {
-                    st.raw_bind_parameter(base + k, ToSqlOutput::Borrowed(ValueRef::Text(c)))?;
+            for j in 0..n {
+                let row = &rows[i + j];
+                let base = 3 + GRANT_VALUES * j;
+                for k in 0..6 {
+                    st.raw_bind_parameter(base + k, ToSqlOutput::Borrowed(ValueRef::Text(col(i + j, k))))?;
                 }
                 let exp = if row.has_expansion {
-                    ValueRef::Blob(cols[6])
+                    ValueRef::Blob(col(i + j, 6))
                 } else {
                     ValueRef::Null
                 };
                 st.raw_bind_parameter(base + 6, ToSqlOutput::Borrowed(exp))?;
                 st.raw_bind_parameter(base + 7, row.needs_expansion as i64)?;
-                st.raw_bind_parameter(base + 8, ToSqlOutput::Borrowed(ValueRef::Blob(cols[7])))?;
+                st.raw_bind_parameter(base + 8, ToSqlOutput::Borrowed(ValueRef::Blob(col(i + j, 7))))?;
             }
             st.raw_execute()?;
+            drop(st);
+            // The rows got the ids after the table's largest, one by one: unless something else changed
+            // the table's end since the sync began (then the keys are read from the table instead).
+            let last = self.conn.last_insert_rowid();
+            if last != active.next_grant_id + n as i64 - 1 {
+                active.gather = None;
+                active.next_grant_id = last + 1 - n as i64;
+            }
+            if let Some(g) = active.gather.as_mut() {
+                for j in 0..n {
+                    // In the order of `btree`'s columns: external_id, sync_id, resource_type_id,
+                    // resource_id, entitlement_id, principal_resource_type_id, principal_resource_id.
+                    let r = i + j;
+                    let vals: [&[u8]; 7] = [
+                        col(r, 5),
+                        sync_id.as_bytes(),
+                        col(r, 0),
+                        col(r, 1),
+                        col(r, 2),
+                        col(r, 3),
+                        col(r, 4),
+                    ];
+                    g.keys.add(&vals, active.next_grant_id + j as i64)?;
+                }
+            }
+            active.next_grant_id += n as i64;
             i += n;
         }
-        self.batch.rows.clear();
-        self.batch.bytes.clear();
         Ok(())
     }
 
     fn commit(&mut self) -> Result<()> {
         self.flush_grants()?;
         if self.in_tx {
-            self.conn.execute_batch("COMMIT")?;
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                if let Some(a) = self.active.as_mut() {
+                    // The transaction may be rolled back: the gathered keys may no longer match.
+                    a.gather = None;
+                }
+                return Err(e.into());
+            }
             self.in_tx = false;
         }
         self.uncommitted = 0;
@@ -694,11 +947,7 @@ impl C1zWriter {
         if let Some(a) = self.active.as_mut()
             && let Some(refs) = a.refs.as_mut()
         {
-            if refs.id_hashes.len() >= TRACK_MAX_GRANTS {
-                a.refs = None;
-            } else {
-                refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id);
-            }
+            refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id);
         }
         let b = &mut self.batch.bytes;
         let mut ends = [0usize; 8];
@@ -826,6 +1075,24 @@ impl C1zWriter {
             }
         };
         self.commit()?;
+        self.gathered = self.active.as_mut().and_then(|a| {
+            a.gather.take().map(|g| Gathered {
+                keys: g.keys,
+                start_id: g.start_id,
+                end_id: a.next_grant_id,
+            })
+        });
+        let r = self.end_sync_with(sync_id, sync_type, refs);
+        self.gathered = None;
+        r
+    }
+
+    fn end_sync_with(
+        &mut self,
+        sync_id: String,
+        sync_type: SyncType,
+        refs: Option<GrantRefs>,
+    ) -> Result<EndReport> {
         let mut report = EndReport {
             sync_id: sync_id.clone(),
             ..Default::default()
@@ -839,7 +1106,7 @@ impl C1zWriter {
         // Expansion then maintains them (or drops the non-unique ones for many new grants: they are
         // written again below).
         let grant_indexes: Vec<&BulkIndex> = BULK_INDEXES.iter().filter(|i| i.table == "v1_grants").collect();
-        let early_direct = !defer_unique && self.write_grant_indexes(&grant_indexes)?;
+        let early_direct = !defer_unique && self.write_grant_indexes(&grant_indexes, &mut report)?;
         if !self.opts.crash_safe {
             // A failed CREATE UNIQUE INDEX (duplicates) must roll back, which needs a journal; in memory it
             // costs little because index pages are appended, not overwritten. Expansion, which rewrites
@@ -871,6 +1138,10 @@ impl C1zWriter {
         if sync_type == SyncType::Full && self.opts.drop_dangling {
             let t = Instant::now();
             self.drop_dangling(&sync_id, refs.as_ref(), &mut report)?;
+            if report.dropped_grants > 0 {
+                // Rows the gathered keys hold are gone.
+                self.gathered = None;
+            }
             tracing::debug!(ms = t.elapsed().as_millis() as u64, "c1z: dangling rows checked");
         }
         let t = Instant::now();
@@ -893,7 +1164,7 @@ impl C1zWriter {
                 late.push(idx);
             }
         }
-        if !late.is_empty() && !self.write_grant_indexes(&late)? {
+        if !late.is_empty() && !self.write_grant_indexes(&late, &mut report)? {
             self.build_indexes(&sync_id, false, |i| late.iter().any(|l| l.name == i.name))?;
         }
         index_ms += t.elapsed().as_millis() as u64;
@@ -928,29 +1199,57 @@ impl C1zWriter {
     /// later); a kill after it leaves pages no b-tree uses, which the next [`open`](Self::open) cuts
     /// off ([`undo_index_build`]). Either way the indexes are not registered and a resumed `end_sync`
     /// builds them again. The one transaction that registers them is journalled as any other.
-    fn write_grant_indexes(&mut self, late: &[&BulkIndex]) -> Result<bool> {
-        let Some(mut specs) = late
-            .iter()
-            .map(|i| btree::Spec::of(i))
-            .collect::<Option<Vec<_>>>()
-        else {
+    fn write_grant_indexes(&mut self, late: &[&BulkIndex], report: &mut EndReport) -> Result<bool> {
+        // Gathered keys serve only the first build, and only one of all four indexes.
+        let gathered = self.gathered.take();
+        let Some(specs) = btree::grant_specs(late) else {
             return Ok(false);
         };
         if specs.is_empty() {
             return Ok(true);
         }
-        // The unique index first: a duplicate stops the build before the others are written.
-        specs.sort_by_key(|s| !s.unique);
-        let dir = self
-            .wip
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
+        let dir = self.work_dir();
+        let budget = self.opts.sort_run_kib << 10;
         let t = Instant::now();
         // A sequential scan needs no page cache: its memory is better spent on the sort runs.
         self.conn.execute_batch("PRAGMA cache_size=-2048")?;
-        let Some(mut keys) = btree::collect(&self.conn, &specs, &dir, btree::RUN_BUDGET)? else {
+        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        let mut from_put = 0;
+        let keys = match gathered.filter(|g| g.keys.names() == names) {
+            Some(g) => match g.keys.finish()? {
+                // The rows of other syncs (below) and those expansion added (above), from the table.
+                Some(mut keys) => {
+                    let gathered_rows = keys.rows;
+                    let below = btree::collect_rows(
+                        &self.conn,
+                        &specs,
+                        &dir,
+                        budget,
+                        &mut keys,
+                        "WHERE id < ?1",
+                        [g.start_id],
+                    )?;
+                    let above = below
+                        && btree::collect_rows(
+                            &self.conn,
+                            &specs,
+                            &dir,
+                            budget,
+                            &mut keys,
+                            "WHERE id >= ?1",
+                            [g.end_id],
+                        )?;
+                    keys.sort_last();
+                    if above {
+                        from_put = gathered_rows;
+                    }
+                    above.then_some(keys)
+                }
+                None => btree::collect(&self.conn, &specs, &dir, budget)?,
+            },
+            None => btree::collect(&self.conn, &specs, &dir, budget)?,
+        };
+        let Some(mut keys) = keys else {
             tracing::debug!("c1z: a grant key is not text; SQLite builds the indexes");
             self.conn.execute_batch(&format!(
                 "PRAGMA cache_size=-{}",
@@ -1003,8 +1302,10 @@ impl C1zWriter {
             pass_ms,
             write_ms,
             register_ms = t.elapsed().as_millis() as u64,
+            keys_gathered_during_put = from_put,
             "c1z: grant indexes written directly"
         );
+        report.index_keys_gathered += from_put;
         Ok(true)
     }
 

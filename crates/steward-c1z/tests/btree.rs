@@ -2,7 +2,8 @@
 //! looks every table row up in every index and walks each b-tree) and by reading each index in its own
 //! order against a sorted table scan — at sizes that give three-level trees, with multi-byte UTF-8 keys,
 //! keys longer than a page's maximum local payload (overflow pages), two syncs in one file, a resumed
-//! sync with a duplicate grant, and an index build cut short by a kill.
+//! sync with a duplicate grant, an index build cut short by a kill, and keys gathered while the grants
+//! were written instead of read back from the table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -233,6 +234,10 @@ fn directly_written_grant_indexes_are_sound() {
     w.put_grant(&dup).unwrap();
     let rep1 = w.end_sync().unwrap();
     assert_eq!(rep1.duplicates_removed, 1);
+    assert_eq!(
+        rep1.index_keys_gathered, 0,
+        "a resumed sync reads its keys from the table"
+    );
     w.finish().unwrap();
     check(C1zReader::open(&p).unwrap().db_path());
 
@@ -249,6 +254,7 @@ fn directly_written_grant_indexes_are_sound() {
     put_all(&mut w, &t, &t.grants);
     let rep2 = w.end_sync().unwrap();
     assert_eq!(rep2.duplicates_removed, 0);
+    assert_eq!(rep2.index_keys_gathered, t.grants.len() as u64);
     w.finish().unwrap();
 
     let r = C1zReader::open(&p).unwrap();
@@ -364,13 +370,9 @@ fn an_interrupted_index_build_leaves_no_unused_pages() {
     assert_eq!(uv, 0);
 }
 
-/// A resumed sync (grant ids not tracked): all four grant indexes are written before expansion, SQLite
-/// maintains them through expansion, which drops the non-unique ones for its 24,000 new grants; those
-/// are written again afterwards. Every index is sound and complete.
-#[test]
-fn resumed_sync_with_a_large_expansion() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("resumed.c1z");
+/// 300 users members of a hub group, 80 groups each held by the hub through an expandable grant: expansion
+/// gives every user each of the 80 groups (24,000 new grants). 380 grants are written.
+fn hub_tenant() -> Tenant {
     let ut = builders::resource_type("user", "User", &[Trait::User]);
     let gt = builders::resource_type("group", "Group", &[Trait::Group]);
     let users: Vec<Resource> = (0..300)
@@ -396,12 +398,22 @@ fn resumed_sync_with_a_large_expansion() {
             &[hub_ent.id.as_str()],
         ));
     }
-    let t = Tenant {
+    Tenant {
         types: vec![ut, gt],
         resources: users.into_iter().chain(groups).chain([hub]).collect(),
         ents,
         grants,
-    };
+    }
+}
+
+/// A resumed sync (grant ids not tracked): all four grant indexes are written before expansion, SQLite
+/// maintains them through expansion, which drops the non-unique ones for its 24,000 new grants; those
+/// are written again afterwards. Every index is sound and complete.
+#[test]
+fn resumed_sync_with_a_large_expansion() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("resumed.c1z");
+    let t = hub_tenant();
     let opts = WriterOptions {
         crash_safe: true,
         auto_commit_rows: None,
@@ -422,6 +434,7 @@ fn resumed_sync_with_a_large_expansion() {
     let rep = w.end_sync().unwrap();
     w.finish().unwrap();
     assert_eq!(rep.expansion.grants_created, 24_000);
+    assert_eq!(rep.index_keys_gathered, 0);
     let r = C1zReader::open(&p).unwrap();
     check(r.db_path());
     let c = Connection::open(r.db_path()).unwrap();
@@ -462,4 +475,116 @@ fn old_syncs_deleted_through_directly_written_indexes() {
         )
         .unwrap();
     assert_eq!((syncs, n), (2, 2 * t.grants.len() as i64));
+}
+
+/// The grant index keys the writer gathers while it inserts a sync's grants (sorted and spilled by a
+/// background thread; here in runs of a few KiB, so hundreds of them) stand in for the pass over the
+/// table: the indexes they give must hold exactly the table's rows — with an older sync in the file
+/// (its rows read from the table), with expansion adding grants after them (read from the table too),
+/// on the path where the unique index is written before expansion (too many ids to track), with a
+/// dangling grant dropped (the gathered keys are then not used), and with a duplicate grant id.
+#[test]
+fn gathered_grant_index_keys_equal_the_table() {
+    let hub = hub_tenant();
+    let wide = tenant(60, 40, 3);
+    // (case, ids tracked, a dangling grant, a duplicate id, keys gathered used)
+    let cases: [(&str, usize, bool, bool, bool); 5] = [
+        ("tracked, expansion after", 2_000_000, false, false, true),
+        (
+            "ids not tracked, indexes before expansion",
+            10,
+            false,
+            false,
+            true,
+        ),
+        ("a dangling grant dropped", 2_000_000, true, false, false),
+        ("a duplicate id, tracked", 2_000_000, false, true, false),
+        ("a duplicate id, not tracked", 10, false, true, false),
+    ];
+    for (name, track, dangling, duplicate, used) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gathered.c1z");
+        let opts = WriterOptions {
+            keep_full_syncs: None,
+            track_grant_ids: track,
+            sort_run_kib: 16,
+            ..Default::default()
+        };
+        // An older sync in the file: its rows are below the new sync's first id.
+        let mut w = C1zWriter::create_with(&p, opts.clone()).unwrap();
+        w.begin_sync(SyncType::Full).unwrap();
+        put_all(&mut w, &wide, &wide.grants);
+        w.end_sync().unwrap();
+        w.finish().unwrap();
+        let mut w = C1zWriter::open_with(&p, opts).unwrap();
+        w.begin_sync(SyncType::Full).unwrap();
+        put_all(&mut w, &hub, &hub.grants);
+        put_all(&mut w, &wide, &wide.grants);
+        if dangling {
+            let ghost = ResourceBuilder::new("user", "ghost", "gone").build();
+            w.put_grant(&builders::grant(&wide.ents[0], &ghost)).unwrap();
+        }
+        if duplicate {
+            let mut again = wide.grants[7].clone();
+            again.entitlement.as_mut().unwrap().display_name = "changed".into();
+            w.put_grant(&again).unwrap();
+        }
+        let rep = w.end_sync().unwrap();
+        w.finish().unwrap();
+        assert_eq!(rep.expansion.grants_created, 24_000, "{name}");
+        assert_eq!(rep.dropped_grants, dangling as u64, "{name}");
+        assert_eq!(rep.duplicates_removed, duplicate as u64, "{name}");
+        let written = hub.grants.len() + wide.grants.len() + dangling as usize + duplicate as usize;
+        assert_eq!(
+            rep.index_keys_gathered,
+            if used { written as u64 } else { 0 },
+            "{name}"
+        );
+        let r = C1zReader::open(&p).unwrap();
+        check(r.db_path());
+        let c = Connection::open(r.db_path()).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM v1_grants", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            n as usize,
+            2 * wide.grants.len() + hub.grants.len() + 24_000,
+            "{name}"
+        );
+    }
+}
+
+/// The row ids the writer expects its grants to get (the table's largest + 1 when the sync began) no
+/// longer hold when an older sync's rows at the end of the table are deleted before the grants are
+/// written: the insert check notices, and the indexes are built from the table instead.
+#[test]
+fn unexpected_row_ids_fall_back_to_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ids.c1z");
+    let t = tenant(30, 20, 3);
+    let opts = WriterOptions {
+        keep_full_syncs: None,
+        ..Default::default()
+    };
+    let mut w = C1zWriter::create_with(&p, opts.clone()).unwrap();
+    let old = w.begin_sync(SyncType::Full).unwrap();
+    put_all(&mut w, &t, &t.grants);
+    w.end_sync().unwrap();
+    w.finish().unwrap();
+    let mut w = C1zWriter::open_with(&p, opts).unwrap();
+    w.begin_sync(SyncType::Full).unwrap();
+    w.delete_sync(&old).unwrap();
+    put_all(&mut w, &t, &t.grants);
+    let rep = w.end_sync().unwrap();
+    w.finish().unwrap();
+    assert_eq!(rep.index_keys_gathered, 0);
+    let r = C1zReader::open(&p).unwrap();
+    check(r.db_path());
+    let c = Connection::open(r.db_path()).unwrap();
+    let (min, n): (i64, i64) = c
+        .query_row("SELECT min(id), count(*) FROM v1_grants", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((min, n), (1, t.grants.len() as i64), "ids were reused");
 }
