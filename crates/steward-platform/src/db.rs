@@ -250,7 +250,24 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: V7_SQLITE,
         postgres: V7_POSTGRES,
     },
+    Migration {
+        version: 8,
+        name: "PostgreSQL: each grant partition indexed by entitlement id alone (its connector id is the same in every row)",
+        sqlite: "",
+        postgres: V8_POSTGRES,
+    },
 ];
+
+/// A partition holds one connector's grants, so the connector id in front of each key of its entitlement
+/// index only made the keys longer (and PostgreSQL's sort compares it, under the database's collation, for
+/// every pair). Queries name the connector, which selects the partition. The default partition, which
+/// may still hold rows from before migration 5, keeps an index by connector for the ingest's delete.
+/// SQLite keeps `(connector_id, entitlement_id)`: there one table holds every connector.
+const V8_POSTGRES: &str = r#"
+DROP INDEX grants_entitlement;
+CREATE INDEX grants_entitlement ON grants (entitlement_id);
+CREATE INDEX grants_unpartitioned_connector ON grants_unpartitioned (connector_id)
+"#;
 
 /// SQLite cannot drop a NOT NULL constraint: the table is rebuilt, its derived ids made NULL, and its
 /// indexes created again.

@@ -146,7 +146,9 @@ pub fn explicit_grant_id<'a>(
     (!derived).then_some(id)
 }
 
-/// Where [`extract`] puts the rows (in this order: resources with identities, entitlements, grants).
+/// Where [`extract`] and [`extract_stream`] put the rows: in the order the file gives them (an identity just
+/// before its resource; the stream reader interleaves the tables as their pages come, so that the writer
+/// inserts resources while grants are still being read). A sink that loads one table at a time buffers.
 pub trait Sink {
     /// A resource.
     fn resource(&mut self, r: &ResourceRow) -> Result<()>;
@@ -758,8 +760,6 @@ struct StreamState<'s, S: Sink> {
     sync_id: Option<Vec<u8>>,
     /// The rows of `v1_sync_runs`: (sync id, finished).
     runs: Vec<(Vec<u8>, bool)>,
-    resources: Vec<(Option<Identity>, ResourceRow)>,
-    entitlements: Vec<EntitlementRow>,
     n: Counts,
 }
 
@@ -905,8 +905,14 @@ impl<S: Sink> StreamState<'_, S> {
                     let Val::Blob(data) = v[data] else {
                         return Ok(Err(NotStreamable("a resource without data".into())));
                     };
-                    if let Some(r) = resource_rows(data, self.connector_id, self.identity_source)? {
-                        self.resources.push(r);
+                    if let Some((identity, r)) = resource_rows(data, self.connector_id, self.identity_source)?
+                    {
+                        if let Some(i) = identity {
+                            self.sink.identity(&i)?;
+                            self.n.identities += 1;
+                        }
+                        self.sink.resource(&r)?;
+                        self.n.resources += 1;
                     }
                 }
                 Table::Entitlements { data, sync } => {
@@ -918,7 +924,8 @@ impl<S: Sink> StreamState<'_, S> {
                     let Val::Blob(data) = v[data] else {
                         return Ok(Err(NotStreamable("an entitlement without data".into())));
                     };
-                    self.entitlements.push(entitlement_row(data)?);
+                    self.sink.entitlement(&entitlement_row(data)?)?;
+                    self.n.entitlements += 1;
                 }
                 Table::SyncRuns { sync, ended, .. } => {
                     let Val::Text(sid) = v[sync] else {
@@ -1018,8 +1025,6 @@ pub fn extract_stream(
         want: choose_sync(&path, page_size, usable, &schema),
         sync_id: None,
         runs: Vec::new(),
-        resources: Vec::new(),
-        entitlements: Vec::new(),
         n: Counts::default(),
     };
     let chunk = page_size * STREAM_CHUNK_PAGES;
@@ -1102,25 +1107,7 @@ pub fn extract_stream(
             return Ok(Extracted::Fallback("not exactly one finished sync".into()));
         }
     }
-    let StreamState {
-        sink,
-        resources,
-        entitlements,
-        mut n,
-        ..
-    } = st;
-    for (identity, r) in resources {
-        if let Some(i) = identity {
-            sink.identity(&i)?;
-            n.identities += 1;
-        }
-        sink.resource(&r)?;
-        n.resources += 1;
-    }
-    for e in entitlements {
-        sink.entitlement(&e)?;
-        n.entitlements += 1;
-    }
+    let n = st.n;
     Ok(Extracted::Done(n))
 }
 

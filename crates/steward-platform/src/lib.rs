@@ -397,7 +397,8 @@ impl Platform {
         rec.ended_at = Some(self.now());
         match r {
             Ok(st) => {
-                let secs = started.elapsed().as_secs_f64();
+                let snapshot = started.elapsed();
+                let secs = snapshot.as_secs_f64();
                 rec.log.push(format!(
                     "ingested {} resources, {} entitlements, {} grants in {:.2}s ({:.0} grants/s)",
                     st.resources,
@@ -418,6 +419,12 @@ impl Platform {
                     Ok(n) => tracing::warn!(connector = %c.id, requests = n, "drift: ended access is back"),
                     Err(e) => tracing::warn!(connector = %c.id, error = %e, "drift check failed"),
                 }
+                tracing::debug!(
+                    connector = %c.id,
+                    ?snapshot,
+                    finish = ?(started.elapsed() - snapshot),
+                    "ingest recorded"
+                );
                 Ok(rec)
             }
             Err(e) => {

@@ -787,19 +787,23 @@ const PG_COPY_ENTITLEMENTS: &str =
     "COPY entitlements (connector_id, id, resource_type, resource_id, display_name, slug) FROM STDIN";
 const PG_COPY_GRANTS: &str =
     "COPY grants (connector_id, id, entitlement_id, principal_type, principal_id, direct, via) FROM STDIN";
-/// The columns of [`PG_COPY_GRANTS`], for the COPY into the new partition.
-const PG_GRANT_COLUMNS: &str =
-    "(connector_id, id, entitlement_id, principal_type, principal_id, direct, via)";
+/// The columns the COPY into the new partition sends ([`PG_COPY_GRANTS`]' without the connector id,
+/// which the partition's default fills).
+const PG_GRANT_COLUMNS: &str = "(id, entitlement_id, principal_type, principal_id, direct, via)";
 const PG_COPY_IDENTITIES: &str = "COPY steward_ingest_identities (id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status) FROM STDIN";
 /// Bytes per COPY data message.
 const PG_CHUNK: usize = 1 << 20;
 
-/// Encodes rows in COPY text format and sends them a chunk at a time.
+/// Encodes rows in COPY text format: grants are sent a chunk at a time as they come; resources,
+/// entitlements and identities (which the stream reader interleaves with the grants) are kept, each table
+/// in its own buffer, and sent after the grants, so that every table is one COPY.
 struct PgSink<'a> {
     cid: &'a str,
     tx: mpsc::Sender<CopyMsg>,
     current: Option<&'static str>,
     buf: Vec<u8>,
+    resources: Vec<u8>,
+    entitlements: Vec<u8>,
     identities: Vec<u8>,
 }
 
@@ -864,13 +868,31 @@ impl PgSink<'_> {
         }
         Ok(())
     }
-    /// Ends the last table and sends the identities.
+    /// Ends the grants and sends the kept tables, each as one COPY in chunks of [`PG_CHUNK`].
     fn finish(mut self) -> Result<()> {
         self.end()?;
-        if !self.identities.is_empty() {
-            self.send(CopyMsg::Start(PG_COPY_IDENTITIES))?;
-            let b = std::mem::take(&mut self.identities);
-            self.send(CopyMsg::Data(b))?;
+        for (stmt, rows) in [
+            (PG_COPY_RESOURCES, std::mem::take(&mut self.resources)),
+            (PG_COPY_ENTITLEMENTS, std::mem::take(&mut self.entitlements)),
+            (PG_COPY_IDENTITIES, std::mem::take(&mut self.identities)),
+        ] {
+            if rows.is_empty() {
+                continue;
+            }
+            self.send(CopyMsg::Start(stmt))?;
+            let mut rest = rows.as_slice();
+            while !rest.is_empty() {
+                // Cut after a row's newline (COPY text rows never contain a raw one).
+                let cut = match rest
+                    .get(PG_CHUNK..)
+                    .and_then(|t| t.iter().position(|&c| c == b'\n'))
+                {
+                    Some(i) => PG_CHUNK + i + 1,
+                    None => rest.len(),
+                };
+                self.send(CopyMsg::Data(rest[..cut].to_vec()))?;
+                rest = &rest[cut..];
+            }
             self.send(CopyMsg::End)?;
         }
         Ok(())
@@ -879,9 +901,8 @@ impl PgSink<'_> {
 
 impl Sink for PgSink<'_> {
     fn resource(&mut self, r: &ResourceRow) -> Result<()> {
-        self.table(PG_COPY_RESOURCES)?;
         copy_row(
-            &mut self.buf,
+            &mut self.resources,
             &[
                 Some(self.cid),
                 Some(&r.resource_type),
@@ -914,9 +935,8 @@ impl Sink for PgSink<'_> {
         Ok(())
     }
     fn entitlement(&mut self, e: &EntitlementRow) -> Result<()> {
-        self.table(PG_COPY_ENTITLEMENTS)?;
         copy_row(
-            &mut self.buf,
+            &mut self.entitlements,
             &[
                 Some(self.cid),
                 Some(&e.id),
@@ -933,7 +953,6 @@ impl Sink for PgSink<'_> {
         copy_row(
             &mut self.buf,
             &[
-                Some(self.cid),
                 ingest::explicit_grant_id(g.id, g.entitlement_id, g.principal_type, g.principal_id),
                 Some(g.entitlement_id),
                 Some(g.principal_type),
@@ -982,8 +1001,10 @@ async fn load_pg(
         .execute(&mut *tx)
         .await?;
     for t in SNAPSHOT_TABLES {
-        // `grants` is partitioned by connector: the connector's partition is swapped below, and this
-        // only deletes rows left in the default partition from before migration 5.
+        // `grants` is partitioned by connector: the connector's partition is swapped below (deleting its
+        // rows first would only write a dead version of each), so only rows left in the default partition
+        // from before migration 5 are deleted here.
+        let t = if t == "grants" { "grants_unpartitioned" } else { t };
         sqlx::query(AssertSqlSafe(format!("DELETE FROM {t} WHERE connector_id = $1")))
             .bind(cid)
             .execute(&mut *tx)
@@ -993,12 +1014,23 @@ async fn load_pg(
     // becomes the connector's partition at the end.
     let part = format!("grants_s_{}", uuid::Uuid::new_v4().simple());
     let cid_literal = cid.replace('\'', "''");
+    // The connector id is the same in every row: a default fills it instead of 37 bytes per row sent and
+    // parsed (dropped before the table becomes a partition).
     sqlx::query(AssertSqlSafe(format!(
         "CREATE TABLE {part} (LIKE grants INCLUDING DEFAULTS, CHECK (connector_id = '{cid_literal}'))"
     )))
     .execute(&mut *tx)
     .await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "ALTER TABLE {part} ALTER COLUMN connector_id SET DEFAULT '{cid_literal}'"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    // work_mem: the identities' DISTINCT ON sort (100,000 identities spill ~23 MB at the default 4 MB).
     sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL work_mem = '64MB'")
         .execute(&mut *tx)
         .await?;
     if identity_source {
@@ -1019,6 +1051,8 @@ async fn load_pg(
             tx: ctx,
             current: None,
             buf: Vec::with_capacity(PG_CHUNK + 4096),
+            resources: Vec::new(),
+            entitlements: Vec::new(),
             identities: Vec::new(),
         };
         let n = source.extract(&owned_cid, identity_source, &mut sink)?;
@@ -1065,7 +1099,8 @@ async fn load_pg(
     // Both indexes built once over the loaded rows (sorted), matching the partitioned indexes of
     // `grants` so that ATTACH adopts them instead of building new ones.
     for ddl in [
-        format!("CREATE INDEX {part}_entitlement ON {part} (connector_id, entitlement_id)"),
+        format!("ALTER TABLE {part} ALTER COLUMN connector_id DROP DEFAULT"),
+        format!("CREATE INDEX {part}_entitlement ON {part} (entitlement_id)"),
         format!("CREATE INDEX {part}_principal ON {part} (principal_id, principal_type)"),
         format!("ANALYZE {part}"),
     ] {
@@ -1738,12 +1773,50 @@ mod tests {
                 .items
             }
         };
-        let rec = p.ingest(&c, &good, "upload", vec![]).await.unwrap();
-        assert_eq!(rec.stats.as_ref().unwrap()["grants"], 40);
         let pg = match &db_url {
             Some(u) => Some(sqlx::PgPool::connect(u).await.unwrap()),
             None => None,
         };
+        // PostgreSQL: rows left in the default partition from before migration 5, of this connector and of
+        // another one; the ingest deletes only this connector's.
+        let legacy = |pg: &sqlx::PgPool| {
+            let (pg, cid) = (pg.clone(), c.id.clone());
+            async move {
+                let mut n = [0i64; 2];
+                for (k, who) in [cid.as_str(), "legacy-other"].into_iter().enumerate() {
+                    (n[k],) =
+                        sqlx::query_as("SELECT count(*) FROM grants_unpartitioned WHERE connector_id = $1")
+                            .bind(who)
+                            .fetch_one(&pg)
+                            .await
+                            .unwrap();
+                }
+                (n[0], n[1])
+            }
+        };
+        if let Some(pg) = &pg {
+            for cid in [c.id.as_str(), "legacy-other"] {
+                sqlx::query("INSERT INTO grants (connector_id, id, entitlement_id, principal_type, principal_id, direct, via) VALUES ($1, NULL, 'group:old:member', 'user', 'old', TRUE, NULL)")
+                    .bind(cid)
+                    .execute(pg)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(legacy(pg).await, (1, 1));
+        }
+        let rec = p.ingest(&c, &good, "upload", vec![]).await.unwrap();
+        assert_eq!(rec.stats.as_ref().unwrap()["grants"], 40);
+        if let Some(pg) = &pg {
+            assert_eq!(
+                legacy(pg).await,
+                (0, 1),
+                "only the other connector's legacy row is kept"
+            );
+            sqlx::query("DELETE FROM grants WHERE connector_id = 'legacy-other'")
+                .execute(pg)
+                .await
+                .unwrap();
+        }
         // PostgreSQL: the connector's partition of `grants` (and whether that table exists).
         let partition = |pg: &sqlx::PgPool| {
             let (pg, cid) = (pg.clone(), c.id.clone());
