@@ -780,27 +780,32 @@ enum CopyMsg {
     Data(Vec<u8>),
     /// End the current COPY.
     End,
+    /// Every row was sent (without it, a closed channel means the reader stopped).
+    Finished,
 }
 
 const PG_COPY_RESOURCES: &str = "COPY resources (connector_id, resource_type, resource_id, display_name, parent, login, email, profile) FROM STDIN";
 const PG_COPY_ENTITLEMENTS: &str =
     "COPY entitlements (connector_id, id, resource_type, resource_id, display_name, slug) FROM STDIN";
-const PG_COPY_GRANTS: &str =
-    "COPY grants (connector_id, id, entitlement_id, principal_type, principal_id, direct, via) FROM STDIN";
-/// The columns the COPY into the new partition sends ([`PG_COPY_GRANTS`]' without the connector id,
-/// which the partition's default fills).
+/// The columns of `grants` the COPY into a new partition sends: all but the connector id, which the new
+/// table's default fills.
 const PG_GRANT_COLUMNS: &str = "(id, entitlement_id, principal_type, principal_id, direct, via)";
+/// The comment on a new partition's table until it is attached: a table with it that is not a partition
+/// was left by an ingest that stopped after the table was committed, and the connector's next ingest
+/// drops it.
+const PG_NEW_PARTITION_TAG: &str = "steward: grants being loaded for connector ";
 const PG_COPY_IDENTITIES: &str = "COPY steward_ingest_identities (id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status) FROM STDIN";
 /// Bytes per COPY data message.
 const PG_CHUNK: usize = 1 << 20;
 
-/// Encodes rows in COPY text format: grants are sent a chunk at a time as they come; resources,
-/// entitlements and identities (which the stream reader interleaves with the grants) are kept, each table
-/// in its own buffer, and sent after the grants, so that every table is one COPY.
+/// Encodes rows in COPY text format. Grants go a chunk at a time, as they come, to the connection loading
+/// the new partition ([`load_grants_pg`]); resources, entitlements and identities (which the stream reader
+/// interleaves with the grants) are kept, each table in its own buffer, and sent to the snapshot's
+/// transaction after the grants, each table as one COPY.
 struct PgSink<'a> {
     cid: &'a str,
+    grants_tx: mpsc::Sender<CopyMsg>,
     tx: mpsc::Sender<CopyMsg>,
-    current: Option<&'static str>,
     buf: Vec<u8>,
     resources: Vec<u8>,
     entitlements: Vec<u8>,
@@ -838,39 +843,22 @@ fn copy_row(buf: &mut Vec<u8>, fields: &[Option<&str>]) {
     buf.push(b'\n');
 }
 
+fn writer_stopped<T>(_: T) -> PlatformError {
+    PlatformError::SyncFile("the database writer stopped".into())
+}
+
 impl PgSink<'_> {
-    fn send(&self, m: CopyMsg) -> Result<()> {
-        self.tx
-            .blocking_send(m)
-            .map_err(|_| PlatformError::SyncFile("the database writer stopped".into()))
-    }
-    /// Switches the stream to `stmt`, ending the previous COPY.
-    fn table(&mut self, stmt: &'static str) -> Result<()> {
-        if self.current == Some(stmt) {
-            if self.buf.len() >= PG_CHUNK {
-                let b = std::mem::replace(&mut self.buf, Vec::with_capacity(PG_CHUNK + 4096));
-                self.send(CopyMsg::Data(b))?;
-            }
-            return Ok(());
-        }
-        self.end()?;
-        self.send(CopyMsg::Start(stmt))?;
-        self.current = Some(stmt);
-        Ok(())
-    }
-    fn end(&mut self) -> Result<()> {
-        if self.current.take().is_some() {
-            if !self.buf.is_empty() {
-                let b = std::mem::replace(&mut self.buf, Vec::with_capacity(PG_CHUNK + 4096));
-                self.send(CopyMsg::Data(b))?;
-            }
-            self.send(CopyMsg::End)?;
-        }
-        Ok(())
-    }
     /// Ends the grants and sends the kept tables, each as one COPY in chunks of [`PG_CHUNK`].
     fn finish(mut self) -> Result<()> {
-        self.end()?;
+        if !self.buf.is_empty() {
+            let b = std::mem::take(&mut self.buf);
+            self.grants_tx
+                .blocking_send(CopyMsg::Data(b))
+                .map_err(writer_stopped)?;
+        }
+        self.grants_tx
+            .blocking_send(CopyMsg::End)
+            .map_err(writer_stopped)?;
         for (stmt, rows) in [
             (PG_COPY_RESOURCES, std::mem::take(&mut self.resources)),
             (PG_COPY_ENTITLEMENTS, std::mem::take(&mut self.entitlements)),
@@ -879,7 +867,9 @@ impl PgSink<'_> {
             if rows.is_empty() {
                 continue;
             }
-            self.send(CopyMsg::Start(stmt))?;
+            self.tx
+                .blocking_send(CopyMsg::Start(stmt))
+                .map_err(writer_stopped)?;
             let mut rest = rows.as_slice();
             while !rest.is_empty() {
                 // Cut after a row's newline (COPY text rows never contain a raw one).
@@ -890,12 +880,14 @@ impl PgSink<'_> {
                     Some(i) => PG_CHUNK + i + 1,
                     None => rest.len(),
                 };
-                self.send(CopyMsg::Data(rest[..cut].to_vec()))?;
+                self.tx
+                    .blocking_send(CopyMsg::Data(rest[..cut].to_vec()))
+                    .map_err(writer_stopped)?;
                 rest = &rest[cut..];
             }
-            self.send(CopyMsg::End)?;
+            self.tx.blocking_send(CopyMsg::End).map_err(writer_stopped)?;
         }
-        Ok(())
+        self.tx.blocking_send(CopyMsg::Finished).map_err(writer_stopped)
     }
 }
 
@@ -949,7 +941,12 @@ impl Sink for PgSink<'_> {
         Ok(())
     }
     fn grant(&mut self, g: &GrantRef<'_>) -> Result<()> {
-        self.table(PG_COPY_GRANTS)?;
+        if self.buf.len() >= PG_CHUNK {
+            let b = std::mem::replace(&mut self.buf, Vec::with_capacity(PG_CHUNK + 4096));
+            self.grants_tx
+                .blocking_send(CopyMsg::Data(b))
+                .map_err(writer_stopped)?;
+        }
         copy_row(
             &mut self.buf,
             &[
@@ -985,13 +982,131 @@ async fn ingest_pg(
     }
 }
 
-/// Loads `source` as connector `cid`'s snapshot in one transaction. `Ok(Err(reason))`: the streamed read
-/// answered [`Extracted::Fallback`] and the transaction was rolled back.
+/// Loads `source` as connector `cid`'s snapshot. `Ok(Err(reason))`: the streamed read answered
+/// [`Extracted::Fallback`] and nothing was kept.
+///
+/// Two connections work at once: one loads the grants into a new table, indexes it and commits it
+/// ([`load_grants_pg`]), while the snapshot's transaction loads resources, entitlements and identities
+/// and links accounts; that transaction then swaps the new table in as the connector's partition and
+/// commits. Until then the new table is no partition, so readers never see it.
 async fn load_pg(
     p: &sqlx::PgPool,
     cid: &str,
     identity_source: bool,
     source: Source,
+) -> Result<std::result::Result<IngestStats, String>> {
+    let part = format!("grants_s_{}", uuid::Uuid::new_v4().simple());
+    let r = load_pg_tables(p, cid, identity_source, source, &part).await;
+    if !matches!(r, Ok(Ok(_))) {
+        // The new table may have been committed by its own connection; the snapshot's transaction did
+        // not make it a partition. (If this fails too, the connector's next ingest drops it.)
+        if let Err(e) = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {part}")))
+            .execute(p)
+            .await
+        {
+            tracing::warn!(table = %part, error = %e, "dropping the table of a failed ingest");
+        }
+    }
+    r
+}
+
+/// Runs COPYs as the reader thread sends them, until [`CopyMsg::Finished`] (true) or until the reader
+/// stops (false: the channel closed, mid-table or not).
+async fn copy_tables(conn: &mut sqlx::PgConnection, rx: &mut mpsc::Receiver<CopyMsg>) -> Result<bool> {
+    while let Some(m) = rx.recv().await {
+        let stmt = match m {
+            CopyMsg::Start(stmt) => stmt,
+            CopyMsg::Finished => return Ok(true),
+            CopyMsg::Data(_) | CopyMsg::End => {
+                return Err(PlatformError::Io(std::io::Error::other(
+                    "COPY data outside a COPY",
+                )));
+            }
+        };
+        let copy = conn.copy_in_raw(stmt).await?;
+        if !copy_rows(copy, rx).await? {
+            return Ok(false);
+        }
+    }
+    Ok(false)
+}
+
+/// Sends [`CopyMsg::Data`] into `copy` until [`CopyMsg::End`] and finishes it (true); aborts it when the
+/// reader stops first (false).
+async fn copy_rows(
+    mut copy: sqlx::postgres::PgCopyIn<&mut sqlx::PgConnection>,
+    rx: &mut mpsc::Receiver<CopyMsg>,
+) -> Result<bool> {
+    loop {
+        match rx.recv().await {
+            Some(CopyMsg::Data(b)) => {
+                copy.send(b).await?;
+            }
+            Some(CopyMsg::End) => break,
+            Some(CopyMsg::Start(_) | CopyMsg::Finished) | None => {
+                let _ = copy.abort("the sync file reader stopped").await;
+                return Ok(false);
+            }
+        }
+    }
+    copy.finish().await?;
+    Ok(true)
+}
+
+/// The grants of a new snapshot, on a connection of their own: table `part` created, loaded (`FREEZE`:
+/// created in this transaction, its rows need no later hint-bit writes or freezing by vacuum), indexed
+/// once over the loaded rows like the partitioned indexes of `grants` (so that ATTACH adopts them),
+/// analyzed, committed. False, with nothing committed, when the reader stopped.
+async fn load_grants_pg(
+    p: &sqlx::PgPool,
+    part: &str,
+    cid: &str,
+    mut rx: mpsc::Receiver<CopyMsg>,
+) -> Result<bool> {
+    let mut conn = p.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let cid_literal = cid.replace('\'', "''");
+    for ddl in [
+        format!(
+            "CREATE TABLE {part} (LIKE grants INCLUDING DEFAULTS, CHECK (connector_id = '{cid_literal}'))"
+        ),
+        // The same connector id in every row: a default fills it instead of 37 bytes per row sent and
+        // parsed (dropped again before the table becomes a partition).
+        format!("ALTER TABLE {part} ALTER COLUMN connector_id SET DEFAULT '{cid_literal}'"),
+        format!("COMMENT ON TABLE {part} IS '{PG_NEW_PARTITION_TAG}{cid_literal}'"),
+        "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
+    ] {
+        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+    }
+    let copy = tx
+        .copy_in_raw(&format!(
+            "COPY {part} {PG_GRANT_COLUMNS} FROM STDIN WITH (FREEZE)"
+        ))
+        .await?;
+    if !copy_rows(copy, &mut rx).await? {
+        return Ok(false);
+    }
+    let t = std::time::Instant::now();
+    for ddl in [
+        format!("ALTER TABLE {part} ALTER COLUMN connector_id DROP DEFAULT"),
+        format!("CREATE INDEX {part}_entitlement ON {part} (entitlement_id)"),
+        format!("CREATE INDEX {part}_principal ON {part} (principal_id, principal_type)"),
+        format!("ANALYZE {part}"),
+    ] {
+        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    tracing::debug!(table = part, indexes = ?t.elapsed(), "PostgreSQL: new grant partition loaded");
+    Ok(true)
+}
+
+/// [`load_pg`]'s work; `part` is the name of the new partition's table.
+async fn load_pg_tables(
+    p: &sqlx::PgPool,
+    cid: &str,
+    identity_source: bool,
+    source: Source,
+    part: &str,
 ) -> Result<std::result::Result<IngestStats, String>> {
     let t0 = std::time::Instant::now();
     let mut tx = p.begin().await?;
@@ -1000,6 +1115,19 @@ async fn load_pg(
         .bind(cid)
         .execute(&mut *tx)
         .await?;
+    // Tables of this connector's earlier ingests that were committed but never became its partition.
+    let abandoned: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.relname::text FROM pg_class c WHERE c.relkind = 'r' AND NOT c.relispartition AND c.relname LIKE 'grants\\_s\\_%' AND obj_description(c.oid, 'pg_class') = $1",
+    )
+    .bind(format!("{PG_NEW_PARTITION_TAG}{cid}"))
+    .fetch_all(&mut *tx)
+    .await?;
+    for (t,) in abandoned {
+        tracing::info!(table = %t, connector = cid, "dropping the grants table of an ingest that stopped");
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}")))
+            .execute(&mut *tx)
+            .await?;
+    }
     for t in SNAPSHOT_TABLES {
         // `grants` is partitioned by connector: the connector's partition is swapped below (deleting its
         // rows first would only write a dead version of each), so only rows left in the default partition
@@ -1010,26 +1138,7 @@ async fn load_pg(
             .execute(&mut *tx)
             .await?;
     }
-    // The new snapshot's grants go into a table of their own, without indexes while loading; it
-    // becomes the connector's partition at the end.
-    let part = format!("grants_s_{}", uuid::Uuid::new_v4().simple());
-    let cid_literal = cid.replace('\'', "''");
-    // The connector id is the same in every row: a default fills it instead of 37 bytes per row sent and
-    // parsed (dropped before the table becomes a partition).
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TABLE {part} (LIKE grants INCLUDING DEFAULTS, CHECK (connector_id = '{cid_literal}'))"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(AssertSqlSafe(format!(
-        "ALTER TABLE {part} ALTER COLUMN connector_id SET DEFAULT '{cid_literal}'"
-    )))
-    .execute(&mut *tx)
-    .await?;
     // work_mem: the identities' DISTINCT ON sort (100,000 identities spill ~23 MB at the default 4 MB).
-    sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
-        .execute(&mut *tx)
-        .await?;
     sqlx::query("SET LOCAL work_mem = '64MB'")
         .execute(&mut *tx)
         .await?;
@@ -1043,122 +1152,104 @@ async fn load_pg(
             .await?;
     }
     let t_delete = t0.elapsed();
+    let (grants_tx, grants_rx) = mpsc::channel::<CopyMsg>(4);
     let (ctx, mut crx) = mpsc::channel::<CopyMsg>(4);
     let owned_cid = cid.to_owned();
     let reader = tokio::task::spawn_blocking(move || {
         let mut sink = PgSink {
             cid: &owned_cid,
+            grants_tx,
             tx: ctx,
-            current: None,
             buf: Vec::with_capacity(PG_CHUNK + 4096),
             resources: Vec::new(),
             entitlements: Vec::new(),
             identities: Vec::new(),
         };
         let n = source.extract(&owned_cid, identity_source, &mut sink)?;
-        sink.finish()?;
+        if let Extracted::Done(_) = n {
+            sink.finish()?;
+        }
         Ok(n)
     });
-    while let Some(m) = crx.recv().await {
-        let CopyMsg::Start(stmt) = m else {
-            return Err(PlatformError::Io(std::io::Error::other(
-                "COPY data outside a COPY",
-            )));
-        };
-        let stmt = if stmt == PG_COPY_GRANTS {
-            // FREEZE: the table was created in this transaction, so its rows need no later hint-bit
-            // writes or freezing by vacuum.
-            format!("COPY {part} {PG_GRANT_COLUMNS} FROM STDIN WITH (FREEZE)")
-        } else {
-            stmt.to_owned()
-        };
-        let mut copy = tx.copy_in_raw(&stmt).await?;
-        let complete = loop {
-            match crx.recv().await {
-                Some(CopyMsg::Data(b)) => {
-                    copy.send(b).await?;
-                }
-                Some(CopyMsg::End) => break true,
-                Some(CopyMsg::Start(_)) | None => break false,
-            }
-        };
-        if !complete {
-            // The reader failed mid-table: report its error (the transaction rolls back).
-            let _ = copy.abort("the sync file reader stopped").await;
-            joined(reader.await)?;
-            return Err(PlatformError::SyncFile("the sync file reader stopped".into()));
+    let grants = load_grants_pg(p, part, cid, grants_rx);
+    // Meanwhile, on the snapshot's transaction: the other tables, then the identities and account links
+    // (which overlap the grants' index builds).
+    let rest = async {
+        if !copy_tables(&mut tx, &mut crx).await? {
+            return Ok::<_, PlatformError>(None);
         }
-        copy.finish().await?;
-    }
-    let n = match joined(reader.await)? {
+        let t_copied = t0.elapsed();
+        let mut linked = 0;
+        if identity_source {
+            // The last row of an id wins, as with one upsert per row.
+            sqlx::query("INSERT INTO identities (id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status) SELECT DISTINCT ON (id) id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status FROM steward_ingest_identities ORDER BY id, ctid DESC ON CONFLICT (id) DO UPDATE SET connector_id = excluded.connector_id, kind = excluded.kind, display_name = excluded.display_name, upn = excluded.upn, email = excluded.email, department = excluded.department, job_title = excluded.job_title, manager_id = excluded.manager_id, status = excluded.status")
+                .execute(&mut *tx)
+                .await?;
+        }
+        // An identity source's users and managed identities are each linked to the identity they just
+        // became: those are exactly the staged rows (one per such resource), so they are linked from the
+        // staging table rather than by joining every resource to `identities` (a nested loop of one index
+        // probe per user: the planner has no statistics for the rows loaded in this transaction).
+        linked += sqlx::query(if identity_source {
+            LINK_STAGED_IDENTITIES
+        } else {
+            LINK_BY_OBJECT_ID
+        })
+        .bind(cid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if !identity_source {
+            for col in ["upn", "email"] {
+                linked += sqlx::query(AssertSqlSafe(link_by_sql(col)))
+                    .bind(cid)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        let new_apps: Vec<(String, String, String)> =
+            sqlx::query_as(NEW_APPS).bind(cid).fetch_all(&mut *tx).await?;
+        let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
+        let mut apps = 0;
+        for (rid, name, profile) in new_apps {
+            sqlx::query(INSERT_APP)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(name)
+                .bind(app_description(&profile))
+                .bind(cid)
+                .bind(rid)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            apps += 1;
+        }
+        sqlx::query(RENAME_APPS).bind(cid).execute(&mut *tx).await?;
+        Ok(Some((t_copied, t0.elapsed(), linked, apps)))
+    };
+    let (loaded, rest) = tokio::join!(grants, rest);
+    let t_load = t0.elapsed();
+    let read = joined(reader.await);
+    // A writer's error first: the reader then only saw that the writer stopped (a reader that fails on
+    // its own leaves the writers without an error: they saw the rows stop).
+    let (rest, loaded) = (rest?, loaded?);
+    let n = match read? {
         Extracted::Done(n) => n,
         // Dropping `tx` rolls the transaction back.
         Extracted::Fallback(why) => return Ok(Err(why)),
     };
-    let t_load = t0.elapsed();
-    // Both indexes built once over the loaded rows (sorted), matching the partitioned indexes of
-    // `grants` so that ATTACH adopts them instead of building new ones.
-    for ddl in [
-        format!("ALTER TABLE {part} ALTER COLUMN connector_id DROP DEFAULT"),
-        format!("CREATE INDEX {part}_entitlement ON {part} (entitlement_id)"),
-        format!("CREATE INDEX {part}_principal ON {part} (principal_id, principal_type)"),
-        format!("ANALYZE {part}"),
-    ] {
-        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
-    }
-    let t_index = t0.elapsed();
-    let mut st = IngestStats {
+    let cid_literal = cid.replace('\'', "''");
+    let (Some((t_copied, t_linked, linked, apps_discovered)), true) = (rest, loaded) else {
+        return Err(PlatformError::SyncFile("the sync file reader stopped".into()));
+    };
+    let st = IngestStats {
         resources: n.resources,
         entitlements: n.entitlements,
         grants: n.grants,
         identities: n.identities,
-        ..Default::default()
+        accounts_linked: linked,
+        apps_discovered,
     };
-    if identity_source {
-        // The last row of an id wins, as with one upsert per row.
-        sqlx::query("INSERT INTO identities (id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status) SELECT DISTINCT ON (id) id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status FROM steward_ingest_identities ORDER BY id, ctid DESC ON CONFLICT (id) DO UPDATE SET connector_id = excluded.connector_id, kind = excluded.kind, display_name = excluded.display_name, upn = excluded.upn, email = excluded.email, department = excluded.department, job_title = excluded.job_title, manager_id = excluded.manager_id, status = excluded.status")
-            .execute(&mut *tx)
-            .await?;
-    }
-    // An identity source's users and managed identities are each linked to the identity they just
-    // became: those are exactly the staged rows (one per such resource), so they are linked from the
-    // staging table rather than by joining every resource to `identities` (a nested loop of one index probe
-    // per user: the planner has no statistics for the rows loaded in this transaction).
-    st.accounts_linked += sqlx::query(if identity_source {
-        LINK_STAGED_IDENTITIES
-    } else {
-        LINK_BY_OBJECT_ID
-    })
-    .bind(cid)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if !identity_source {
-        for col in ["upn", "email"] {
-            st.accounts_linked += sqlx::query(AssertSqlSafe(link_by_sql(col)))
-                .bind(cid)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
-    }
-    let new_apps: Vec<(String, String, String)> =
-        sqlx::query_as(NEW_APPS).bind(cid).fetch_all(&mut *tx).await?;
-    let now = crate::clock::rfc3339(time::OffsetDateTime::now_utc());
-    for (rid, name, profile) in new_apps {
-        sqlx::query(INSERT_APP)
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(name)
-            .bind(app_description(&profile))
-            .bind(cid)
-            .bind(rid)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        st.apps_discovered += 1;
-    }
-    sqlx::query(RENAME_APPS).bind(cid).execute(&mut *tx).await?;
-    let t_finish = t0.elapsed();
     // The swap, last: detaching takes an exclusive lock on `grants` until the commit, so readers wait for
     // this short moment (and then see the new snapshot) instead of ever seeing a part of it.
     let old: Option<(String,)> =
@@ -1191,10 +1282,10 @@ async fn load_pg(
     tracing::debug!(
         connector = cid,
         lock_and_delete = ?t_delete,
-        copy = ?(t_load - t_delete),
-        indexes = ?(t_index - t_load),
-        identities_links_and_apps = ?(t_finish - t_index),
-        swap = ?(t_swap - t_finish),
+        read_and_copy = ?(t_copied - t_delete),
+        identities_links_and_apps = ?(t_linked - t_copied),
+        grants_loaded = ?(t_load - t_delete),
+        swap = ?(t_swap - t_load),
         commit = ?(t0.elapsed() - t_swap),
         "PostgreSQL snapshot replaced"
     );
@@ -1803,6 +1894,23 @@ mod tests {
                     .unwrap();
             }
             assert_eq!(legacy(pg).await, (1, 1));
+            // Tables committed by ingests that stopped before making them a partition: this connector's
+            // is dropped by its next ingest, another connector's is left to that one.
+            for (t, cid) in [
+                ("grants_s_abandoned_mine", c.id.as_str()),
+                ("grants_s_abandoned_other", "someone-else"),
+            ] {
+                sqlx::query(AssertSqlSafe(format!("CREATE TABLE {t} (LIKE grants)")))
+                    .execute(pg)
+                    .await
+                    .unwrap();
+                sqlx::query(AssertSqlSafe(format!(
+                    "COMMENT ON TABLE {t} IS '{PG_NEW_PARTITION_TAG}{cid}'"
+                )))
+                .execute(pg)
+                .await
+                .unwrap();
+            }
         }
         let rec = p.ingest(&c, &good, "upload", vec![]).await.unwrap();
         assert_eq!(rec.stats.as_ref().unwrap()["grants"], 40);
@@ -1812,6 +1920,17 @@ mod tests {
                 (0, 1),
                 "only the other connector's legacy row is kept"
             );
+            let (mine, other): (Option<String>, Option<String>) = sqlx::query_as(
+                "SELECT to_regclass('grants_s_abandoned_mine')::text, to_regclass('grants_s_abandoned_other')::text",
+            )
+            .fetch_one(pg)
+            .await
+            .unwrap();
+            assert_eq!((mine, other), (None, Some("grants_s_abandoned_other".to_owned())));
+            sqlx::query("DROP TABLE grants_s_abandoned_other")
+                .execute(pg)
+                .await
+                .unwrap();
             sqlx::query("DELETE FROM grants WHERE connector_id = 'legacy-other'")
                 .execute(pg)
                 .await
