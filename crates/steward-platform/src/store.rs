@@ -1274,7 +1274,7 @@ async fn load_pg_tables(
     .await?;
     sqlx::query("INSERT INTO grant_partitions (connector_id, table_name) VALUES ($1, $2) ON CONFLICT (connector_id) DO UPDATE SET table_name = excluded.table_name")
         .bind(cid)
-        .bind(&part)
+        .bind(part)
         .execute(&mut *tx)
         .await?;
     let t_swap = t0.elapsed();
