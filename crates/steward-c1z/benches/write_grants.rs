@@ -12,7 +12,9 @@
 //!
 //! Run: `cargo bench -p steward-c1z --bench write_grants` (set `STEWARD_BENCH_DIR` to choose the disk;
 //! `STEWARD_BENCH_ZSTD_LEVEL` to try another zstd level; `STEWARD_BENCH_CRASH_SAFE=1` for the crash-safe
-//! journalled working database the sync engine uses; `STEWARD_BENCH_NO_READ=1` to skip the read-back).
+//! journalled working database the sync engine uses; `STEWARD_BENCH_NO_READ=1` to skip the read-back;
+//! `STEWARD_BENCH_TRACK_IDS` and `STEWARD_BENCH_SORT_MIB` for the writer's `track_grant_ids` and
+//! `sort_run_kib`).
 
 use std::time::Instant;
 
@@ -44,6 +46,11 @@ fn reset_hwm() {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `STEWARD_LOG=steward_c1z=debug` shows the writer's phases (e.g. the index build's pass and pages).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("STEWARD_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
     let n: u64 = std::env::var("STEWARD_BENCH_GRANTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -75,6 +82,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         wopts.compress.level = level;
     }
     wopts.crash_safe = std::env::var("STEWARD_BENCH_CRASH_SAFE").is_ok_and(|v| v == "1");
+    if let Some(ids) = std::env::var("STEWARD_BENCH_TRACK_IDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        wopts.track_grant_ids = ids;
+    }
+    if let Some(mib) = std::env::var("STEWARD_BENCH_SORT_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        wopts.sort_run_kib = mib * 1024;
+    }
     let mut w = C1zWriter::create_with(&path, wopts)?;
     w.begin_sync(SyncType::Full)?;
     w.put_resource_type(&ut)?;

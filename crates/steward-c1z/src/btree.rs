@@ -12,7 +12,7 @@
 //! spilled there too), and adds only the rows it did not insert with [`collect_rows`] (row-id ranges of
 //! the table).
 //! [`write_indexes`] then, with no SQLite connection open on the database, merges each index's runs
-//! (k-way, a binary heap) and appends its b-tree pages to the end of the database file, in SQLite's file
+//! (k-way, a binary heap, on a thread of its own that hands the entries over in batches) and appends its b-tree pages to the end of the database file, in SQLite's file
 //! format (<https://www.sqlite.org/fileformat2.html>): index leaf pages (0x0a) and interior index pages
 //! (0x02) whose cells are `[left child]` + payload size + record (key columns, then the row id), payloads
 //! longer than the maximum local size continued on overflow pages. The order is SQLite's for these keys:
@@ -1051,6 +1051,90 @@ impl Ord for Head {
     }
 }
 
+/// What the merge thread hands to the page writer.
+enum Merged {
+    /// Entries in order, each as a `u32` (LE) length and the entry.
+    Entries(Vec<u8>),
+    /// Two entries of a unique index have the same key: the build stops.
+    Duplicate,
+    /// Reading a run failed.
+    Failed(C1zError),
+}
+
+/// Bytes of merged entries handed over at a time.
+const MERGED_BATCH: usize = 256 << 10;
+
+/// Batches of merged entries that can wait for the page writer.
+const MERGED_QUEUED: usize = 4;
+
+/// Merges the sorted runs of one index (k-way, a binary heap) and sends the entries in order to `tx`
+/// in batches (emptied batches come back through `free`); stops at a duplicate key of a `unique` index,
+/// or when the receiver is gone.
+fn merge_runs(
+    runs: &Runs,
+    unique: bool,
+    path: &Path,
+    tx: &std::sync::mpsc::SyncSender<Merged>,
+    free: &std::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    let fail = |e: std::io::Error| {
+        let _ = tx.send(Merged::Failed(C1zError::io("read a sort run of", path)(e)));
+    };
+    let mut sources: Vec<Source> = runs
+        .files
+        .iter()
+        .map(|f| Source::File(BufReader::with_capacity(256 << 10, f)))
+        .collect();
+    sources.push(Source::Mem(runs, 0));
+    let mut heap = BinaryHeap::with_capacity(sources.len());
+    for (i, s) in sources.iter_mut().enumerate() {
+        let mut entry = Vec::new();
+        match s.next(&mut entry) {
+            Ok(true) => heap.push(Head { entry, src: i }),
+            Ok(false) => {}
+            Err(e) => return fail(e),
+        }
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(MERGED_BATCH + (64 << 10));
+    let mut prev: Vec<u8> = Vec::new();
+    let mut first = true;
+    while let Some(mut head) = heap.pop() {
+        if unique && !first && same_key(&prev, &head.entry) {
+            let _ = tx.send(Merged::Duplicate);
+            return;
+        }
+        first = false;
+        let Ok(len) = u32::try_from(head.entry.len()) else {
+            return fail(std::io::Error::other("sort run: key too long"));
+        };
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&head.entry);
+        if unique {
+            prev.clear();
+            prev.extend_from_slice(&head.entry);
+        }
+        if buf.len() >= MERGED_BATCH {
+            let fresh = free
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(MERGED_BATCH + (64 << 10)));
+            if tx
+                .send(Merged::Entries(std::mem::replace(&mut buf, fresh)))
+                .is_err()
+            {
+                return;
+            }
+        }
+        match sources[head.src].next(&mut head.entry) {
+            Ok(true) => heap.push(head),
+            Ok(false) => {}
+            Err(e) => return fail(e),
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.send(Merged::Entries(buf));
+    }
+}
+
 /// Writes the b-trees of `specs` (gathered in `keys`) after the last page of the database at `path`.
 /// Returns each index's root page and the new size in pages, or `None` when a unique index has a
 /// duplicate key (nothing is registered then; the caller cuts the file back to `hdr.pages`).
@@ -1081,38 +1165,39 @@ pub(crate) fn write_indexes(
                 .map_err(C1zError::io("rewind a sort run of", path))?;
         }
         let runs = &*runs;
-        let mut sources: Vec<Source> = runs
-            .files
-            .iter()
-            .map(|f| Source::File(BufReader::with_capacity(256 << 10, f)))
-            .collect();
-        sources.push(Source::Mem(runs, 0));
-        let mut heap = BinaryHeap::with_capacity(sources.len());
-        let io_fail = |e: std::io::Error| C1zError::io("read a sort run of", path)(e);
-        for (i, s) in sources.iter_mut().enumerate() {
-            let mut entry = Vec::new();
-            if s.next(&mut entry).map_err(io_fail)? {
-                heap.push(Head { entry, src: i });
+        let unique = spec.unique;
+        // The merge runs on a thread of its own and hands the entries over in order, in batches, while
+        // this thread turns them into pages.
+        let root = std::thread::scope(|scope| -> Result<Option<u32>> {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Merged>(MERGED_QUEUED);
+            let (give_back, free) = std::sync::mpsc::channel::<Vec<u8>>();
+            std::thread::Builder::new()
+                .name("c1z-index-merge".into())
+                .spawn_scoped(scope, move || merge_runs(runs, unique, path, &tx, &free))
+                .map_err(C1zError::io("start the index merge thread for", path))?;
+            let mut b = Builder::new(&mut out);
+            for msg in &rx {
+                let mut buf = match msg {
+                    Merged::Entries(buf) => buf,
+                    Merged::Duplicate => return Ok(None),
+                    Merged::Failed(e) => return Err(e),
+                };
+                let mut at = 0;
+                while at < buf.len() {
+                    let len = u32_le(&buf, at) as usize;
+                    b.add(&buf[at + 4..at + 4 + len], k)?;
+                    at += 4 + len;
+                }
+                // The merge thread may have finished: then nobody takes the buffer back.
+                buf.clear();
+                let _ = give_back.send(buf);
             }
+            Ok(Some(b.finish()?))
+        })?;
+        match root {
+            Some(r) => roots.push(r),
+            None => return Ok(None),
         }
-        let mut b = Builder::new(&mut out);
-        let mut prev: Vec<u8> = Vec::new();
-        let mut first = true;
-        while let Some(mut head) = heap.pop() {
-            if spec.unique && !first && same_key(&prev, &head.entry) {
-                return Ok(None);
-            }
-            first = false;
-            b.add(&head.entry, k)?;
-            if spec.unique {
-                prev.clear();
-                prev.extend_from_slice(&head.entry);
-            }
-            if sources[head.src].next(&mut head.entry).map_err(io_fail)? {
-                heap.push(head);
-            }
-        }
-        roots.push(b.finish()?);
     }
     let pages = out.next - 1;
     out.w
@@ -1210,6 +1295,223 @@ mod tests {
         assert_eq!(int_type(1, false), (1, 1));
         assert_eq!(int_type(200, true), (2, 2));
         assert_eq!(int_type(3_000_000_000, true), (5, 6));
+    }
+
+    /// SQLite's varint at `b[at..]`: (value, bytes).
+    fn get_varint(b: &[u8], at: usize) -> (u64, usize) {
+        let mut v = 0u64;
+        for i in 0..8 {
+            let x = b[at + i];
+            v = (v << 7) | u64::from(x & 0x7f);
+            if x < 0x80 {
+                return (v, i + 1);
+            }
+        }
+        ((v << 8) | u64::from(b[at + 8]), 9)
+    }
+
+    /// Walks the index b-tree at `pgno` in order, independently of the writer: checks each page's
+    /// header, cell pointers (inside the content area, cells not overlapping), that every page has a
+    /// cell (but an empty root leaf), that every leaf is at depth `leaf_depth` (set by the first), follows
+    /// overflow chains, decodes each record (one TEXT column and the row id) into `out`, and marks the
+    /// pages in `used` (a page used twice fails).
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        file: &[u8],
+        ps: usize,
+        pgno: u32,
+        depth: usize,
+        leaf_depth: &mut Option<usize>,
+        used: &mut Vec<bool>,
+        out: &mut Vec<(Vec<u8>, i64)>,
+        is_root: bool,
+    ) {
+        let p = pgno as usize;
+        assert!(p >= 2 && !used[p], "page {p} used twice or out of range");
+        used[p] = true;
+        let page = &file[(p - 1) * ps..p * ps];
+        let leaf = match page[0] {
+            0x0a => true,
+            0x02 => false,
+            t => panic!("page {p}: type {t:#x}"),
+        };
+        let hdr = if leaf { 8 } else { 12 };
+        let n = u16::from_be_bytes([page[3], page[4]]) as usize;
+        let content = match u16::from_be_bytes([page[5], page[6]]) {
+            0 => 65536,
+            c => c as usize,
+        };
+        assert!(n > 0 || (leaf && is_root), "page {p}: no cells");
+        assert!(
+            hdr + 2 * n <= content && content <= ps,
+            "page {p}: header and content overlap"
+        );
+        assert_eq!(page[7], 0, "page {p}: fragmented bytes");
+        assert_eq!(u16::from_be_bytes([page[1], page[2]]), 0, "page {p}: freeblocks");
+        let max_local = (ps - 12) * 64 / 255 - 23;
+        let min_local = (ps - 12) * 32 / 255 - 23;
+        if leaf {
+            match *leaf_depth {
+                None => *leaf_depth = Some(depth),
+                Some(d) => assert_eq!(d, depth, "page {p}: leaves at different depths"),
+            }
+        }
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for i in 0..n {
+            let at = u16::from_be_bytes([page[hdr + 2 * i], page[hdr + 2 * i + 1]]) as usize;
+            assert!(
+                at >= content && at < ps,
+                "page {p}: cell {i} outside the content area"
+            );
+            let mut c = at;
+            let mut child = 0u32;
+            if !leaf {
+                child = u32::from_be_bytes([page[c], page[c + 1], page[c + 2], page[c + 3]]);
+                c += 4;
+            }
+            let (size, w) = get_varint(page, c);
+            c += w;
+            let size = size as usize;
+            let local = if size <= max_local {
+                size
+            } else {
+                let k = min_local + (size - min_local) % (ps - 4);
+                if k <= max_local { k } else { min_local }
+            };
+            let mut payload = page[c..c + local].to_vec();
+            c += local;
+            if local < size {
+                let mut next = u32::from_be_bytes([page[c], page[c + 1], page[c + 2], page[c + 3]]);
+                c += 4;
+                while payload.len() < size {
+                    let o = next as usize;
+                    assert!(o >= 2 && !used[o], "overflow page {o} used twice");
+                    used[o] = true;
+                    let op = &file[(o - 1) * ps..o * ps];
+                    next = u32::from_be_bytes([op[0], op[1], op[2], op[3]]);
+                    let take = (size - payload.len()).min(ps - 4);
+                    payload.extend_from_slice(&op[4..4 + take]);
+                }
+                assert_eq!(next, 0, "overflow chain longer than the payload");
+            }
+            assert!(c <= ps, "page {p}: cell {i} runs past the page");
+            spans.push((at, c));
+            // The record: header size, the TEXT column's and the row id's serial types, values.
+            let (hsize, w1) = get_varint(&payload, 0);
+            let (tt, w2) = get_varint(&payload, w1);
+            let (rt, w3) = get_varint(&payload, w1 + w2);
+            assert_eq!(hsize as usize, w1 + w2 + w3, "record header size");
+            assert!(tt >= 13 && tt % 2 == 1, "a TEXT column");
+            let tlen = ((tt - 13) / 2) as usize;
+            let h = hsize as usize;
+            let text = payload[h..h + tlen].to_vec();
+            let rb = &payload[h + tlen..];
+            let rowid = match rt {
+                8 => 0,
+                9 => 1,
+                1..=6 => {
+                    let width = [0, 1, 2, 3, 4, 6, 8][rt as usize];
+                    assert_eq!(rb.len(), width, "row id width");
+                    let mut v: i64 = if rb[0] & 0x80 != 0 { -1 } else { 0 };
+                    for &b in rb {
+                        v = (v << 8) | i64::from(b);
+                    }
+                    v
+                }
+                t => panic!("row id serial type {t}"),
+            };
+            if !leaf {
+                walk(file, ps, child, depth + 1, leaf_depth, used, out, false);
+            }
+            out.push((text, rowid));
+        }
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            assert!(w[0].1 <= w[1].0, "page {p}: cells overlap");
+        }
+        if !leaf {
+            let right = u32::from_be_bytes([page[8], page[9], page[10], page[11]]);
+            walk(file, ps, right, depth + 1, leaf_depth, used, out, false);
+        }
+    }
+
+    /// Every entry count from 0 to 1,200 (and a few larger) on 512-byte pages, with entries of mixed
+    /// sizes (a third longer than the maximum local payload, some spanning several overflow pages), so
+    /// that every way a level can end — a full page with a held cell or not, at each level — is met:
+    /// walking the pages independently of SQLite must give back every entry in order, every leaf at the
+    /// same depth, no empty page, no cell outside its page's content area, and every written page used
+    /// exactly once.
+    #[test]
+    fn every_level_ending_walks_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tree");
+        let ps = 512usize;
+        let hdr = DbHeader {
+            page_size: ps,
+            usable: ps,
+            pages: 1,
+            change_counter: 1,
+            format4: true,
+        };
+        let counts: Vec<u64> = (0..=1_200).chain([3_000, 7_777]).collect();
+        for n in counts {
+            let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut rnd = |m: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % m
+            };
+            let mut want: Vec<(Vec<u8>, i64)> = Vec::new();
+            let mut f = File::create(&path).unwrap();
+            f.write_all(&vec![0u8; ps]).unwrap();
+            let mut out = PageOut {
+                w: BufWriter::new(f),
+                next: 2,
+                page: vec![0u8; ps],
+                hdr,
+                path: &path,
+            };
+            let mut b = Builder::new(&mut out);
+            let mut e = Vec::new();
+            for i in 0..n {
+                let len = match rnd(3) {
+                    0 => 12 + rnd(40),
+                    1 => 60 + rnd(60),
+                    _ => 100 + rnd(1_500),
+                } as usize;
+                let mut text = format!("{i:08}").into_bytes();
+                while text.len() < len {
+                    text.push(b'a' + (rnd(26) as u8));
+                }
+                // Row ids of every width, in order.
+                let rowid =
+                    [0i64, 1, 100, 30_000, 8_000_000, 2_000_000_000, 1 << 40, 1 << 60][(i % 8) as usize];
+                e.clear();
+                push_key_col(&mut e, &text);
+                push_rowid(&mut e, rowid);
+                b.add(&e, 1).unwrap();
+                want.push((text, rowid));
+            }
+            let root = b.finish().unwrap();
+            let end = out.next;
+            out.w.flush().unwrap();
+            drop(out);
+            let file = std::fs::read(&path).unwrap();
+            assert_eq!(file.len(), (end as usize - 1) * ps, "{n} entries");
+            let mut used = vec![false; end as usize];
+            let mut got = Vec::new();
+            let mut leaf_depth = None;
+            walk(&file, ps, root, 1, &mut leaf_depth, &mut used, &mut got, true);
+            assert!(
+                got == want,
+                "{n} entries: the tree does not give them back in order"
+            );
+            assert!(
+                used[2..].iter().all(|u| *u),
+                "{n} entries: a written page is not part of the tree"
+            );
+        }
     }
 
     /// Builds every grant index directly into small-page databases (512-byte pages: many levels, overflow
