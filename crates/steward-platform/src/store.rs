@@ -343,10 +343,12 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 //   concurrent readers keep the old schema and rows until the commit.
 // - PostgreSQL: `COPY … FROM STDIN` (text format) fed from the blocking reader over a bounded channel, so
 //   encoding and the server's insert work run on different cores. `grants` is partitioned by connector
-//   (migration 5): the new snapshot's grants are copied (`FREEZE`) into a new table created in the
-//   transaction, indexed once after the load, and swapped in at the end — old partition detached and
-//   dropped, new one attached — so no index is maintained row by row. `grant_partitions` names each
-//   connector's partition. A rollback drops the new table and leaves the old partition attached.
+//   (migration 5): the new snapshot's grants are copied (`FREEZE`) into a new table on a connection of
+//   their own, indexed once after the load and committed (not yet a partition: invisible to readers)
+//   while the snapshot's transaction loads the other tables; that transaction then swaps it in — old
+//   partition detached and dropped, new one attached — so no index is maintained row by row.
+//   `grant_partitions` names each connector's partition. On failure the transaction rolls back (old
+//   partition kept) and the new table is dropped ([`load_pg`]).
 
 /// PostgreSQL, identity source: [`LINK_BY_OBJECT_ID`]'s rows, from the identities staged by this ingest.
 const LINK_STAGED_IDENTITIES: &str = "INSERT INTO account_links (connector_id, resource_type, resource_id, identity_id, matched_by) SELECT $1, kind, id, id, 'object_id' FROM steward_ingest_identities WHERE kind IN ('user', 'managed_identity')";
