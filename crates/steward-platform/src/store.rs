@@ -1274,6 +1274,17 @@ async fn load_pg_tables(
             apps += 1;
         }
         sqlx::query(RENAME_APPS).bind(cid).execute(&mut *tx).await?;
+        // Statistics for the request path's first step (an identity's accounts): without them, until
+        // autovacuum's next round, the planner guessed 500 of 100,487 links per identity and scanned the
+        // table (`GET /api/v1/identities/{id}/access`: 97 instead of 579 req/s on the large tenant). This
+        // runs while the other connection builds the grant indexes.
+        sqlx::query(if identity_source {
+            "ANALYZE account_links, identities"
+        } else {
+            "ANALYZE account_links"
+        })
+        .execute(&mut *tx)
+        .await?;
         Ok(Some((t_copied, t0.elapsed(), linked, apps)))
     };
     let (loaded, rest) = tokio::join!(grants, rest);
