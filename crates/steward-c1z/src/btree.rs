@@ -746,10 +746,15 @@ fn put_varint(out: &mut Vec<u8>, v: u64) {
     }
 }
 
+/// The bytes [`put_varint`] writes for `v` (computed: this is called for every column of every entry).
 fn varint_len(v: u64) -> usize {
-    let mut tmp = Vec::with_capacity(9);
-    put_varint(&mut tmp, v);
-    tmp.len()
+    if v <= 0x7f {
+        1
+    } else if v > 0x00ff_ffff_ffff_ffff {
+        9
+    } else {
+        (64 - v.leading_zeros() as usize).div_ceil(7)
+    }
 }
 
 /// Serial type and byte width of an integer, as SQLite chooses them.
@@ -924,7 +929,6 @@ impl<'a, 'p> Builder<'a, 'p> {
         let usable = self.out.hdr.usable;
         let l = &self.levels[level];
         let page = &mut self.out.page;
-        page.fill(0);
         let leaf = level == 0;
         let hdr = if leaf { 8 } else { 12 };
         let n = l.ends.len();
@@ -932,6 +936,10 @@ impl<'a, 'p> Builder<'a, 'p> {
         if hdr + 2 * n > start || n > 0xffff {
             return Err(C1zError::State("index page overflow"));
         }
+        // Zeros between the cell pointers and the cells, and in the reserved bytes (the cells and the
+        // headers overwrite the rest).
+        page[..start].fill(0);
+        page[usable..].fill(0);
         page[0] = if leaf { 0x0a } else { 0x02 };
         page[3..5].copy_from_slice(&(n as u16).to_be_bytes());
         // 65536 is stored as 0.
@@ -1286,6 +1294,20 @@ mod tests {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             assert_eq!(out, want, "{v}");
+        }
+    }
+
+    #[test]
+    fn varint_lengths_match_the_encoding() {
+        let mut values: Vec<u64> = vec![0, u64::MAX];
+        for bit in 0..64 {
+            let p = 1u64 << bit;
+            values.extend([p - 1, p, p + 1]);
+        }
+        for v in values {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(varint_len(v), out.len(), "{v}");
         }
     }
 
