@@ -848,14 +848,16 @@ const PG_COPY_IDENTITIES: &str = "COPY steward_ingest_identities (id, connector_
 const PG_CHUNK: usize = 1 << 20;
 
 /// Encodes rows in COPY text format. Grants go a chunk at a time, as they come, to the connection loading
-/// the new partition ([`load_grants_pg`]); resources, entitlements and identities (which the stream reader
-/// interleaves with the grants) are kept, each table in its own buffer, and sent to the snapshot's
-/// transaction after the grants, each table as one COPY.
+/// the new partition ([`load_grants_pg`]); resources too, to the snapshot's transaction (its COPY stays open
+/// while the grants flow); entitlements and identities (which the stream reader interleaves with both)
+/// are kept, each table in its own buffer, and sent to the snapshot's transaction after the others.
 struct PgSink<'a> {
     cid: &'a str,
     grants_tx: mpsc::Sender<CopyMsg>,
     tx: mpsc::Sender<CopyMsg>,
     buf: Vec<u8>,
+    /// The resources' COPY is open on the snapshot's transaction (their rows go as they come).
+    resources_started: bool,
     resources: Vec<u8>,
     entitlements: Vec<u8>,
     identities: Vec<u8>,
@@ -908,8 +910,12 @@ impl PgSink<'_> {
         self.grants_tx
             .blocking_send(CopyMsg::End)
             .map_err(writer_stopped)?;
+        if self.resources_started {
+            let b = std::mem::take(&mut self.resources);
+            self.tx.blocking_send(CopyMsg::Data(b)).map_err(writer_stopped)?;
+            self.tx.blocking_send(CopyMsg::End).map_err(writer_stopped)?;
+        }
         for (stmt, rows) in [
-            (PG_COPY_RESOURCES, std::mem::take(&mut self.resources)),
             (PG_COPY_ENTITLEMENTS, std::mem::take(&mut self.entitlements)),
             (PG_COPY_IDENTITIES, std::mem::take(&mut self.identities)),
         ] {
@@ -942,6 +948,16 @@ impl PgSink<'_> {
 
 impl Sink for PgSink<'_> {
     fn resource(&mut self, r: &ResourceRow) -> Result<()> {
+        if !self.resources_started {
+            self.tx
+                .blocking_send(CopyMsg::Start(PG_COPY_RESOURCES))
+                .map_err(writer_stopped)?;
+            self.resources_started = true;
+        }
+        if self.resources.len() >= PG_CHUNK {
+            let b = std::mem::replace(&mut self.resources, Vec::with_capacity(PG_CHUNK + 4096));
+            self.tx.blocking_send(CopyMsg::Data(b)).map_err(writer_stopped)?;
+        }
         copy_row(
             &mut self.resources,
             &[
@@ -1210,6 +1226,7 @@ async fn load_pg_tables(
             grants_tx,
             tx: ctx,
             buf: Vec::with_capacity(PG_CHUNK + 4096),
+            resources_started: false,
             resources: Vec::new(),
             entitlements: Vec::new(),
             identities: Vec::new(),
