@@ -350,8 +350,16 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 //   `grant_partitions` names each connector's partition. On failure the transaction rolls back (old
 //   partition kept) and the new table is dropped ([`load_pg`]).
 
-/// PostgreSQL, identity source: [`LINK_BY_OBJECT_ID`]'s rows, from the identities staged by this ingest.
-const LINK_STAGED_IDENTITIES: &str = "INSERT INTO account_links (connector_id, resource_type, resource_id, identity_id, matched_by) SELECT $1, kind, id, id, 'object_id' FROM steward_ingest_identities WHERE kind IN ('user', 'managed_identity')";
+/// PostgreSQL, identity source: [`LINK_BY_OBJECT_ID`]'s rows not there yet, from the identities staged by
+/// this ingest (one per user or managed identity: no join of every resource to `identities`, which the
+/// planner, without statistics for rows loaded in the transaction, ran as a nested loop of index probes).
+const PG_LINK_STAGED_IDENTITIES: &str = "INSERT INTO account_links (connector_id, resource_type, resource_id, identity_id, matched_by) SELECT $1, s.kind, s.id, s.id, 'object_id' FROM steward_ingest_identities s WHERE s.kind IN ('user', 'managed_identity') AND NOT EXISTS (SELECT 1 FROM account_links l WHERE l.connector_id = $1 AND l.resource_type = s.kind AND l.resource_id = s.id AND l.identity_id = s.id AND l.matched_by = 'object_id')";
+/// PostgreSQL, identity source: the connector's account links that [`PG_LINK_STAGED_IDENTITIES`] would not
+/// make now (their user is gone, or they came from an earlier way of linking).
+const PG_UNLINK_UNSTAGED: &str = "DELETE FROM account_links l WHERE l.connector_id = $1 AND NOT (l.matched_by = 'object_id' AND l.identity_id = l.resource_id AND EXISTS (SELECT 1 FROM steward_ingest_identities s WHERE s.kind IN ('user', 'managed_identity') AND s.kind = l.resource_type AND s.id = l.resource_id))";
+/// PostgreSQL, identity source: the staged identities into `identities`; a row whose values did not change
+/// is left as it is (no new row version, no index entries).
+const PG_UPSERT_STAGED_IDENTITIES: &str = "INSERT INTO identities AS i (id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status) SELECT DISTINCT ON (id) id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status FROM steward_ingest_identities ORDER BY id, ctid DESC ON CONFLICT (id) DO UPDATE SET connector_id = excluded.connector_id, kind = excluded.kind, display_name = excluded.display_name, upn = excluded.upn, email = excluded.email, department = excluded.department, job_title = excluded.job_title, manager_id = excluded.manager_id, status = excluded.status WHERE (i.connector_id, i.kind, i.display_name, i.upn, i.email, i.department, i.job_title, i.manager_id, i.status) IS DISTINCT FROM (excluded.connector_id, excluded.kind, excluded.display_name, excluded.upn, excluded.email, excluded.department, excluded.job_title, excluded.manager_id, excluded.status)";
 const LINK_BY_OBJECT_ID: &str = "INSERT INTO account_links (connector_id, resource_type, resource_id, identity_id, matched_by) SELECT r.connector_id, r.resource_type, r.resource_id, i.id, 'object_id' FROM resources r JOIN identities i ON i.id = r.resource_id WHERE r.connector_id = $1 AND r.resource_type IN ('user', 'managed_identity')";
 
 /// Links the connector's users to identities by a lowercased attribute not linked yet (`upn` or `email`).
@@ -1194,6 +1202,10 @@ async fn load_pg_tables(
             .await?;
     }
     for t in SNAPSHOT_TABLES {
+        // An identity source's account links are brought up to date below instead (most stay as they are).
+        if identity_source && t == "account_links" {
+            continue;
+        }
         // `grants` is partitioned by connector: the connector's partition is swapped below (deleting its
         // rows first would only write a dead version of each), so only rows left in the default partition
         // from before migration 5 are deleted here.
@@ -1208,10 +1220,6 @@ async fn load_pg_tables(
         .execute(&mut *tx)
         .await?;
     if identity_source {
-        sqlx::query("DELETE FROM identities WHERE connector_id = $1")
-            .bind(cid)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query("CREATE TEMP TABLE steward_ingest_identities (LIKE identities) ON COMMIT DROP")
             .execute(&mut *tx)
             .await?;
@@ -1247,27 +1255,27 @@ async fn load_pg_tables(
         let t_copied = t0.elapsed();
         let mut linked = 0;
         if identity_source {
-            // The last row of an id wins, as with one upsert per row.
-            sqlx::query("INSERT INTO identities (id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status) SELECT DISTINCT ON (id) id, connector_id, kind, display_name, upn, email, department, job_title, manager_id, status FROM steward_ingest_identities ORDER BY id, ctid DESC ON CONFLICT (id) DO UPDATE SET connector_id = excluded.connector_id, kind = excluded.kind, display_name = excluded.display_name, upn = excluded.upn, email = excluded.email, department = excluded.department, job_title = excluded.job_title, manager_id = excluded.manager_id, status = excluded.status")
-                .execute(&mut *tx)
-                .await?;
-        }
-        // An identity source's users and managed identities are each linked to the identity they just
-        // became: those are exactly the staged rows (one per such resource), so they are linked from the
-        // staging table rather than by joining every resource to `identities` (a nested loop of one index
-        // probe per user: the planner has no statistics for the rows loaded in this transaction).
-        linked += sqlx::query(if identity_source {
-            LINK_STAGED_IDENTITIES
+            // The identities and their account links are brought up to date rather than deleted and
+            // inserted again: a row that did not change is not written (a sync of the same tenant
+            // changes few). The last staged row of an id wins, as with one upsert per row.
+            sqlx::query(PG_UPSERT_STAGED_IDENTITIES).execute(&mut *tx).await?;
+            for q in [
+                "DELETE FROM identities i WHERE i.connector_id = $1 AND NOT EXISTS (SELECT 1 FROM steward_ingest_identities s WHERE s.id = i.id)",
+                PG_UNLINK_UNSTAGED,
+                PG_LINK_STAGED_IDENTITIES,
+            ] {
+                sqlx::query(q).bind(cid).execute(&mut *tx).await?;
+            }
+            // Every user and managed identity of an identity source is linked to the identity it became.
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM steward_ingest_identities WHERE kind IN ('user', 'managed_identity')",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            linked = u64::try_from(n).unwrap_or_default();
         } else {
-            LINK_BY_OBJECT_ID
-        })
-        .bind(cid)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if !identity_source {
-            for col in ["upn", "email"] {
-                linked += sqlx::query(AssertSqlSafe(link_by_sql(col)))
+            for q in [LINK_BY_OBJECT_ID, &link_by_sql("upn"), &link_by_sql("email")] {
+                linked += sqlx::query(AssertSqlSafe(q.to_owned()))
                     .bind(cid)
                     .execute(&mut *tx)
                     .await?
@@ -2096,6 +2104,26 @@ mod tests {
         // Ingesting the same snapshot again replaces it (no duplicates).
         p.ingest(&c, &bigger, "upload", vec![]).await.unwrap();
         assert_eq!(holders(&p).await.len(), 60);
+        // Back to the smaller one: the 20 users it lacks lose their identity and account link; the others
+        // keep theirs, once each.
+        let rec = p.ingest(&c, &good, "upload", vec![]).await.unwrap();
+        let stats = rec.stats.unwrap();
+        assert_eq!(
+            (stats["grants"].as_u64(), stats["accounts_linked"].as_u64()),
+            (Some(40), Some(40))
+        );
+        assert_eq!(holders(&p).await.len(), 40);
+        assert!(p.store().identity(&format!("{tag}u59")).await.unwrap().is_none());
+        let u0 = p.store().identity(&format!("{tag}u0")).await.unwrap().unwrap();
+        assert_eq!(u0.display_name, "Tab\there \\ new\nline");
+        for i in 0..60 {
+            let found = p.store().identity(&format!("{tag}u{i}")).await.unwrap();
+            assert_eq!(found.is_some(), i < 40, "identity u{i}");
+        }
+        for i in [0, 39] {
+            let held = p.store().grants_of_identity(&format!("{tag}u{i}")).await.unwrap();
+            assert_eq!(held.len(), 1, "u{i} reaches its grant through one account link");
+        }
     }
 
     #[tokio::test]
