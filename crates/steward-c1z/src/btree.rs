@@ -4,17 +4,19 @@
 //! [`collect`] reads every row of `v1_grants` once (all syncs in the file) and gathers the keys of all
 //! the indexes to build at once: per index, the key columns and the row id in a form whose bytewise
 //! order is SQLite's order of the entries ([`push_key_col`], [`push_rowid`]), appended to a run buffer.
-//! When the buffers reach their share of a fixed budget ([`RUN_BUDGET`] in all), each is sorted (7 key
-//! bytes at a time, [`Runs::sort`]) and spilled to an unnamed temporary file next to the database (keys
-//! front-coded, [`Runs::spill`]), so memory stays flat in the grant count. The writer usually gathers
-//! the same keys while it inserts the grants instead ([`Gatherer`]: the same entries, built by a
-//! background thread from the values the writer binds and the row ids its rows get, full runs sorted and
-//! spilled there too), and adds only the rows it did not insert with [`collect_rows`] (row-id ranges of
-//! the table).
+//! When the buffers reach their share of a fixed budget (`WriterOptions::sort_run_kib`, by default
+//! [`RUN_BUDGET`], in all), each is sorted (7 key bytes at a time, [`Runs::sort`]) and spilled to an
+//! unnamed temporary file next to the database (keys front-coded, [`Runs::spill`]), so memory stays flat
+//! in the grant count. The writer usually gathers the same keys while it inserts the grants instead
+//! ([`Gatherer`]: the same entries, built by a background thread from the values the writer binds and
+//! the row ids its rows get, full runs sorted and spilled there too), and adds only the rows it did not
+//! insert with [`collect_rows`] (row-id ranges of the table).
+//!
 //! [`write_indexes`] then, with no SQLite connection open on the database, merges each index's runs
-//! (k-way, a binary heap, on a thread of its own that hands the entries over in batches) and appends its b-tree pages to the end of the database file, in SQLite's file
-//! format (<https://www.sqlite.org/fileformat2.html>): index leaf pages (0x0a) and interior index pages
-//! (0x02) whose cells are `[left child]` + payload size + record (key columns, then the row id), payloads
+//! (k-way, a binary heap, on a thread of its own that hands the entries over in batches) and appends
+//! its b-tree pages to the end of the database file, in SQLite's file format
+//! (<https://www.sqlite.org/fileformat2.html>): index leaf pages (0x0a) and interior index pages (0x02)
+//! whose cells are `[left child]` + payload size + record (key columns, then the row id), payloads
 //! longer than the maximum local size continued on overflow pages. The order is SQLite's for these keys:
 //! every key column holds TEXT (anything else makes [`collect`] give up, and the caller builds the
 //! indexes with SQLite), compared bytewise (BINARY collation, UTF-8), then the row id. The tree is built

@@ -22,9 +22,10 @@
 //! full runs sorted and spilled there while the inserts go on), so the first direct index build of
 //! `end_sync` reads from the table only the rows those keys do not cover — other syncs' rows (ids below
 //! the sync's first) and rows expansion added (ids above its last). The gathered keys live only in this
-//! process (runs in unnamed temporary files next to the working database): a resumed sync, a failed
-//! insert or commit, or a grant row deleted before the build (a dangling reference dropped, a duplicate
-//! resolved) falls back to the pass over the table. [`C1zWriter::finish`] (after checkpointing a WAL an
+//! process (runs in unnamed temporary files next to the working database) and serve one build: a
+//! resumed sync, a failed insert or commit, row ids other than the expected ones, a grant row deleted
+//! before the build (a dangling reference dropped, a duplicate resolved) and any later build fall back to
+//! the pass over the table. [`C1zWriter::finish`] (after checkpointing a WAL an
 //! older version left) compresses the database into `<target>` atomically and deletes the working file.
 //!
 //! Crash safety: committed transactions survive a kill of the process (a transaction cut short leaves a hot
