@@ -317,6 +317,20 @@ impl Collected {
         }
     }
 
+    /// Spills the in-memory run of each index and frees its memory (keys kept while other work needs the
+    /// memory; more rows can still be added).
+    pub(crate) fn spill_all(&mut self, dir: &Path) -> Result<()> {
+        for run in &mut self.runs {
+            if !run.sorted.is_empty() {
+                run.spill(dir)?;
+                self.spilled += 1;
+            }
+            run.arena = Vec::new();
+            run.sorted = Vec::new();
+        }
+        Ok(())
+    }
+
     /// Sorts the last, in-memory run of each index (after the last row was added).
     pub(crate) fn sort_last(&mut self) {
         for run in &mut self.runs {

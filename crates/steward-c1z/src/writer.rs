@@ -161,9 +161,42 @@ struct Gathering {
 /// Gathered keys handed to the first grant index build of [`C1zWriter::end_sync`]: the rows below
 /// `start_id` and from `end_id` on are read from the table.
 struct Gathered {
-    keys: btree::Gatherer,
+    keys: GatheredKeys,
+    /// The indexes they are for, in order.
+    names: Vec<&'static str>,
     start_id: i64,
     end_id: i64,
+}
+
+enum GatheredKeys {
+    /// The gathering thread may still be taking in the last rows.
+    Running(btree::Gatherer),
+    /// Finished, with every run spilled (while expansion needs the memory); `None` if unusable.
+    Parked(Option<btree::Collected>),
+}
+
+impl GatheredKeys {
+    fn finish(self) -> Result<Option<btree::Collected>> {
+        match self {
+            Self::Running(g) => g.finish(),
+            Self::Parked(k) => Ok(k),
+        }
+    }
+
+    /// Finishes gathering and spills the in-memory runs, so that they hold no memory until the build.
+    fn park(&mut self, dir: &Path) -> Result<()> {
+        if let Self::Running(_) = self {
+            let Self::Running(g) = std::mem::replace(self, Self::Parked(None)) else {
+                return Ok(());
+            };
+            let mut keys = g.finish()?;
+            if let Some(k) = keys.as_mut() {
+                k.spill_all(dir)?;
+            }
+            *self = Self::Parked(keys);
+        }
+        Ok(())
+    }
 }
 
 /// Grant ids whose hashes [`GrantRefs`] keeps at most (16 MiB); past it, a possible duplicate id is
@@ -1071,7 +1104,8 @@ impl C1zWriter {
         self.commit()?;
         self.gathered = self.active.as_mut().and_then(|a| {
             a.gather.take().map(|g| Gathered {
-                keys: g.keys,
+                names: g.keys.names().to_vec(),
+                keys: GatheredKeys::Running(g.keys),
                 start_id: g.start_id,
                 end_id: a.next_grant_id,
             })
@@ -1138,6 +1172,12 @@ impl C1zWriter {
                 self.gathered = None;
             }
             tracing::debug!(ms = t.elapsed().as_millis() as u64, "c1z: dangling rows checked");
+        }
+        let dir = self.work_dir();
+        if let Some(g) = self.gathered.as_mut() {
+            // Not used before expansion: its runs go to disk rather than sit in memory beside
+            // expansion's.
+            g.keys.park(&dir)?;
         }
         let t = Instant::now();
         report.expansion = expand::expand(&self.conn, &sync_id, self.opts.max_expansion_depth, false)?;
@@ -1210,7 +1250,7 @@ impl C1zWriter {
         self.conn.execute_batch("PRAGMA cache_size=-2048")?;
         let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
         let mut from_put = 0;
-        let keys = match gathered.filter(|g| g.keys.names() == names) {
+        let keys = match gathered.filter(|g| g.names == names) {
             Some(g) => match g.keys.finish()? {
                 // The rows of other syncs (below) and those expansion added (above), from the table.
                 Some(mut keys) => {
