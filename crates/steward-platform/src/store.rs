@@ -1072,15 +1072,26 @@ async fn load_pg(
     let r = load_pg_tables(p, cid, identity_source, source, &part).await;
     if !matches!(r, Ok(Ok(_))) {
         // The new table may have been committed by its own connection; the snapshot's transaction did
-        // not make it a partition. (If this fails too, the connector's next ingest drops it.)
-        if let Err(e) = sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {part}")))
-            .execute(p)
-            .await
-        {
+        // not make it a partition. If that transaction got as far as attaching it, its rollback (sent when
+        // its connection is next used) still holds the table's lock: the wait is bounded, and a table
+        // left behind is dropped by the connector's next ingest (it carries the tag).
+        if let Err(e) = drop_table_pg(p, &part).await {
             tracing::warn!(table = %part, error = %e, "dropping the table of a failed ingest");
         }
     }
     r
+}
+
+async fn drop_table_pg(p: &sqlx::PgPool, table: &str) -> Result<()> {
+    let mut tx = p.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Runs COPYs as the reader thread sends them, until [`CopyMsg::Finished`] (true) or until the reader
