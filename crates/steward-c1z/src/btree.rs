@@ -307,6 +307,29 @@ impl Runs {
 }
 
 impl Collected {
+    /// Adds one row's entry (`vals`: its seven key columns, `id`: its row id) to each index's run, spilling
+    /// a run that reaches `share` bytes; false when an entry cannot be made (the caller gives up).
+    fn add_row(
+        &mut self,
+        specs: &[Spec],
+        vals: &[&[u8]; 7],
+        id: i64,
+        share: usize,
+        dir: &Path,
+    ) -> Result<bool> {
+        self.rows += 1;
+        for (spec, run) in specs.iter().zip(self.runs.iter_mut()) {
+            if !push_entry(run, spec, vals, id) {
+                return Ok(false);
+            }
+            if run.arena.len() >= share {
+                run.spill(dir)?;
+                self.spilled += 1;
+            }
+        }
+        Ok(true)
+    }
+
     /// No keys yet, for `specs`' indexes.
     fn empty(specs: &[Spec], budget: usize) -> Self {
         let share = budget / specs.len().max(1);
@@ -366,15 +389,8 @@ pub(crate) fn collect_rows(
                 _ => return Ok(false),
             }
         }
-        keys.rows += 1;
-        for (spec, run) in specs.iter().zip(keys.runs.iter_mut()) {
-            if !push_entry(run, spec, &vals, id) {
-                return Ok(false);
-            }
-            if run.arena.len() >= share {
-                run.spill(dir)?;
-                keys.spilled += 1;
-            }
+        if !keys.add_row(specs, &vals, id, share, dir)? {
+            return Ok(false);
         }
     }
     Ok(true)
@@ -432,15 +448,8 @@ impl RowBatch {
                 *v = &self.bytes[start..end];
                 start = end;
             }
-            keys.rows += 1;
-            for (spec, run) in specs.iter().zip(keys.runs.iter_mut()) {
-                if !push_entry(run, spec, &vals, id) {
-                    return Ok(false);
-                }
-                if run.arena.len() >= share {
-                    run.spill(dir)?;
-                    keys.spilled += 1;
-                }
+            if !keys.add_row(specs, &vals, id, share, dir)? {
+                return Ok(false);
             }
         }
         Ok(true)
