@@ -444,52 +444,33 @@ async fn ingest_sqlite(
     }
 }
 
-/// A row of the sync file, owned, on its way from the reader thread to the SQLite writer. A grant's
-/// strings are in its batch's byte buffer (no allocation per grant): id, entitlement, principal type,
-/// principal id and via end at `ends`.
+/// A row of the sync file, owned, on its way from the reader thread to the SQLite writer.
 enum LiteRow {
     Resource(ResourceRow),
     Identity(Identity),
     Entitlement(EntitlementRow),
-    Grant {
-        ends: [u32; 5],
-        direct: bool,
-        has_via: bool,
-    },
+    Grant(GrantRow),
 }
 
 /// Rows per message from the reader thread to the writer.
 const LITE_BATCH: usize = 4096;
 
-/// A message from the reader thread to the writer: rows, and the bytes of their grants' strings.
-#[derive(Default)]
-struct LiteBatch {
-    rows: Vec<LiteRow>,
-    bytes: Vec<u8>,
-}
-
 /// The reader thread's sink: copies rows into batches for the writer thread.
 struct ChannelSink {
-    tx: std::sync::mpsc::SyncSender<LiteBatch>,
-    buf: LiteBatch,
+    tx: std::sync::mpsc::SyncSender<Vec<LiteRow>>,
+    buf: Vec<LiteRow>,
 }
 
 impl ChannelSink {
     fn push(&mut self, r: LiteRow) -> Result<()> {
-        self.buf.rows.push(r);
-        if self.buf.rows.len() >= LITE_BATCH {
+        self.buf.push(r);
+        if self.buf.len() >= LITE_BATCH {
             self.flush()?;
         }
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {
-        let b = std::mem::replace(
-            &mut self.buf,
-            LiteBatch {
-                rows: Vec::with_capacity(LITE_BATCH),
-                bytes: Vec::with_capacity(LITE_BATCH * 128),
-            },
-        );
+        let b = std::mem::replace(&mut self.buf, Vec::with_capacity(LITE_BATCH));
         self.tx
             .send(b)
             .map_err(|_| PlatformError::SyncFile("the database writer stopped".into()))
@@ -507,25 +488,14 @@ impl Sink for ChannelSink {
         self.push(LiteRow::Entitlement(e.clone()))
     }
     fn grant(&mut self, g: &GrantRef<'_>) -> Result<()> {
-        let b = &mut self.buf.bytes;
-        let mut ends = [0u32; 5];
-        let fields = [
-            g.id,
-            g.entitlement_id,
-            g.principal_type,
-            g.principal_id,
-            g.via.unwrap_or(""),
-        ];
-        for (end, f) in ends.iter_mut().zip(fields) {
-            b.extend_from_slice(f.as_bytes());
-            *end = u32::try_from(b.len())
-                .map_err(|_| PlatformError::SyncFile("a grant batch over 4 GiB".into()))?;
-        }
-        self.push(LiteRow::Grant {
-            ends,
+        self.push(LiteRow::Grant(GrantRow {
+            id: g.id.to_owned(),
+            entitlement_id: g.entitlement_id.to_owned(),
+            principal_type: g.principal_type.to_owned(),
+            principal_id: g.principal_id.to_owned(),
             direct: g.direct,
-            has_via: g.via.is_some(),
-        })
+            via: g.via.map(str::to_owned),
+        }))
     }
 }
 
@@ -539,66 +509,49 @@ struct SqliteWriter<'c> {
 }
 
 impl SqliteWriter<'_> {
-    fn write_batch(&mut self, batch: &LiteBatch) -> Result<()> {
-        let mut start = 0usize;
-        for row in &batch.rows {
-            match row {
-                LiteRow::Resource(r) => self.resources.execute(rusqlite::params![
-                    self.cid,
-                    r.resource_type,
-                    r.resource_id,
-                    r.display_name,
-                    r.parent,
-                    r.login,
-                    r.email,
-                    r.profile
-                ]),
-                LiteRow::Identity(i) => self.identities.execute(rusqlite::params![
-                    i.id,
-                    i.connector_id,
-                    i.kind,
-                    i.display_name,
-                    i.upn,
-                    i.email,
-                    i.department,
-                    i.job_title,
-                    i.manager_id,
-                    i.status
-                ]),
-                LiteRow::Entitlement(e) => self.entitlements.execute(rusqlite::params![
-                    self.cid,
-                    e.id,
-                    e.resource_type,
-                    e.resource_id,
-                    e.display_name,
-                    e.slug
-                ]),
-                LiteRow::Grant {
-                    ends,
-                    direct,
-                    has_via,
-                } => {
-                    let mut f: [&str; 5] = [""; 5];
-                    for (k, end) in ends.iter().enumerate() {
-                        let end = *end as usize;
-                        // Copied from `&str`s at these boundaries by `ChannelSink::grant`.
-                        f[k] = std::str::from_utf8(&batch.bytes[start..end])
-                            .map_err(|e| PlatformError::SyncFile(format!("a grant's text: {e}")))?;
-                        start = end;
-                    }
-                    self.grants.execute(rusqlite::params![
-                        self.cid,
-                        ingest::explicit_grant_id(f[0], f[1], f[2], f[3]),
-                        f[1],
-                        f[2],
-                        f[3],
-                        direct,
-                        has_via.then_some(f[4])
-                    ])
-                }
-            }
-            .map_err(lite)?;
+    fn write(&mut self, row: &LiteRow) -> Result<()> {
+        match row {
+            LiteRow::Resource(r) => self.resources.execute(rusqlite::params![
+                self.cid,
+                r.resource_type,
+                r.resource_id,
+                r.display_name,
+                r.parent,
+                r.login,
+                r.email,
+                r.profile
+            ]),
+            LiteRow::Identity(i) => self.identities.execute(rusqlite::params![
+                i.id,
+                i.connector_id,
+                i.kind,
+                i.display_name,
+                i.upn,
+                i.email,
+                i.department,
+                i.job_title,
+                i.manager_id,
+                i.status
+            ]),
+            LiteRow::Entitlement(e) => self.entitlements.execute(rusqlite::params![
+                self.cid,
+                e.id,
+                e.resource_type,
+                e.resource_id,
+                e.display_name,
+                e.slug
+            ]),
+            LiteRow::Grant(g) => self.grants.execute(rusqlite::params![
+                self.cid,
+                ingest::explicit_grant_id(&g.id, &g.entitlement_id, &g.principal_type, &g.principal_id),
+                g.entitlement_id,
+                g.principal_type,
+                g.principal_id,
+                g.direct,
+                g.via
+            ]),
         }
+        .map_err(lite)?;
         Ok(())
     }
 }
@@ -612,12 +565,12 @@ fn pipe_rows(
     identity_source: bool,
     w: &mut SqliteWriter<'_>,
 ) -> Result<Extracted> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<LiteBatch>(8);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LiteRow>>(8);
     std::thread::scope(|s| {
         let reader = s.spawn(move || {
             let mut sink = ChannelSink {
                 tx,
-                buf: LiteBatch::default(),
+                buf: Vec::with_capacity(LITE_BATCH),
             };
             let n = source.extract(cid, identity_source, &mut sink)?;
             sink.flush()?;
@@ -625,7 +578,7 @@ fn pipe_rows(
         });
         let mut written = Ok(());
         for batch in rx.iter() {
-            written = w.write_batch(&batch);
+            written = batch.iter().try_for_each(|r| w.write(r));
             if written.is_err() {
                 break;
             }
