@@ -816,12 +816,48 @@ struct PgSink<'a> {
     cid: &'a str,
     grants_tx: mpsc::Sender<CopyMsg>,
     tx: mpsc::Sender<CopyMsg>,
-    buf: Vec<u8>,
+    grants: CopyChunks,
     /// The resources' COPY is open on the snapshot's transaction (their rows go as they come).
     resources_started: bool,
-    resources: Vec<u8>,
-    entitlements: Vec<u8>,
-    identities: Vec<u8>,
+    resources: CopyChunks,
+    entitlements: CopyChunks,
+    identities: CopyChunks,
+}
+
+/// One table's rows in COPY text format, cut after a row once [`PG_CHUNK`] bytes are reached: full chunks
+/// are sent at once (a streamed table) or kept in `full` (a table sent at the end).
+#[derive(Default)]
+struct CopyChunks {
+    buf: Vec<u8>,
+    full: Vec<Vec<u8>>,
+}
+
+impl CopyChunks {
+    /// Appends a row; returns the chunk it completed, if any.
+    fn row(&mut self, fields: &[Option<&str>]) -> Option<Vec<u8>> {
+        copy_row(&mut self.buf, fields);
+        (self.buf.len() >= PG_CHUNK)
+            .then(|| std::mem::replace(&mut self.buf, Vec::with_capacity(PG_CHUNK + 4096)))
+    }
+    /// Appends a row of a table sent at the end.
+    fn keep(&mut self, fields: &[Option<&str>]) {
+        if let Some(c) = self.row(fields) {
+            self.full.push(c);
+        }
+    }
+    /// Every chunk not sent yet, the last one partial.
+    fn rest(&mut self) -> Vec<Vec<u8>> {
+        let mut all = std::mem::take(&mut self.full);
+        if !self.buf.is_empty() {
+            all.push(std::mem::take(&mut self.buf));
+        }
+        all
+    }
+}
+
+fn send(tx: &mpsc::Sender<CopyMsg>, m: CopyMsg) -> Result<()> {
+    tx.blocking_send(m)
+        .map_err(|_| PlatformError::SyncFile("the database writer stopped".into()))
 }
 
 fn copy_field(buf: &mut Vec<u8>, v: Option<&str>) {
@@ -855,136 +891,96 @@ fn copy_row(buf: &mut Vec<u8>, fields: &[Option<&str>]) {
     buf.push(b'\n');
 }
 
-fn writer_stopped<T>(_: T) -> PlatformError {
-    PlatformError::SyncFile("the database writer stopped".into())
-}
-
 impl PgSink<'_> {
-    /// Ends the grants and sends the kept tables, each as one COPY in chunks of [`PG_CHUNK`].
+    /// Ends the grants and the resources and sends the kept tables, each as one COPY.
     fn finish(mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            let b = std::mem::take(&mut self.buf);
-            self.grants_tx
-                .blocking_send(CopyMsg::Data(b))
-                .map_err(writer_stopped)?;
+        for c in self.grants.rest() {
+            send(&self.grants_tx, CopyMsg::Data(c))?;
         }
-        self.grants_tx
-            .blocking_send(CopyMsg::End)
-            .map_err(writer_stopped)?;
+        send(&self.grants_tx, CopyMsg::End)?;
         if self.resources_started {
-            let b = std::mem::take(&mut self.resources);
-            self.tx.blocking_send(CopyMsg::Data(b)).map_err(writer_stopped)?;
-            self.tx.blocking_send(CopyMsg::End).map_err(writer_stopped)?;
+            for c in self.resources.rest() {
+                send(&self.tx, CopyMsg::Data(c))?;
+            }
+            send(&self.tx, CopyMsg::End)?;
         }
-        for (stmt, rows) in [
-            (PG_COPY_ENTITLEMENTS, std::mem::take(&mut self.entitlements)),
-            (PG_COPY_IDENTITIES, std::mem::take(&mut self.identities)),
+        for (stmt, chunks) in [
+            (PG_COPY_ENTITLEMENTS, self.entitlements.rest()),
+            (PG_COPY_IDENTITIES, self.identities.rest()),
         ] {
-            if rows.is_empty() {
+            if chunks.is_empty() {
                 continue;
             }
-            self.tx
-                .blocking_send(CopyMsg::Start(stmt))
-                .map_err(writer_stopped)?;
-            let mut rest = rows.as_slice();
-            while !rest.is_empty() {
-                // Cut after a row's newline (COPY text rows never contain a raw one).
-                let cut = match rest
-                    .get(PG_CHUNK..)
-                    .and_then(|t| t.iter().position(|&c| c == b'\n'))
-                {
-                    Some(i) => PG_CHUNK + i + 1,
-                    None => rest.len(),
-                };
-                self.tx
-                    .blocking_send(CopyMsg::Data(rest[..cut].to_vec()))
-                    .map_err(writer_stopped)?;
-                rest = &rest[cut..];
+            send(&self.tx, CopyMsg::Start(stmt))?;
+            for c in chunks {
+                send(&self.tx, CopyMsg::Data(c))?;
             }
-            self.tx.blocking_send(CopyMsg::End).map_err(writer_stopped)?;
+            send(&self.tx, CopyMsg::End)?;
         }
-        self.tx.blocking_send(CopyMsg::Finished).map_err(writer_stopped)
+        send(&self.tx, CopyMsg::Finished)
     }
 }
 
 impl Sink for PgSink<'_> {
     fn resource(&mut self, r: &ResourceRow) -> Result<()> {
         if !self.resources_started {
-            self.tx
-                .blocking_send(CopyMsg::Start(PG_COPY_RESOURCES))
-                .map_err(writer_stopped)?;
+            send(&self.tx, CopyMsg::Start(PG_COPY_RESOURCES))?;
             self.resources_started = true;
         }
-        if self.resources.len() >= PG_CHUNK {
-            let b = std::mem::replace(&mut self.resources, Vec::with_capacity(PG_CHUNK + 4096));
-            self.tx.blocking_send(CopyMsg::Data(b)).map_err(writer_stopped)?;
+        let full = self.resources.row(&[
+            Some(self.cid),
+            Some(&r.resource_type),
+            Some(&r.resource_id),
+            Some(&r.display_name),
+            r.parent.as_deref(),
+            r.login.as_deref(),
+            r.email.as_deref(),
+            Some(&r.profile),
+        ]);
+        match full {
+            Some(c) => send(&self.tx, CopyMsg::Data(c)),
+            None => Ok(()),
         }
-        copy_row(
-            &mut self.resources,
-            &[
-                Some(self.cid),
-                Some(&r.resource_type),
-                Some(&r.resource_id),
-                Some(&r.display_name),
-                r.parent.as_deref(),
-                r.login.as_deref(),
-                r.email.as_deref(),
-                Some(&r.profile),
-            ],
-        );
-        Ok(())
     }
     fn identity(&mut self, i: &Identity) -> Result<()> {
-        copy_row(
-            &mut self.identities,
-            &[
-                Some(&i.id),
-                Some(&i.connector_id),
-                Some(&i.kind),
-                Some(&i.display_name),
-                i.upn.as_deref(),
-                i.email.as_deref(),
-                i.department.as_deref(),
-                i.job_title.as_deref(),
-                i.manager_id.as_deref(),
-                Some(&i.status),
-            ],
-        );
+        self.identities.keep(&[
+            Some(&i.id),
+            Some(&i.connector_id),
+            Some(&i.kind),
+            Some(&i.display_name),
+            i.upn.as_deref(),
+            i.email.as_deref(),
+            i.department.as_deref(),
+            i.job_title.as_deref(),
+            i.manager_id.as_deref(),
+            Some(&i.status),
+        ]);
         Ok(())
     }
     fn entitlement(&mut self, e: &EntitlementRow) -> Result<()> {
-        copy_row(
-            &mut self.entitlements,
-            &[
-                Some(self.cid),
-                Some(&e.id),
-                Some(&e.resource_type),
-                Some(&e.resource_id),
-                Some(&e.display_name),
-                Some(&e.slug),
-            ],
-        );
+        self.entitlements.keep(&[
+            Some(self.cid),
+            Some(&e.id),
+            Some(&e.resource_type),
+            Some(&e.resource_id),
+            Some(&e.display_name),
+            Some(&e.slug),
+        ]);
         Ok(())
     }
     fn grant(&mut self, g: &GrantRef<'_>) -> Result<()> {
-        if self.buf.len() >= PG_CHUNK {
-            let b = std::mem::replace(&mut self.buf, Vec::with_capacity(PG_CHUNK + 4096));
-            self.grants_tx
-                .blocking_send(CopyMsg::Data(b))
-                .map_err(writer_stopped)?;
+        let full = self.grants.row(&[
+            ingest::explicit_grant_id(g.id, g.entitlement_id, g.principal_type, g.principal_id),
+            Some(g.entitlement_id),
+            Some(g.principal_type),
+            Some(g.principal_id),
+            Some(if g.direct { "t" } else { "f" }),
+            g.via,
+        ]);
+        match full {
+            Some(c) => send(&self.grants_tx, CopyMsg::Data(c)),
+            None => Ok(()),
         }
-        copy_row(
-            &mut self.buf,
-            &[
-                ingest::explicit_grant_id(g.id, g.entitlement_id, g.principal_type, g.principal_id),
-                Some(g.entitlement_id),
-                Some(g.principal_type),
-                Some(g.principal_id),
-                Some(if g.direct { "t" } else { "f" }),
-                g.via,
-            ],
-        );
-        Ok(())
     }
 }
 
@@ -1197,11 +1193,11 @@ async fn load_pg_tables(
             cid: &owned_cid,
             grants_tx,
             tx: ctx,
-            buf: Vec::with_capacity(PG_CHUNK + 4096),
+            grants: CopyChunks::default(),
             resources_started: false,
-            resources: Vec::new(),
-            entitlements: Vec::new(),
-            identities: Vec::new(),
+            resources: CopyChunks::default(),
+            entitlements: CopyChunks::default(),
+            identities: CopyChunks::default(),
         };
         let n = source.extract(&owned_cid, identity_source, &mut sink)?;
         if let Extracted::Done(_) = n {
