@@ -648,7 +648,18 @@ struct PageOut<'a> {
     path: &'a Path,
 }
 
-impl PageOut<'_> {
+impl<'a> PageOut<'a> {
+    /// Pages appended to the file `f` (positioned at its end) after the `hdr.pages` it has.
+    fn new(f: File, hdr: DbHeader, path: &'a Path) -> Self {
+        Self {
+            w: BufWriter::with_capacity(1 << 20, f),
+            next: hdr.pages + 1,
+            page: vec![0u8; hdr.page_size],
+            hdr,
+            path,
+        }
+    }
+
     /// SQLite's lock-byte page: the page holding byte 2^30 of the file is never part of a b-tree
     /// (`integrity_check` reports a reference to it as a second reference), so numbering skips it.
     fn lock_page(&self) -> u32 {
@@ -1183,13 +1194,7 @@ pub(crate) fn write_indexes(
         .map_err(C1zError::io("open", path))?;
     f.seek(SeekFrom::Start(hdr.pages as u64 * hdr.page_size as u64))
         .map_err(C1zError::io("seek in", path))?;
-    let mut out = PageOut {
-        w: BufWriter::with_capacity(1 << 20, f),
-        next: hdr.pages + 1,
-        page: vec![0u8; hdr.page_size],
-        hdr: *hdr,
-        path,
-    };
+    let mut out = PageOut::new(f, *hdr, path);
     let mut roots = Vec::with_capacity(specs.len());
     for (spec, runs) in specs.iter().zip(keys.runs.iter_mut()) {
         let k = spec.cols.len();
@@ -1258,13 +1263,8 @@ mod tests {
             change_counter: 1,
             format4: true,
         };
-        let mut out = PageOut {
-            w: BufWriter::new(f),
-            next: 16_383,
-            page: vec![7u8; size],
-            hdr,
-            path: &path,
-        };
+        let mut out = PageOut::new(f, hdr, &path);
+        out.page.fill(7);
         assert_eq!((out.next_no(), out.after_next_no()), (16_383, 16_384));
         assert_eq!(out.append().unwrap(), 16_383);
         assert_eq!((out.next_no(), out.after_next_no()), (16_384, 16_386));
@@ -1512,13 +1512,7 @@ mod tests {
             let mut want: Vec<(Vec<u8>, i64)> = Vec::new();
             let mut f = File::create(&path).unwrap();
             f.write_all(&vec![0u8; ps]).unwrap();
-            let mut out = PageOut {
-                w: BufWriter::new(f),
-                next: 2,
-                page: vec![0u8; ps],
-                hdr,
-                path: &path,
-            };
+            let mut out = PageOut::new(f, hdr, &path);
             let mut b = Builder::new(&mut out);
             let mut e = Vec::new();
             for i in 0..n {
