@@ -608,6 +608,61 @@ const SQLITE_GRANT_INDEXES: [(&str, &str); 2] = [
     ),
 ];
 
+/// The ingest connection's page cache, in KiB (2 GiB).
+const SQLITE_CACHE_KIB: u64 = 2 << 20;
+
+/// The page cache while the grant indexes are built, in KiB. SQLite's sorter writes a sorted run each
+/// time its keys reach the cache size; with worker threads (`PRAGMA threads`) the runs are sorted and
+/// merged on those threads while the statement's own thread scans the table and builds the index. With
+/// the full cache every key fits in one run, sorted on the statement's thread alone (large tenant: 2.9–3.6
+/// s for both indexes; 1.8–2.2 s with 8 MiB runs — see docs/benchmarks.md).
+/// Tests use SQLite's smallest run (1 MiB), so a snapshot of a few thousand grants is sorted in several.
+const SQLITE_SORT_RUN_KIB: u64 = if cfg!(test) { 1 << 10 } else { 8 << 10 };
+
+/// Builds the grant indexes after a bulk load in `tx`. The sorter's runs go to temporary files in SQLite's
+/// temp directory (deleted when the sort ends); without a writable one the keys are sorted in memory, on
+/// one thread, as before.
+fn create_grant_indexes(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let setup = if sqlite_temp_dir_writable() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+        format!(
+            "PRAGMA temp_store = FILE; PRAGMA threads = {threads}; PRAGMA cache_size = -{SQLITE_SORT_RUN_KIB}"
+        )
+    } else {
+        tracing::warn!(
+            "no writable temporary directory for SQLite (SQLITE_TMPDIR, TMPDIR, /var/tmp, /tmp or the \
+             working directory): the grant indexes are sorted in memory on one thread (slower)"
+        );
+        "PRAGMA temp_store = MEMORY".to_owned()
+    };
+    tx.execute_batch(&setup).map_err(lite)?;
+    for (_, ddl) in SQLITE_GRANT_INDEXES {
+        tx.execute_batch(ddl).map_err(lite)?;
+    }
+    tx.execute_batch(&format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
+        .map_err(lite)?;
+    Ok(())
+}
+
+/// Whether SQLite can create its temporary files. It takes the first directory of `SQLITE_TMPDIR`,
+/// `TMPDIR`, `/var/tmp`, `/usr/tmp`, `/tmp`, `.` that it may write, and an I/O error there would roll back
+/// the whole ingest: a file is created (and removed) in the first of them that exists.
+fn sqlite_temp_dir_writable() -> bool {
+    let candidates = [
+        std::env::var_os("SQLITE_TMPDIR").map(std::path::PathBuf::from),
+        std::env::var_os("TMPDIR").map(std::path::PathBuf::from),
+        Some("/var/tmp".into()),
+        Some("/usr/tmp".into()),
+        Some("/tmp".into()),
+        Some(".".into()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|d| d.is_dir())
+        .is_some_and(|d| tempfile::tempfile_in(d).is_ok())
+}
+
 /// Fewest new grants for which the indexes are rebuilt rather than maintained (small in tests, so they
 /// exercise the rebuild).
 const SQLITE_REBUILD_MIN: i64 = if cfg!(test) { 10 } else { 10_000 };
@@ -623,12 +678,15 @@ fn load_sqlite(
     let mut conn = rusqlite::Connection::open(db).map_err(lite)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(lite)?;
-    conn.execute_batch(
-        // A page cache as large as a big snapshot (2 GiB; only what is used is allocated): without it
-        // the transaction spills pages into the WAL while loading and reads them back to build the
-        // indexes. Two sorter threads for the index builds.
-        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -2097152; PRAGMA threads = 2; PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 0;",
-    )
+    // A page cache as large as a big snapshot (2 GiB; only what is used is allocated): without it the
+    // transaction spills pages into the WAL while loading and reads them back to build the indexes. The
+    // spill threshold is pinned to the same size, so that lowering `cache_size` for the index builds
+    // ([`create_grant_indexes`]) does not start spilling.
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{SQLITE_CACHE_KIB}; PRAGMA cache_spill = {}; \
+         PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 0;",
+        SQLITE_CACHE_KIB / 4
+    ))
     .map_err(lite)?;
     let t0 = std::time::Instant::now();
     let tx = conn
@@ -726,9 +784,7 @@ fn load_sqlite(
     }
     let t_load = t0.elapsed();
     if rebuild {
-        for (_, ddl) in SQLITE_GRANT_INDEXES {
-            tx.execute_batch(ddl).map_err(lite)?;
-        }
+        create_grant_indexes(&tx)?;
     }
     let t_index = t0.elapsed();
     st.accounts_linked += tx.execute(LINK_BY_OBJECT_ID, [cid]).map_err(lite)? as u64;
@@ -2083,6 +2139,81 @@ mod tests {
         for i in [0, 39] {
             let held = p.store().grants_of_identity(&format!("{tag}u{i}")).await.unwrap();
             assert_eq!(held.len(), 1, "u{i} reaches its grant through one account link");
+        }
+    }
+
+    /// A snapshot whose index keys fill several of the sorter's runs (so they are sorted on worker threads
+    /// through temporary files and merged): the indexes built are complete and consistent.
+    #[tokio::test]
+    async fn sqlite_grant_indexes_sorted_in_runs_are_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sync.c1z");
+        let users = 30_000;
+        write_sync(&file, users, "runs-");
+        let p = Platform::open(
+            &OpenOptions {
+                db_url: None,
+                data_dir: Some(dir.path().to_owned()),
+            },
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        let admin = Actor {
+            token_id: "t".into(),
+            name: "t".into(),
+            role: Role::SuperAdmin,
+            identity_id: None,
+        };
+        let c = p
+            .create_connector(
+                &admin,
+                CreateConnector {
+                    kind: "baton".into(),
+                    name: "runs".into(),
+                    settings: Default::default(),
+                    owners: vec![],
+                    identity_source: Some(true),
+                    app_id: None,
+                    sync_interval_secs: None,
+                },
+            )
+            .await
+            .unwrap();
+        p.ingest(&c, &file, "upload", vec![]).await.unwrap();
+        let db = rusqlite::Connection::open(dir.path().join(crate::db::SQLITE_FILE)).unwrap();
+        let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        // Every grant is reachable through each index (the counts come from index-only scans).
+        for (index, filter) in [
+            ("grants_entitlement", "connector_id = ?1"),
+            ("grants_principal", "principal_id > '' AND ?1 <> ''"),
+        ] {
+            let n: i64 = db
+                .query_row(
+                    &format!("SELECT count(*) FROM grants INDEXED BY {index} WHERE {filter}"),
+                    [&c.id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, users as i64, "{index}");
+        }
+        let holders = p
+            .store()
+            .holders(
+                &c.id,
+                "group:runs-g0:member",
+                &ListQuery {
+                    limit: Some(10),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(holders.items.len(), 10);
+        for i in [0, 12_345, users - 1] {
+            let held = p.store().grants_of_identity(&format!("runs-u{i}")).await.unwrap();
+            assert_eq!(held.len(), 1, "u{i}");
         }
     }
 
