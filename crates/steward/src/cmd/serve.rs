@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// Ingests per backend (the best is reported; after the first, each replaces the previous snapshot).
     #[arg(long, default_value_t = 2)]
     pub runs: u32,
+    /// Seconds to wait between runs: a re-ingest as an hourly sync meets it, after the previous snapshot's
+    /// background work (SQLite's checkpoint of the WAL into the database file) has finished.
+    #[arg(long, default_value_t = 0)]
+    pub pause_secs: u64,
     /// After ingesting, serve the API on loopback and load `GET /api/v1/apps` and
     /// `GET /api/v1/identities/{id}/access` with wrk (or print the wrk commands and wait for Ctrl-C when
     /// wrk is not installed).
@@ -512,7 +516,10 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
                 .await?;
             let mut secs_all = Vec::new();
             let mut stats = serde_json::Value::Null;
-            for _ in 0..a.runs.max(1) {
+            for run in 0..a.runs.max(1) {
+                if run > 0 && a.pause_secs > 0 {
+                    tokio::time::sleep(std::time::Duration::from_secs(a.pause_secs)).await;
+                }
                 let t = Instant::now();
                 let rec = p.ingest(&c, &file, "upload", vec![]).await?;
                 secs_all.push(t.elapsed().as_secs_f64());
