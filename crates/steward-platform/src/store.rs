@@ -502,6 +502,9 @@ impl Sink for ChannelSink {
 /// Bulk writer into the open SQLite transaction (prepared single-row inserts).
 struct SqliteWriter<'c> {
     cid: &'c str,
+    /// Bytes the grants written take in the sorter's runs of both grant indexes (key columns, row id and
+    /// record headers, roughly).
+    key_bytes: u64,
     resources: rusqlite::Statement<'c>,
     entitlements: rusqlite::Statement<'c>,
     grants: rusqlite::Statement<'c>,
@@ -541,15 +544,22 @@ impl SqliteWriter<'_> {
                 e.display_name,
                 e.slug
             ]),
-            LiteRow::Grant(g) => self.grants.execute(rusqlite::params![
-                self.cid,
-                ingest::explicit_grant_id(&g.id, &g.entitlement_id, &g.principal_type, &g.principal_id),
-                g.entitlement_id,
-                g.principal_type,
-                g.principal_id,
-                g.direct,
-                g.via
-            ]),
+            LiteRow::Grant(g) => {
+                self.key_bytes += (self.cid.len()
+                    + g.entitlement_id.len()
+                    + g.principal_id.len()
+                    + g.principal_type.len()
+                    + 2 * SORT_KEY_OVERHEAD) as u64;
+                self.grants.execute(rusqlite::params![
+                    self.cid,
+                    ingest::explicit_grant_id(&g.id, &g.entitlement_id, &g.principal_type, &g.principal_id),
+                    g.entitlement_id,
+                    g.principal_type,
+                    g.principal_id,
+                    g.direct,
+                    g.via
+                ])
+            }
         }
         .map_err(lite)?;
         Ok(())
@@ -619,21 +629,38 @@ const SQLITE_CACHE_KIB: u64 = 2 << 20;
 /// Tests use SQLite's smallest run (1 MiB), so a snapshot of a few thousand grants is sorted in several.
 const SQLITE_SORT_RUN_KIB: u64 = if cfg!(test) { 1 << 10 } else { 8 << 10 };
 
-/// Builds the grant indexes after a bulk load in `tx`. The sorter's runs go to temporary files in SQLite's
-/// temp directory (deleted when the sort ends); without a writable one the keys are sorted in memory, on
-/// one thread, as before.
-fn create_grant_indexes(tx: &rusqlite::Transaction<'_>) -> Result<()> {
-    let setup = if sqlite_temp_dir_writable() {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
-        format!(
-            "PRAGMA temp_store = FILE; PRAGMA threads = {threads}; PRAGMA cache_size = -{SQLITE_SORT_RUN_KIB}"
-        )
-    } else {
-        tracing::warn!(
-            "no writable temporary directory for SQLite (SQLITE_TMPDIR, TMPDIR, /var/tmp, /tmp or the \
-             working directory): the grant indexes are sorted in memory on one thread (slower)"
-        );
-        "PRAGMA temp_store = MEMORY".to_owned()
+/// Builds the grant indexes after a bulk load in `tx`, whose keys take about `key_bytes`. The sorter's
+/// runs go to temporary files in SQLite's temp directory (deleted when the sort ends). An I/O error there
+/// would roll back the whole ingest, so without a writable temp directory with room for twice the keys
+/// (the runs, and the merged runs when there are many) they are sorted in memory, on one thread.
+fn create_grant_indexes(tx: &rusqlite::Transaction<'_>, key_bytes: u64) -> Result<()> {
+    let setup = match sqlite_temp_dir() {
+        Some((dir, free)) if free / 2 >= key_bytes => {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+            tracing::debug!(dir = %dir.display(), free, key_bytes, "grant index keys sorted in runs");
+            format!(
+                "PRAGMA temp_store = FILE; PRAGMA threads = {threads}; PRAGMA cache_size = -{SQLITE_SORT_RUN_KIB}"
+            )
+        }
+        found => {
+            let why = match found {
+                Some((dir, free)) => format!(
+                    "{} has {free} bytes free, the sort needs up to {}",
+                    dir.display(),
+                    key_bytes.saturating_mul(2)
+                ),
+                None => {
+                    "no writable temporary directory (SQLITE_TMPDIR, TMPDIR, /var/tmp, /tmp or the working \
+                         directory)"
+                        .into()
+                }
+            };
+            tracing::warn!(
+                "{why}: the grant indexes are sorted in memory on one thread (slower); point SQLITE_TMPDIR \
+                 at a directory with room"
+            );
+            "PRAGMA temp_store = MEMORY".to_owned()
+        }
     };
     tx.execute_batch(&setup).map_err(lite)?;
     for (_, ddl) in SQLITE_GRANT_INDEXES {
@@ -644,10 +671,10 @@ fn create_grant_indexes(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Whether SQLite can create its temporary files. It takes the first directory of `SQLITE_TMPDIR`,
-/// `TMPDIR`, `/var/tmp`, `/usr/tmp`, `/tmp`, `.` that it may write, and an I/O error there would roll back
-/// the whole ingest: a file is created (and removed) in the first of them that exists.
-fn sqlite_temp_dir_writable() -> bool {
+/// The directory SQLite creates its temporary files in, with its free bytes, if a file can be created
+/// there. SQLite takes the first of `SQLITE_TMPDIR`, `TMPDIR`, `/var/tmp`, `/usr/tmp`, `/tmp`, `.` that it
+/// may write; this takes the first that exists and tries it.
+fn sqlite_temp_dir() -> Option<(std::path::PathBuf, u64)> {
     let candidates = [
         std::env::var_os("SQLITE_TMPDIR").map(std::path::PathBuf::from),
         std::env::var_os("TMPDIR").map(std::path::PathBuf::from),
@@ -656,12 +683,14 @@ fn sqlite_temp_dir_writable() -> bool {
         Some("/tmp".into()),
         Some(".".into()),
     ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|d| d.is_dir())
-        .is_some_and(|d| tempfile::tempfile_in(d).is_ok())
+    let dir = candidates.into_iter().flatten().find(|d| d.is_dir())?;
+    tempfile::tempfile_in(&dir).ok()?;
+    let st = rustix::fs::statvfs(&dir).ok()?;
+    Some((dir, st.f_bavail.saturating_mul(st.f_frsize)))
 }
+
+/// A sort key's bytes besides its columns: the run's length prefix, the record header, the row id.
+const SORT_KEY_OVERHEAD: usize = 16;
 
 /// Fewest new grants for which the indexes are rebuilt rather than maintained (small in tests, so they
 /// exercise the rebuild).
@@ -764,9 +793,11 @@ fn load_sqlite(
     }
     let mut st = IngestStats::default();
     let t_delete = t0.elapsed();
+    let grant_key_bytes;
     {
         let mut w = SqliteWriter {
             cid,
+            key_bytes: 0,
             resources: tx.prepare("INSERT INTO resources (connector_id, resource_type, resource_id, display_name, parent, login, email, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").map_err(lite)?,
             entitlements: tx.prepare("INSERT INTO entitlements (connector_id, id, resource_type, resource_id, display_name, slug) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(lite)?,
             grants: tx.prepare("INSERT INTO grants (connector_id, id, entitlement_id, principal_type, principal_id, direct, via) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)").map_err(lite)?,
@@ -781,10 +812,14 @@ fn load_sqlite(
         st.entitlements = n.entitlements;
         st.grants = n.grants;
         st.identities = n.identities;
+        grant_key_bytes = w.key_bytes;
     }
     let t_load = t0.elapsed();
     if rebuild {
-        create_grant_indexes(&tx)?;
+        // Every row of `grants` is sorted: the other connectors' keys are taken to be as long as ours.
+        let rows = st.grants.saturating_add(others.max(0) as u64).max(1);
+        let key_bytes = grant_key_bytes.saturating_mul(rows) / st.grants.max(1);
+        create_grant_indexes(&tx, key_bytes)?;
     }
     let t_index = t0.elapsed();
     st.accounts_linked += tx.execute(LINK_BY_OBJECT_ID, [cid]).map_err(lite)? as u64;
