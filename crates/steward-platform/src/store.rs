@@ -1941,22 +1941,13 @@ mod tests {
         steward_c1z::envelope::write_c1z(&db, bad, Default::default()).unwrap();
     }
 
-    async fn failed_ingest_keeps_the_snapshot(db_url: Option<String>) {
-        let dir = tempfile::tempdir().unwrap();
-        let (good, bigger, bad) = (
-            dir.path().join("good.c1z"),
-            dir.path().join("bigger.c1z"),
-            dir.path().join("bad.c1z"),
-        );
-        // Ids unique to this run: the PostgreSQL database is shared by the tests of a run.
-        let tag = format!("{}-", uuid::Uuid::new_v4().simple());
-        write_sync(&good, 40, &tag);
-        write_sync(&bigger, 60, &tag);
-        corrupt_last_grant(&bigger, &bad, dir.path());
+    /// A platform with its data in `dir` (on `db_url`, or SQLite there) and a Baton connector marked the
+    /// identity source (a unique name: a PostgreSQL database is shared by the tests of a run).
+    async fn platform_with_baton_source(dir: &Path, db_url: Option<String>) -> (Platform, crate::Connector) {
         let p = Platform::open(
             &OpenOptions {
-                db_url: db_url.clone(),
-                data_dir: Some(dir.path().to_owned()),
+                db_url,
+                data_dir: Some(dir.to_owned()),
             },
             Arc::new(SystemClock),
         )
@@ -1983,6 +1974,22 @@ mod tests {
             )
             .await
             .unwrap();
+        (p, c)
+    }
+
+    async fn failed_ingest_keeps_the_snapshot(db_url: Option<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, bigger, bad) = (
+            dir.path().join("good.c1z"),
+            dir.path().join("bigger.c1z"),
+            dir.path().join("bad.c1z"),
+        );
+        // Ids unique to this run: the PostgreSQL database is shared by the tests of a run.
+        let tag = format!("{}-", uuid::Uuid::new_v4().simple());
+        write_sync(&good, 40, &tag);
+        write_sync(&bigger, 60, &tag);
+        corrupt_last_grant(&bigger, &bad, dir.path());
+        let (p, c) = platform_with_baton_source(dir.path(), db_url.clone()).await;
         let holders = |p: &Platform| {
             let s = p.store().clone();
             let (cid, ent) = (c.id.clone(), format!("group:{tag}g0:member"));
@@ -2185,36 +2192,7 @@ mod tests {
         let file = dir.path().join("sync.c1z");
         let users = 30_000;
         write_sync(&file, users, "runs-");
-        let p = Platform::open(
-            &OpenOptions {
-                db_url: None,
-                data_dir: Some(dir.path().to_owned()),
-            },
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
-        let admin = Actor {
-            token_id: "t".into(),
-            name: "t".into(),
-            role: Role::SuperAdmin,
-            identity_id: None,
-        };
-        let c = p
-            .create_connector(
-                &admin,
-                CreateConnector {
-                    kind: "baton".into(),
-                    name: "runs".into(),
-                    settings: Default::default(),
-                    owners: vec![],
-                    identity_source: Some(true),
-                    app_id: None,
-                    sync_interval_secs: None,
-                },
-            )
-            .await
-            .unwrap();
+        let (p, c) = platform_with_baton_source(dir.path(), None).await;
         p.ingest(&c, &file, "upload", vec![]).await.unwrap();
         let db = rusqlite::Connection::open(dir.path().join(crate::db::SQLITE_FILE)).unwrap();
         let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
