@@ -49,7 +49,7 @@ pub fn run(c: AdminCommand) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = super::runtime()?;
     rt.block_on(async move {
         let p = Platform::open(&store.options(), Arc::new(SystemClock)).await?;
         let t = p.create_token(user.as_deref(), role, name.as_deref()).await?;

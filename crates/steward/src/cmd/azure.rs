@@ -133,13 +133,6 @@ impl AzureArgs {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 pub fn run(a: AzureArgs) -> anyhow::Result<()> {
     if a.azure_tenant_id.is_empty() || a.azure_client_id.is_empty() {
         bail!(
@@ -147,7 +140,7 @@ pub fn run(a: AzureArgs) -> anyhow::Result<()> {
         );
     }
     let cfg = a.config()?;
-    runtime()?.block_on(async move {
+    super::runtime()?.block_on(async move {
         let az = Arc::new(Azure::new(cfg)?);
         if a.grant_entitlement.is_some() || a.revoke_grant.is_some() {
             return provision(&a, &az).await;
@@ -363,7 +356,7 @@ pub struct BenchArgs {
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let tenant = steward_sim::load_tenant(&a.tenant, a.seed)?;
-    runtime()?.block_on(async move {
+    super::runtime()?.block_on(async move {
         let dir = std::env::temp_dir().join(format!("steward-bench-azure-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let settings = steward_sim::ctx::Settings {

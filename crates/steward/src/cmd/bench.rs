@@ -89,7 +89,7 @@ fn sim(a: SimBench) -> anyhow::Result<()> {
         .step_by((tenant.users.len() / 1000).max(1))
         .map(|u| u.id.to_string())
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = super::runtime()?;
     rt.block_on(async move {
         let t1 = Instant::now();
         let running = steward_sim::start(steward_sim::Options {

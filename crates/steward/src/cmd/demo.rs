@@ -28,7 +28,7 @@ pub struct DemoArgs {
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
     let tenant = steward_sim::load_tenant(&a.tenant, a.seed)?;
     let manifest = steward_sim::Manifest::of(&tenant);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = super::runtime()?;
     rt.block_on(async move {
         let tmp = tempfile::tempdir()?;
         let running = steward_sim::start(steward_sim::Options {

@@ -160,13 +160,6 @@ impl Settings {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 pub fn run(a: EntraArgs) -> anyhow::Result<()> {
     let s = a.settings;
     match a.command {
@@ -202,7 +195,7 @@ pub fn run(a: EntraArgs) -> anyhow::Result<()> {
         return provision(&s);
     }
     let cfg = s.config()?;
-    runtime()?.block_on(async move {
+    super::runtime()?.block_on(async move {
         let entra = Arc::new(Entra::new(cfg)?);
         entra.validate().await?;
         if s.incremental {
@@ -246,7 +239,7 @@ fn provision(s: &Settings) -> anyhow::Result<()> {
     }
     let json = s.log_format == "json";
     let cfg = s.config()?;
-    runtime()?.block_on(async move {
+    super::runtime()?.block_on(async move {
         let entra = Arc::new(Entra::new(cfg)?);
         let change = if let Some(ent_id) = &s.grant_entitlement {
             let (Some(pid), Some(ptype)) = (&s.grant_principal, &s.grant_principal_type) else {
@@ -501,7 +494,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let tenant = steward_sim::load_tenant(&a.tenant, a.seed)?;
     let m = steward_sim::Manifest::of(&tenant);
     let users = m.users as u64;
-    runtime()?.block_on(async move {
+    super::runtime()?.block_on(async move {
         let dir = tempfile_dir()?;
         let settings = steward_sim::ctx::Settings {
             seed: a.seed,
@@ -801,7 +794,7 @@ mod tests {
     /// the member (seen in the tenant and in the file), a revoke removes it; both are safe to repeat.
     #[test]
     fn one_shot_grant_and_revoke_against_the_emulator() {
-        let rt = runtime().unwrap();
+        let rt = crate::cmd::runtime().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let tenant = steward_sim::load_tenant("tiny", 21).unwrap();
         let running = rt

@@ -187,7 +187,7 @@ pub fn deny(a: DenyArgs) -> anyhow::Result<()> {
 pub fn audit(c: AuditCommand) -> anyhow::Result<()> {
     match c {
         AuditCommand::Verify { store } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = super::runtime()?;
             let v = rt.block_on(async move {
                 let p = Platform::open(&store.options(), Arc::new(SystemClock)).await?;
                 anyhow::Ok(p.verify_audit().await?)
@@ -267,7 +267,7 @@ fn ts(s: &str) -> anyhow::Result<time::OffsetDateTime> {
 /// Measures, against the emulator without latency: request → provisioned (auto-approve; grant in the tenant
 /// and confirmation by a partial sync) one at a time, then a burst of requests, then their expiry sweep.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = super::runtime()?;
     rt.block_on(bench_async(a))
 }
 

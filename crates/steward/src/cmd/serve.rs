@@ -38,7 +38,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = super::runtime()?;
     rt.block_on(async move {
         let s = steward_server::start(&a.store.options(), a.listen, Arc::new(SystemClock)).await?;
         let line = serde_json::json!({
@@ -450,7 +450,7 @@ async fn http_bench(a: &BenchArgs, backend: &str, opts: &OpenOptions) -> anyhow:
 
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = super::runtime()?;
     rt.block_on(async move {
         let file = match (&a.file, &a.tenant) {
             (Some(f), _) => f.clone(),

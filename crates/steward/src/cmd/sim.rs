@@ -120,7 +120,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .state_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("steward-sim-{}", std::process::id())));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = super::runtime()?;
     rt.block_on(async move {
         let running = steward_sim::start(steward_sim::Options {
             tenant,
