@@ -685,8 +685,21 @@ fn sqlite_temp_dir() -> Option<(std::path::PathBuf, u64)> {
     ];
     let dir = candidates.into_iter().flatten().find(|d| d.is_dir())?;
     tempfile::tempfile_in(&dir).ok()?;
-    let st = rustix::fs::statvfs(&dir).ok()?;
-    Some((dir, st.f_bavail.saturating_mul(st.f_frsize)))
+    let free = free_bytes(&dir)?;
+    Some((dir, free))
+}
+
+/// Bytes an unprivileged process may still write in `dir`'s file system.
+#[cfg(unix)]
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Not known here: the sort stays in memory.
+#[cfg(not(unix))]
+fn free_bytes(_dir: &std::path::Path) -> Option<u64> {
+    None
 }
 
 /// A sort key's bytes besides its columns: the run's length prefix, the record header, the row id.
