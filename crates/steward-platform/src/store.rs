@@ -959,6 +959,11 @@ impl CopyChunks {
     }
 }
 
+/// `s` as a PostgreSQL string literal (quotes doubled), for statements that take no parameters (DDL).
+fn pg_text_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 fn send(tx: &mpsc::Sender<CopyMsg>, m: CopyMsg) -> Result<()> {
     tx.blocking_send(m)
         .map_err(|_| PlatformError::SyncFile("the database writer stopped".into()))
@@ -1202,15 +1207,16 @@ async fn load_grants_pg(
 ) -> Result<bool> {
     let mut conn = p.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let cid_literal = cid.replace('\'', "''");
+    let cid_literal = pg_text_literal(cid);
     for ddl in [
-        format!(
-            "CREATE TABLE {part} (LIKE grants INCLUDING DEFAULTS, CHECK (connector_id = '{cid_literal}'))"
-        ),
+        format!("CREATE TABLE {part} (LIKE grants INCLUDING DEFAULTS, CHECK (connector_id = {cid_literal}))"),
         // The same connector id in every row: a default fills it instead of 37 bytes per row sent and
         // parsed (dropped again before the table becomes a partition).
-        format!("ALTER TABLE {part} ALTER COLUMN connector_id SET DEFAULT '{cid_literal}'"),
-        format!("COMMENT ON TABLE {part} IS '{PG_NEW_PARTITION_TAG}{cid_literal}'"),
+        format!("ALTER TABLE {part} ALTER COLUMN connector_id SET DEFAULT {cid_literal}"),
+        format!(
+            "COMMENT ON TABLE {part} IS {}",
+            pg_text_literal(&format!("{PG_NEW_PARTITION_TAG}{cid}"))
+        ),
         "SET LOCAL maintenance_work_mem = '256MB'".to_owned(),
     ] {
         sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
@@ -1387,7 +1393,6 @@ async fn load_pg_tables(
         // Dropping `tx` rolls the transaction back.
         Extracted::Fallback(why) => return Ok(Err(why)),
     };
-    let cid_literal = cid.replace('\'', "''");
     let (Some((t_copied, t_linked, linked, apps_discovered)), true) = (rest, loaded) else {
         return Err(PlatformError::SyncFile("the sync file reader stopped".into()));
     };
@@ -1417,7 +1422,8 @@ async fn load_pg_tables(
             .await?;
     }
     sqlx::query(AssertSqlSafe(format!(
-        "ALTER TABLE grants ATTACH PARTITION {part} FOR VALUES IN ('{cid_literal}')"
+        "ALTER TABLE grants ATTACH PARTITION {part} FOR VALUES IN ({})",
+        pg_text_literal(cid)
     )))
     .execute(&mut *tx)
     .await?;
