@@ -1248,6 +1248,17 @@ pub(crate) fn write_indexes(
 mod tests {
     use super::*;
 
+    /// A reproducible generator of numbers below its argument, seeded with `seed` (xorshift64).
+    fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        move |m| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        }
+    }
+
     #[test]
     fn page_numbers_skip_the_lock_byte_page() {
         // 64 KiB pages: byte 2^30 is on page 16,385. Pages are appended from 16,383 on (a sparse file).
@@ -1502,13 +1513,7 @@ mod tests {
         };
         let counts: Vec<u64> = (0..=1_200).chain([3_000, 7_777]).collect();
         for n in counts {
-            let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let mut rnd = |m: u64| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x % m
-            };
+            let mut rnd = xorshift(n);
             let mut want: Vec<(Vec<u8>, i64)> = Vec::new();
             let mut f = File::create(&path).unwrap();
             f.write_all(&vec![0u8; ps]).unwrap();
@@ -1571,13 +1576,7 @@ mod tests {
             c.execute_batch("PRAGMA page_size=512; PRAGMA journal_mode=OFF;")
                 .unwrap();
             c.execute_batch(crate::schema::TABLES).unwrap();
-            let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let mut rnd = |m: u64| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x % m
-            };
+            let mut rnd = xorshift(n);
             for i in 0..n {
                 let text = |len: u64, tag: u64| {
                     let mut s = format!("{tag:x}é");
