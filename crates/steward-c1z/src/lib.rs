@@ -24,6 +24,7 @@ pub mod diff;
 pub mod envelope;
 mod error;
 pub mod expand;
+mod inserter;
 pub mod ksuid;
 pub mod reader;
 pub mod schema;

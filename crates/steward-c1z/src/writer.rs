@@ -37,13 +37,18 @@
 //!
 //! Duplicates within a sync (a connector listing a row twice, or a re-run page) resolve to the last write,
 //! as Baton's upserts do.
+//!
+//! Grants are inserted on a thread of their own (`inserter`): full batches are handed
+//! over with the connection, and every method that needs the database first takes it back
+//! (`settle`, which also surfaces an error of those inserts). Resources and entitlements written while
+//! the thread holds it wait in `pending` and are written, in order, when it comes back.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use prost::Message;
-use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, Resource, ResourceType};
 
@@ -51,6 +56,7 @@ use crate::btree;
 use crate::envelope::{self, CompressOptions};
 use crate::error::{C1zError, Result};
 use crate::expand::{self, ExpandStats};
+use crate::inserter::{self, Gathering, GrantBatch, HANDOFF_ROWS, InsertSql, Inserter, Lent, RowIds};
 use crate::schema::{BULK_INDEXES, BulkIndex, TABLES};
 use crate::{SyncRun, SyncType, ksuid, list_sync_runs, timefmt};
 
@@ -141,21 +147,9 @@ struct Active {
     /// What the grants of this sync reference, gathered as they are written; `None` when the sync was
     /// resumed (rows from before the crash are not in it).
     refs: Option<GrantRefs>,
-    /// The row id the next grant gets: SQLite gives a row without an id the table's largest + 1, and only
-    /// the writer's grant inserts append to the table while a sync is written, so the ids are known
-    /// without reading them back (checked against `last_insert_rowid` after every insert).
-    next_grant_id: i64,
-    /// The grant index keys of the rows this sync inserted; `None` for a resumed sync (rows from before
-    /// the crash are not in it) or once something made them unusable (a failed insert or commit).
-    gather: Option<Gathering>,
-}
-
-/// Grant index keys gathered while this process inserted the sync's grants: every row with an id in
-/// `start_id..` up to the sync's `next_grant_id` (rows of other syncs are below it; rows expansion adds
-/// are above it).
-struct Gathering {
-    keys: btree::Gatherer,
-    start_id: i64,
+    /// The row id the next grant gets and the index keys gathered so far (with the inserter thread while
+    /// a batch is in flight).
+    ids: RowIds,
 }
 
 /// Gathered keys handed to the first grant index build of [`C1zWriter::end_sync`]: the rows below
@@ -344,57 +338,18 @@ impl GrantRefs {
     }
 }
 
-/// Grant rows per multi-row `INSERT` ([`GRANT_VALUES`] bound values each, plus the shared sync id and
-/// timestamp).
-const GRANT_BATCH: usize = 64;
-
-/// Bound values per grant row: the six text columns, expansion, needs_expansion, data.
-const GRANT_VALUES: usize = 9;
-
-/// Grants waiting for their multi-row `INSERT`: every column's bytes in one buffer (no allocation per
-/// row), each row as the end offsets of its columns.
-#[derive(Default)]
-struct GrantBatch {
-    bytes: Vec<u8>,
-    rows: Vec<BatchRow>,
-}
-
-/// End offsets in [`GrantBatch::bytes`] of resource_type_id, resource_id, entitlement_id,
-/// principal_resource_type_id, principal_resource_id, external_id, expansion and data (each column
-/// starts where the previous one ends).
-struct BatchRow {
-    ends: [usize; 8],
-    has_expansion: bool,
-    needs_expansion: bool,
-}
-
-const GRANT_COLUMNS: &str =
-    "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
-   principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at) VALUES ";
-
-/// The `INSERT` of `n` grant rows: `?1` is the sync id, `?2` the timestamp, then [`GRANT_VALUES`] values
-/// per row.
-fn grant_insert_sql(n: usize) -> String {
-    let mut sql = String::from(GRANT_COLUMNS);
-    for i in 0..n {
-        let b = 3 + GRANT_VALUES * i;
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push('(');
-        for k in 0..GRANT_VALUES {
-            sql.push_str(&format!("?{},", b + k));
-        }
-        sql.push_str("?1,?2)");
-    }
-    sql
+/// The error for using the database while the inserter thread holds it (a bug: every public method
+/// settles first).
+fn db_lent() -> C1zError {
+    C1zError::State("internal error: the database was used while the grant insert thread held it")
 }
 
 /// Writes syncs into a c1z file. See the module docs for the life cycle.
 pub struct C1zWriter {
     target: PathBuf,
     wip: PathBuf,
-    conn: Connection,
+    /// `None` while a batch of grants is with the inserter thread (see [`C1zWriter::settle`]).
+    conn: Option<Connection>,
     opts: WriterOptions,
     active: Option<Active>,
     in_tx: bool,
@@ -402,8 +357,12 @@ pub struct C1zWriter {
     now: String,
     buf: Vec<u8>,
     batch: GrantBatch,
-    batch_sql: String,
-    one_grant_sql: String,
+    sql: InsertSql,
+    /// Started at the first batch handed over.
+    inserter: Option<Inserter>,
+    /// Resources and entitlements written while a batch of grants is with the inserter thread (the
+    /// statement and its values), inserted when the connection comes back.
+    pending: Vec<(&'static str, Vec<Value>)>,
     /// During [`end_sync`](Self::end_sync): the keys gathered while the sync's grants were inserted, for
     /// the first grant index build (dropped when a grant row they cover is deleted).
     gathered: Option<Gathered>,
@@ -564,7 +523,7 @@ impl C1zWriter {
         Ok(Self {
             target,
             wip,
-            conn,
+            conn: Some(conn),
             opts,
             active: None,
             in_tx: false,
@@ -572,8 +531,9 @@ impl C1zWriter {
             now: timefmt::now_text(),
             buf: Vec::with_capacity(4096),
             batch: GrantBatch::default(),
-            batch_sql: grant_insert_sql(GRANT_BATCH),
-            one_grant_sql: grant_insert_sql(1),
+            sql: InsertSql::new(),
+            inserter: None,
+            pending: Vec::new(),
             gathered: None,
         })
     }
@@ -589,12 +549,13 @@ impl C1zWriter {
     }
 
     /// All sync runs in the file, oldest first.
-    pub fn sync_runs(&self) -> Result<Vec<SyncRun>> {
-        list_sync_runs(&self.conn)
+    pub fn sync_runs(&mut self) -> Result<Vec<SyncRun>> {
+        self.settle()?;
+        list_sync_runs(self.db()?)
     }
 
     /// The newest sync that was started but not ended (e.g. by a crash), if any.
-    pub fn unfinished_sync(&self) -> Result<Option<SyncRun>> {
+    pub fn unfinished_sync(&mut self) -> Result<Option<SyncRun>> {
         Ok(self.sync_runs()?.into_iter().rev().find(|r| r.ended_at.is_none()))
     }
 
@@ -617,20 +578,19 @@ impl C1zWriter {
             self.delete_sync_rows(&run.sync_id)?;
         }
         let sync_id = ksuid::new_ksuid();
-        self.conn.execute(
+        self.db()?.execute(
             "INSERT INTO v1_sync_runs (sync_id, started_at, ended_at, sync_token, sync_type, parent_sync_id, linked_sync_id, supports_diff)
              VALUES (?1, ?2, NULL, '', ?3, ?4, '', 1)",
             params![sync_id, timefmt::now_text(), sync_type.as_str(), parent_sync_id],
         )?;
         self.drop_bulk_indexes()?;
-        let next_grant_id = self.next_grant_id()?;
-        let gather = self.start_gathering(next_grant_id)?;
+        let next = self.next_grant_id()?;
+        let gather = self.start_gathering(next)?;
         self.active = Some(Active {
             sync_id: sync_id.clone(),
             sync_type,
             refs: Some(GrantRefs::new(self.opts.track_grant_ids)),
-            next_grant_id,
-            gather,
+            ids: RowIds { next, gather },
         });
         Ok(sync_id)
     }
@@ -654,13 +614,12 @@ impl C1zWriter {
         }
         let sync_type = SyncType::parse(&run.sync_type).unwrap_or(SyncType::Full);
         self.drop_bulk_indexes()?;
-        let next_grant_id = self.next_grant_id()?;
+        let next = self.next_grant_id()?;
         self.active = Some(Active {
             sync_id: sync_id.to_owned(),
             sync_type,
             refs: None,
-            next_grant_id,
-            gather: None,
+            ids: RowIds { next, gather: None },
         });
         Ok(run)
     }
@@ -668,7 +627,7 @@ impl C1zWriter {
     /// The table's largest grant row id + 1.
     fn next_grant_id(&self) -> Result<i64> {
         let max: i64 = self
-            .conn
+            .db()?
             .query_row("SELECT coalesce(max(id), 0) FROM v1_grants", [], |r| r.get(0))?;
         Ok(max.saturating_add(1))
     }
@@ -695,7 +654,7 @@ impl C1zWriter {
 
     fn drop_bulk_indexes(&mut self) -> Result<()> {
         for idx in BULK_INDEXES {
-            self.conn
+            self.db()?
                 .execute_batch(&format!("DROP INDEX IF EXISTS {}", idx.name))?;
         }
         Ok(())
@@ -709,7 +668,7 @@ impl C1zWriter {
 
     fn before_write(&mut self) -> Result<()> {
         if !self.in_tx {
-            self.conn.execute_batch("BEGIN")?;
+            self.db()?.execute_batch("BEGIN")?;
             self.in_tx = true;
             self.now = timefmt::now_text();
         }
@@ -726,109 +685,101 @@ impl C1zWriter {
         Ok(())
     }
 
-    /// Inserts the batched grants: full batches with one multi-row statement, a remainder row by row. Once
-    /// inserted, their index keys are gathered (under the row ids they got).
-    fn flush_grants(&mut self) -> Result<()> {
-        if self.batch.rows.is_empty() {
-            return Ok(());
-        }
-        let r = self.insert_batch();
-        self.batch.rows.clear();
-        self.batch.bytes.clear();
-        if r.is_err()
-            && let Some(a) = self.active.as_mut()
-        {
-            // Rows of the batch may be missing: the gathered keys no longer match the table.
-            a.gather = None;
-        }
-        r
+    /// The connection, unless a batch of grants is with the inserter thread: every public method that
+    /// reads or writes the database calls [`settle`](Self::settle) first.
+    fn db(&self) -> Result<&Connection> {
+        self.conn.as_ref().ok_or_else(db_lent)
     }
 
-    fn insert_batch(&mut self) -> Result<()> {
-        let Some(active) = self.active.as_mut() else {
+    /// Takes the connection back from the inserter thread, if it holds it (after it has inserted every
+    /// batch handed over), with the row-id state, then writes the rows that waited for it; returns the
+    /// first error of those inserts (the rows of the failed batch and the ones after it are not in the
+    /// table, and the gathered keys are dropped).
+    fn settle(&mut self) -> Result<()> {
+        let Some(ins) = self.inserter.as_mut() else {
+            return Ok(());
+        };
+        let Some(back) = ins.take_back()? else {
+            return Ok(());
+        };
+        self.conn = Some(back.conn);
+        if let Some(a) = self.active.as_mut() {
+            a.ids = back.ids;
+        }
+        back.result?;
+        // Rows written while the connection was away, in the order they came.
+        let pending = std::mem::take(&mut self.pending);
+        let db = self.db()?;
+        for (sql, vals) in &pending {
+            db.prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(vals))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the full batch of grants to the inserter thread (lending it the connection first), so that
+    /// the caller can go on encoding grants while SQLite inserts these.
+    fn hand_off(&mut self) -> Result<()> {
+        if self.inserter.is_none() {
+            self.inserter = Some(Inserter::start(self.sql.clone())?);
+        }
+        let (Some(a), Some(ins)) = (self.active.as_mut(), self.inserter.as_mut()) else {
             return Err(C1zError::State(
                 "no sync in progress: call begin_sync or resume_sync first",
             ));
         };
-        let sync_id = active.sync_id.as_str();
-        let (bytes, rows) = (&self.batch.bytes, &self.batch.rows);
-        let col = |row: usize, k: usize| -> &[u8] {
-            let start = match (row, k) {
-                (0, 0) => 0,
-                (_, 0) => rows[row - 1].ends[7],
-                _ => rows[row].ends[k - 1],
+        if !ins.lent() {
+            let conn = self.conn.take().ok_or_else(db_lent)?;
+            let lent = Lent {
+                conn,
+                sync_id: a.sync_id.clone(),
+                now: self.now.clone(),
+                ids: std::mem::replace(
+                    &mut a.ids,
+                    RowIds {
+                        next: 0,
+                        gather: None,
+                    },
+                ),
             };
-            &bytes[start..rows[row].ends[k]]
-        };
-        let mut i = 0;
-        while i < rows.len() {
-            let n = if rows.len() - i >= GRANT_BATCH {
-                GRANT_BATCH
-            } else {
-                1
-            };
-            let sql = if n == GRANT_BATCH {
-                &self.batch_sql
-            } else {
-                &self.one_grant_sql
-            };
-            let mut st = self.conn.prepare_cached(sql)?;
-            st.raw_bind_parameter(1, sync_id)?;
-            st.raw_bind_parameter(2, &self.now)?;
-            for j in 0..n {
-                let row = &rows[i + j];
-                let base = 3 + GRANT_VALUES * j;
-                for k in 0..6 {
-                    st.raw_bind_parameter(base + k, ToSqlOutput::Borrowed(ValueRef::Text(col(i + j, k))))?;
-                }
-                let exp = if row.has_expansion {
-                    ValueRef::Blob(col(i + j, 6))
-                } else {
-                    ValueRef::Null
-                };
-                st.raw_bind_parameter(base + 6, ToSqlOutput::Borrowed(exp))?;
-                st.raw_bind_parameter(base + 7, row.needs_expansion as i64)?;
-                st.raw_bind_parameter(base + 8, ToSqlOutput::Borrowed(ValueRef::Blob(col(i + j, 7))))?;
+            if let Err(back) = ins.lend(lent) {
+                // The thread is gone: insert on this thread from now on.
+                self.inserter = None;
+                let back = back.ok_or_else(db_lent)?;
+                self.conn = Some(back.conn);
+                a.ids = back.ids;
+                return self.flush_grants();
             }
-            st.raw_execute()?;
-            drop(st);
-            // The rows got the ids after the table's largest, one by one: unless something else changed
-            // the table's end since the sync began (then the keys are read from the table instead).
-            let last = self.conn.last_insert_rowid();
-            if last != active.next_grant_id + n as i64 - 1 {
-                active.gather = None;
-                active.next_grant_id = last + 1 - n as i64;
-            }
-            if let Some(g) = active.gather.as_mut() {
-                for j in 0..n {
-                    // In the order of `btree`'s columns: external_id, sync_id, resource_type_id,
-                    // resource_id, entitlement_id, principal_resource_type_id, principal_resource_id.
-                    let r = i + j;
-                    let vals: [&[u8]; 7] = [
-                        col(r, 5),
-                        sync_id.as_bytes(),
-                        col(r, 0),
-                        col(r, 1),
-                        col(r, 2),
-                        col(r, 3),
-                        col(r, 4),
-                    ];
-                    g.keys.add(&vals, active.next_grant_id + j as i64)?;
-                }
-            }
-            active.next_grant_id += n as i64;
-            i += n;
         }
+        let full = std::mem::take(&mut self.batch);
+        self.batch = ins.insert(full)?;
         Ok(())
+    }
+
+    /// Inserts the batched grants on this thread (after the batch with the inserter thread, if any).
+    fn flush_grants(&mut self) -> Result<()> {
+        self.settle()?;
+        if self.batch.rows.is_empty() {
+            return Ok(());
+        }
+        let Some(a) = self.active.as_mut() else {
+            return Err(C1zError::State(
+                "no sync in progress: call begin_sync or resume_sync first",
+            ));
+        };
+        let conn = self.conn.as_ref().ok_or_else(db_lent)?;
+        let r = inserter::insert_rows(conn, &self.sql, &self.batch, &a.sync_id, &self.now, &mut a.ids);
+        self.batch.clear();
+        r
     }
 
     fn commit(&mut self) -> Result<()> {
         self.flush_grants()?;
         if self.in_tx {
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
+            if let Err(e) = self.db()?.execute_batch("COMMIT") {
                 if let Some(a) = self.active.as_mut() {
                     // The transaction may be rolled back: the gathered keys may no longer match.
-                    a.gather = None;
+                    a.ids.gather = None;
                 }
                 return Err(e.into());
             }
@@ -840,9 +791,10 @@ impl C1zWriter {
 
     /// Commits everything written so far together with `sync_token` (the caller's resume state).
     pub fn checkpoint(&mut self, sync_token: &str) -> Result<()> {
+        self.settle()?;
         let id = self.active()?.sync_id.clone();
         self.before_write()?;
-        self.conn.execute(
+        self.db()?.execute(
             "UPDATE v1_sync_runs SET sync_token = ?1 WHERE sync_id = ?2",
             params![sync_token, id],
         )?;
@@ -850,9 +802,10 @@ impl C1zWriter {
     }
 
     /// The current sync's `sync_token` as last written.
-    pub fn sync_token(&self) -> Result<String> {
+    pub fn sync_token(&mut self) -> Result<String> {
+        self.settle()?;
         let id = &self.active()?.sync_id;
-        Ok(self.conn.query_row(
+        Ok(self.db()?.query_row(
             "SELECT sync_token FROM v1_sync_runs WHERE sync_id = ?1",
             [id],
             |r| r.get(0),
@@ -860,10 +813,11 @@ impl C1zWriter {
     }
 
     /// The resource types written so far in the current sync (e.g. to resume a sync).
-    pub fn current_resource_types(&self) -> Result<Vec<ResourceType>> {
+    pub fn current_resource_types(&mut self) -> Result<Vec<ResourceType>> {
+        self.settle()?;
         let id = &self.active()?.sync_id;
         let mut st = self
-            .conn
+            .db()?
             .prepare("SELECT external_id, data FROM v1_resource_types WHERE sync_id = ?1 ORDER BY id")?;
         let mut rows = st.query([id])?;
         let mut out = Vec::new();
@@ -882,6 +836,7 @@ impl C1zWriter {
 
     /// Writes a resource type.
     pub fn put_resource_type(&mut self, rt: &ResourceType) -> Result<()> {
+        self.settle()?;
         if rt.id.is_empty() {
             return Err(C1zError::Incomplete {
                 what: "resource type",
@@ -893,7 +848,7 @@ impl C1zWriter {
         self.buf.clear();
         rt.encode_raw(&mut self.buf);
         let id = &self.active()?.sync_id;
-        self.conn
+        self.db()?
             .prepare_cached(
                 "INSERT INTO v1_resource_types (external_id, data, sync_id, discovered_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (external_id, sync_id) DO UPDATE SET data = excluded.data",
@@ -917,12 +872,31 @@ impl C1zWriter {
             Some(p) => (Some(p.resource_type.as_str()), Some(p.resource.as_str())),
             None => (None, None),
         };
-        self.conn
-            .prepare_cached(
-                "INSERT INTO v1_resources (resource_type_id, external_id, parent_resource_type_id, parent_resource_id, data, sync_id, discovered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![rid.resource_type, rid.to_string(), pt, pid, self.buf, id, self.now])?;
+        const SQL: &str = "INSERT INTO v1_resources (resource_type_id, external_id, parent_resource_type_id, parent_resource_id, data, sync_id, discovered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+        if self.conn.is_none() {
+            let text = |v: Option<&str>| v.map_or(Value::Null, |t| Value::Text(t.to_owned()));
+            let vals = vec![
+                Value::Text(rid.resource_type.clone()),
+                Value::Text(rid.to_string()),
+                text(pt),
+                text(pid),
+                Value::Blob(self.buf.clone()),
+                Value::Text(id.clone()),
+                Value::Text(self.now.clone()),
+            ];
+            self.pending.push((SQL, vals));
+        } else {
+            self.db()?.prepare_cached(SQL)?.execute(params![
+                rid.resource_type,
+                rid.to_string(),
+                pt,
+                pid,
+                self.buf,
+                id,
+                self.now
+            ])?;
+        }
         self.after_write()
     }
 
@@ -941,12 +915,28 @@ impl C1zWriter {
         self.buf.clear();
         e.encode_raw(&mut self.buf);
         let id = &self.active()?.sync_id;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO v1_entitlements (resource_type_id, resource_id, external_id, data, sync_id, discovered_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![rid.resource_type, rid.resource, e.id, self.buf, id, self.now])?;
+        const SQL: &str = "INSERT INTO v1_entitlements (resource_type_id, resource_id, external_id, data, sync_id, discovered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+        if self.conn.is_none() {
+            let vals = vec![
+                Value::Text(rid.resource_type.clone()),
+                Value::Text(rid.resource.clone()),
+                Value::Text(e.id.clone()),
+                Value::Blob(self.buf.clone()),
+                Value::Text(id.clone()),
+                Value::Text(self.now.clone()),
+            ];
+            self.pending.push((SQL, vals));
+        } else {
+            self.db()?.prepare_cached(SQL)?.execute(params![
+                rid.resource_type,
+                rid.resource,
+                e.id,
+                self.buf,
+                id,
+                self.now
+            ])?;
+        }
         self.after_write()
     }
 
@@ -1010,22 +1000,23 @@ impl C1zWriter {
             g.encode_raw(b);
         }
         ends[7] = b.len();
-        self.batch.rows.push(BatchRow {
+        self.batch.rows.push(inserter::BatchRow {
             ends,
             has_expansion,
             needs_expansion,
         });
-        if self.batch.rows.len() >= GRANT_BATCH {
-            self.flush_grants()?;
+        if self.batch.rows.len() >= HANDOFF_ROWS {
+            self.hand_off()?;
         }
         self.after_write()
     }
 
     /// Stores `value` under `key` in `v1_connector_sessions` for the current sync.
     pub fn session_put(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.settle()?;
         self.before_write()?;
         let id = &self.active()?.sync_id;
-        self.conn
+        self.db()?
             .prepare_cached(
                 "INSERT INTO v1_connector_sessions (sync_id, key, value) VALUES (?1, ?2, ?3)
                  ON CONFLICT (sync_id, key) DO UPDATE SET value = excluded.value",
@@ -1036,23 +1027,30 @@ impl C1zWriter {
 
     /// Deletes `key` from the current sync's session store.
     pub fn session_delete(&mut self, key: &str) -> Result<()> {
+        self.settle()?;
         self.before_write()?;
         let id = &self.active()?.sync_id;
-        self.conn
+        self.db()?
             .prepare_cached("DELETE FROM v1_connector_sessions WHERE sync_id = ?1 AND key = ?2")?
             .execute(params![id, key])?;
         Ok(())
     }
 
     /// Up to `limit` session entries whose key starts with `prefix` and sorts after `after`, in key order.
-    pub fn session_scan(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+    pub fn session_scan(
+        &mut self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.settle()?;
         let id = &self.active()?.sync_id;
         let start = if after.is_empty() || after < prefix {
             prefix
         } else {
             after
         };
-        let mut st = self.conn.prepare_cached(
+        let mut st = self.db()?.prepare_cached(
             "SELECT key, value FROM v1_connector_sessions WHERE sync_id = ?1 AND key > ?2 AND substr(key, 1, ?3) = ?4
              ORDER BY key LIMIT ?5",
         )?;
@@ -1067,10 +1065,11 @@ impl C1zWriter {
     }
 
     /// The value stored under `key` for the current sync.
-    pub fn session_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    pub fn session_get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.settle()?;
         let id = &self.active()?.sync_id;
         Ok(self
-            .conn
+            .db()?
             .query_row(
                 "SELECT value FROM v1_connector_sessions WHERE sync_id = ?1 AND key = ?2",
                 params![id, key],
@@ -1081,9 +1080,10 @@ impl C1zWriter {
 
     /// Deletes every session entry of the current sync whose key starts with `prefix`.
     pub fn session_clear(&mut self, prefix: &str) -> Result<()> {
+        self.settle()?;
         self.before_write()?;
         let id = &self.active()?.sync_id;
-        self.conn.execute(
+        self.db()?.execute(
             "DELETE FROM v1_connector_sessions WHERE sync_id = ?1 AND substr(key, 1, ?2) = ?3",
             params![id, prefix.len() as i64, prefix],
         )?;
@@ -1102,12 +1102,15 @@ impl C1zWriter {
             }
         };
         self.commit()?;
+        // The sync's grants are in: the insert thread and its batches go (a later sync starts another).
+        self.inserter = None;
+        self.batch = GrantBatch::default();
         self.gathered = self.active.as_mut().and_then(|a| {
-            a.gather.take().map(|g| Gathered {
+            a.ids.gather.take().map(|g| Gathered {
                 names: g.keys.names().to_vec(),
                 keys: GatheredKeys::Running(g.keys),
                 start_id: g.start_id,
-                end_id: a.next_grant_id,
+                end_id: a.ids.next,
             })
         });
         let r = self.end_sync_with(sync_id, sync_type, refs);
@@ -1140,13 +1143,13 @@ impl C1zWriter {
             // A failed CREATE UNIQUE INDEX (duplicates) must roll back, which needs a journal; in memory it
             // costs little because index pages are appended, not overwritten. Expansion, which rewrites
             // scattered pages, runs without one again (an in-memory journal would grow with the sync).
-            self.conn.execute_batch("PRAGMA journal_mode=MEMORY")?;
+            self.db()?.execute_batch("PRAGMA journal_mode=MEMORY")?;
         }
-        self.conn.execute_batch("BEGIN")?;
+        self.db()?.execute_batch("BEGIN")?;
         self.in_tx = true;
         // A larger page cache while indexes are built and grants expanded: it is also the sorter's
         // in-memory run size, so the index sorts spill far fewer runs to temporary files.
-        self.conn.execute_batch(&format!(
+        self.db()?.execute_batch(&format!(
             "PRAGMA cache_size=-{}",
             self.opts.index_cache_kib.max(self.opts.cache_kib)
         ))?;
@@ -1160,9 +1163,9 @@ impl C1zWriter {
         let mut index_ms = t.elapsed().as_millis() as u64;
         self.commit()?;
         if !self.opts.crash_safe {
-            self.conn.execute_batch("PRAGMA journal_mode=OFF")?;
+            self.db()?.execute_batch("PRAGMA journal_mode=OFF")?;
         }
-        self.conn.execute_batch("BEGIN")?;
+        self.db()?.execute_batch("BEGIN")?;
         self.in_tx = true;
         if sync_type == SyncType::Full && self.opts.drop_dangling {
             let t = Instant::now();
@@ -1180,7 +1183,7 @@ impl C1zWriter {
             g.keys.park(&dir)?;
         }
         let t = Instant::now();
-        report.expansion = expand::expand(&self.conn, &sync_id, self.opts.max_expansion_depth, false)?;
+        report.expansion = expand::expand(self.db()?, &sync_id, self.opts.max_expansion_depth, false)?;
         report.expand_ms = t.elapsed().as_millis() as u64;
         let t = Instant::now();
         drop(refs);
@@ -1192,7 +1195,7 @@ impl C1zWriter {
         let mut late: Vec<&BulkIndex> = Vec::new();
         for idx in grant_indexes {
             let exists = self
-                .conn
+                .db()?
                 .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1")?
                 .exists([idx.name])?;
             if !exists {
@@ -1204,12 +1207,12 @@ impl C1zWriter {
         }
         index_ms += t.elapsed().as_millis() as u64;
         report.index_ms = index_ms;
-        self.conn.execute(
+        self.db()?.execute(
             "UPDATE v1_sync_runs SET ended_at = ?1 WHERE sync_id = ?2",
             params![timefmt::now_text(), sync_id],
         )?;
         self.commit()?;
-        self.conn
+        self.db()?
             .execute_batch(&format!("PRAGMA cache_size=-{}", self.opts.cache_kib))?;
         self.active = None;
         tracing::info!(
@@ -1247,7 +1250,7 @@ impl C1zWriter {
         let budget = self.opts.sort_run_kib << 10;
         let t = Instant::now();
         // A sequential scan needs no page cache: its memory is better spent on the sort runs.
-        self.conn.execute_batch("PRAGMA cache_size=-2048")?;
+        self.db()?.execute_batch("PRAGMA cache_size=-2048")?;
         let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
         let mut from_put = 0;
         let keys = match gathered.filter(|g| g.names == names) {
@@ -1256,7 +1259,7 @@ impl C1zWriter {
                 Some(mut keys) => {
                     let gathered_rows = keys.rows;
                     let below = btree::collect_rows(
-                        &self.conn,
+                        self.db()?,
                         &specs,
                         &dir,
                         budget,
@@ -1266,7 +1269,7 @@ impl C1zWriter {
                     )?;
                     let above = below
                         && btree::collect_rows(
-                            &self.conn,
+                            self.db()?,
                             &specs,
                             &dir,
                             budget,
@@ -1280,58 +1283,58 @@ impl C1zWriter {
                     }
                     above.then_some(keys)
                 }
-                None => btree::collect(&self.conn, &specs, &dir, budget)?,
+                None => btree::collect(self.db()?, &specs, &dir, budget)?,
             },
-            None => btree::collect(&self.conn, &specs, &dir, budget)?,
+            None => btree::collect(self.db()?, &specs, &dir, budget)?,
         };
         let Some(mut keys) = keys else {
             tracing::debug!("c1z: a grant key is not text; SQLite builds the indexes");
-            self.conn.execute_batch(&format!(
+            self.db()?.execute_batch(&format!(
                 "PRAGMA cache_size=-{}",
                 self.opts.index_cache_kib.max(self.opts.cache_kib)
             ))?;
             return Ok(false);
         };
         let pass_ms = t.elapsed().as_millis() as u64;
-        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let pages: i64 = self.db()?.query_row("PRAGMA page_count", [], |r| r.get(0))?;
         let Ok(pages) = u32::try_from(pages) else {
             return Ok(false);
         };
         self.before_write()?;
-        self.conn
+        self.db()?
             .execute_batch(&format!("PRAGMA user_version={}", -i64::from(pages)))?;
         self.commit()?;
-        let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        let conn = self.conn.take().ok_or_else(db_lent)?;
         conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
         let t = Instant::now();
         let written = self.write_pages(&specs, &mut keys, pages);
         let write_ms = t.elapsed().as_millis() as u64;
         drop(keys);
         // Reconnect whatever happened (the writer must not be left on the placeholder).
-        self.conn = connect(&self.target, &self.wip, &self.opts)?;
+        self.conn = Some(connect(&self.target, &self.wip, &self.opts)?);
         let Some(roots) = written? else {
-            self.conn.execute_batch("PRAGMA user_version=0")?;
+            self.db()?.execute_batch("PRAGMA user_version=0")?;
             return Ok(false);
         };
         let t = Instant::now();
-        let schema_version: i64 = self.conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
-        self.conn.execute_batch("BEGIN; PRAGMA writable_schema=ON;")?;
+        let schema_version: i64 = self.db()?.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        self.db()?.execute_batch("BEGIN; PRAGMA writable_schema=ON;")?;
         self.in_tx = true;
         for (spec, root) in specs.iter().zip(&roots) {
-            self.conn.execute(
+            self.db()?.execute(
                 "INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ('index', ?1, 'v1_grants', ?2, ?3)",
                 params![spec.name, root, spec.sql],
             )?;
         }
-        self.conn.execute_batch(&format!(
+        self.db()?.execute_batch(&format!(
             "PRAGMA writable_schema=OFF; PRAGMA user_version=0; PRAGMA schema_version={};",
             schema_version + 1
         ))?;
         self.commit()?;
         // A new connection reads the schema with the indexes (so that later writes maintain them).
-        let conn = std::mem::replace(&mut self.conn, Connection::open_in_memory()?);
+        let conn = self.conn.take().ok_or_else(db_lent)?;
         conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
-        self.conn = connect(&self.target, &self.wip, &self.opts)?;
+        self.conn = Some(connect(&self.target, &self.wip, &self.opts)?);
         tracing::debug!(
             indexes = specs.len(),
             pass_ms,
@@ -1388,12 +1391,12 @@ impl C1zWriter {
         let mut removed = 0;
         for idx in BULK_INDEXES.iter().filter(|i| which(i)) {
             let t = Instant::now();
-            match self.conn.execute_batch(idx.ddl) {
+            match self.db()?.execute_batch(idx.ddl) {
                 Ok(()) => {}
                 Err(rusqlite::Error::SqliteFailure(f, _))
                     if dedupe && idx.unique && f.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    let n = self.conn.execute(
+                    let n = self.db()?.execute(
                         &format!(
                             "DELETE FROM {t} WHERE sync_id = ?1 AND id NOT IN
                                (SELECT MAX(id) FROM {t} WHERE sync_id = ?1 GROUP BY external_id)",
@@ -1402,7 +1405,7 @@ impl C1zWriter {
                         [sync_id],
                     )?;
                     removed += n as u64;
-                    self.conn.execute_batch(idx.ddl)?;
+                    self.db()?.execute_batch(idx.ddl)?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -1428,7 +1431,7 @@ impl C1zWriter {
         refs: Option<&GrantRefs>,
         report: &mut EndReport,
     ) -> Result<()> {
-        let c = &self.conn;
+        let c = self.db()?;
         report.dropped_resources = c.execute(
             "DELETE FROM v1_resources WHERE sync_id = ?1 AND NOT EXISTS
                (SELECT 1 FROM v1_resource_types t WHERE t.sync_id = ?1 AND t.external_id = v1_resources.resource_type_id)",
@@ -1541,7 +1544,7 @@ impl C1zWriter {
             "v1_connector_sessions",
             "v1_sync_runs",
         ] {
-            self.conn
+            self.db()?
                 .execute(&format!("DELETE FROM {t} WHERE sync_id = ?1"), [sync_id])?;
         }
         Ok(())
@@ -1549,6 +1552,7 @@ impl C1zWriter {
 
     /// Deletes `sync_id` and all its rows from the file.
     pub fn delete_sync(&mut self, sync_id: &str) -> Result<()> {
+        self.settle()?;
         if self.sync_id() == Some(sync_id) {
             return Err(C1zError::State(
                 "cannot delete the sync in progress: end it first",
@@ -1580,7 +1584,7 @@ impl C1zWriter {
                 self.delete_sync(&old.sync_id)?;
             }
         }
-        self.conn
+        self.db()?
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode=DELETE;")?;
         let Self {
             conn,
@@ -1589,7 +1593,9 @@ impl C1zWriter {
             opts,
             ..
         } = self;
-        conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+        conn.ok_or_else(db_lent)?
+            .close()
+            .map_err(|(_, e)| C1zError::Sqlite(e))?;
         let db_size = std::fs::metadata(&wip).map_err(C1zError::io("stat", &wip))?.len();
         if db_size > envelope::DEFAULT_MAX_DECODED {
             tracing::warn!(

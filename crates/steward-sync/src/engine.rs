@@ -671,7 +671,7 @@ fn start(path: &Path, plan: &SyncPlan, opts: &SyncOptions) -> Result<(WriterStat
         crash_safe: true,
         ..opts.writer.clone()
     };
-    let w = C1zWriter::open_with(path, wopts)?;
+    let mut w = C1zWriter::open_with(path, wopts)?;
     let want = match plan {
         SyncPlan::Full => SyncType::Full,
         SyncPlan::Partial { .. } => SyncType::Partial,
