@@ -45,6 +45,7 @@ use steward_model::pb::grant_sources::GrantSource;
 use steward_model::{AnnotationsExt, Entitlement, Grant, GrantExpandable, GrantImmutable, GrantSources};
 
 use crate::error::{C1zError, Result};
+use crate::inserter::{GrantBatch, HANDOFF_ROWS, InsertSql, RowIds, insert_rows};
 use crate::schema::BULK_INDEXES;
 
 /// Baton's maximum expansion depth.
@@ -621,12 +622,27 @@ impl<'c> Expander<'c> {
                 }
             }
         } else {
+            // The row ids of every node's grants from the index alone (it holds the row id), then the
+            // rows in row-id order: grants of different entitlements that share a table page (a
+            // connector listing grants per principal puts each user's grants side by side) are read
+            // with one page read instead of one per entitlement.
+            let mut ids: Vec<(i64, u32)> = Vec::new();
             let mut st = self.conn.prepare(&format!(
-                "{COLS} WHERE entitlement_id = ?1 AND sync_id = ?2 ORDER BY id"
+                "SELECT id FROM v1_grants INDEXED BY {ENTITLEMENT_INDEX} WHERE entitlement_id = ?1"
             ))?;
             for node in 0..nodes as u32 {
-                let mut rows = st.query(params![self.names[node as usize], self.sync_id])?;
+                let mut rows = st.query([&self.names[node as usize]])?;
                 while let Some(r) = rows.next()? {
+                    ids.push((r.get(0)?, node));
+                }
+            }
+            ids.sort_unstable();
+            let mut st = self
+                .conn
+                .prepare(&format!("{COLS} WHERE id = ?1 AND sync_id = ?2"))?;
+            for (id, node) in ids {
+                let mut rows = st.query(params![id, self.sync_id])?;
+                if let Some(r) = rows.next()? {
                     self.add_row(node, r)?;
                 }
             }
@@ -843,11 +859,13 @@ impl<'c> Expander<'c> {
         let t = std::time::Instant::now();
         let mut pbytes = Vec::new();
         let mut buf = Vec::with_capacity(4096);
-        let mut ins = self.conn.prepare_cached(
-            "INSERT INTO v1_grants (resource_type_id, resource_id, entitlement_id, principal_resource_type_id,
-               principal_resource_id, external_id, expansion, needs_expansion, data, sync_id, discovered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 0, ?7, ?8, ?9)",
-        )?;
+        // Multi-row inserts from one buffer, as the writer's own (row ids are not needed here).
+        let sql = InsertSql::new();
+        let mut batch = GrantBatch::default();
+        let mut ids = RowIds {
+            next: rows.saturating_add(1),
+            gather: None,
+        };
         for &(d, p) in &created {
             let (Some(Some(dst)), Some(&slot)) = (self.targets.get(&d), self.held[d as usize].get(&p)) else {
                 continue;
@@ -867,18 +885,25 @@ impl<'c> Expander<'c> {
             put_len_field(&mut buf, 3, gid.as_bytes());
             buf.extend_from_slice(&immutable);
             put_len_field(&mut buf, 5, &self.sources_msg(h.sources).encode_to_vec());
-            ins.execute(params![
-                dst.resource_type,
-                dst.resource,
-                dname,
-                pr.ptype,
-                pr.pid,
-                gid,
-                buf,
-                self.sync_id,
-                discovered_at
-            ])?;
+            batch.push(
+                [
+                    dst.resource_type.as_bytes(),
+                    dst.resource.as_bytes(),
+                    dname.as_bytes(),
+                    pr.ptype.as_bytes(),
+                    pr.pid.as_bytes(),
+                    gid.as_bytes(),
+                ],
+                None,
+                false,
+                &buf,
+            );
+            if batch.rows.len() >= HANDOFF_ROWS {
+                insert_rows(self.conn, &sql, &batch, self.sync_id, &discovered_at, &mut ids)?;
+                batch.clear();
+            }
         }
+        insert_rows(self.conn, &sql, &batch, self.sync_id, &discovered_at, &mut ids)?;
         tracing::debug!(
             ms = t.elapsed().as_millis() as u64,
             rows = created.len(),

@@ -84,6 +84,34 @@ impl GrantBatch {
         self.bytes.clear();
         self.rows.clear();
     }
+
+    /// Adds a row from its columns: resource_type_id, resource_id, entitlement_id,
+    /// principal_resource_type_id, principal_resource_id, external_id; the `expansion` blob (with
+    /// `needs_expansion`) if any; `data`.
+    pub(crate) fn push(
+        &mut self,
+        cols: [&[u8]; 6],
+        expansion: Option<&[u8]>,
+        needs_expansion: bool,
+        data: &[u8],
+    ) {
+        let mut ends = [0usize; 8];
+        for (k, v) in cols.into_iter().enumerate() {
+            self.bytes.extend_from_slice(v);
+            ends[k] = self.bytes.len();
+        }
+        if let Some(x) = expansion {
+            self.bytes.extend_from_slice(x);
+        }
+        ends[6] = self.bytes.len();
+        self.bytes.extend_from_slice(data);
+        ends[7] = self.bytes.len();
+        self.rows.push(BatchRow {
+            ends,
+            has_expansion: expansion.is_some(),
+            needs_expansion,
+        });
+    }
 }
 
 /// End offsets in [`GrantBatch::bytes`] of resource_type_id, resource_id, entitlement_id,
