@@ -38,6 +38,7 @@ use std::path::Path;
 use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
+use crate::direct::{self, SeqWriter};
 use crate::error::{C1zError, Result};
 use crate::schema::BulkIndex;
 
@@ -640,24 +641,24 @@ pub(crate) fn set_size(path: &Path, hdr: &DbHeader, pages: u32) -> Result<()> {
 }
 
 /// Pages appended to the database file in page-number order.
-struct PageOut<'a> {
-    w: BufWriter<File>,
+struct PageOut {
+    w: SeqWriter,
     next: u32,
     page: Vec<u8>,
     hdr: DbHeader,
-    path: &'a Path,
 }
 
-impl<'a> PageOut<'a> {
-    /// Pages appended to the file `f` (positioned at its end) after the `hdr.pages` it has.
-    fn new(f: File, hdr: DbHeader, path: &'a Path) -> Self {
-        Self {
-            w: BufWriter::with_capacity(1 << 20, f),
+impl PageOut {
+    /// Pages appended to the file at `path` after the `hdr.pages` it has (bypassing the page cache
+    /// where the system allows it: they are read once more, by `finish`).
+    fn new(hdr: DbHeader, path: &Path) -> Result<Self> {
+        let end = hdr.pages as u64 * hdr.page_size as u64;
+        Ok(Self {
+            w: SeqWriter::new(path, end, hdr.page_size.is_multiple_of(direct::ALIGN))?,
             next: hdr.pages + 1,
             page: vec![0u8; hdr.page_size],
             hdr,
-            path,
-        }
+        })
     }
 
     /// SQLite's lock-byte page: the page holding byte 2^30 of the file is never part of a b-tree
@@ -690,15 +691,11 @@ impl<'a> PageOut<'a> {
         if self.next == self.lock_page() {
             // Left as zeros, as SQLite leaves it.
             let zeros = vec![0u8; self.page.len()];
-            self.w
-                .write_all(&zeros)
-                .map_err(C1zError::io("write index pages to", self.path))?;
+            self.w.write_all(&zeros)?;
             self.next += 1;
         }
         let pgno = self.next;
-        self.w
-            .write_all(&self.page)
-            .map_err(C1zError::io("write index pages to", self.path))?;
+        self.w.write_all(&self.page)?;
         self.next = self
             .next
             .checked_add(1)
@@ -740,8 +737,8 @@ impl Level {
 }
 
 /// Builds one index b-tree from entries given in order.
-struct Builder<'a, 'p> {
-    out: &'a mut PageOut<'p>,
+struct Builder<'a> {
+    out: &'a mut PageOut,
     levels: Vec<Level>,
     max_local: usize,
     min_local: usize,
@@ -812,8 +809,8 @@ fn int_type(v: i64, format4: bool) -> (u64, usize) {
     }
 }
 
-impl<'a, 'p> Builder<'a, 'p> {
-    fn new(out: &'a mut PageOut<'p>) -> Self {
+impl<'a> Builder<'a> {
+    fn new(out: &'a mut PageOut) -> Self {
         let u = out.hdr.usable;
         Self {
             out,
@@ -1188,13 +1185,7 @@ pub(crate) fn write_indexes(
     specs: &[Spec],
     keys: &mut Collected,
 ) -> Result<Option<(Vec<u32>, u32)>> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(C1zError::io("open", path))?;
-    f.seek(SeekFrom::Start(hdr.pages as u64 * hdr.page_size as u64))
-        .map_err(C1zError::io("seek in", path))?;
-    let mut out = PageOut::new(f, *hdr, path);
+    let mut out = PageOut::new(*hdr, path)?;
     let mut roots = Vec::with_capacity(specs.len());
     for (spec, runs) in specs.iter().zip(keys.runs.iter_mut()) {
         let k = spec.cols.len();
@@ -1238,9 +1229,12 @@ pub(crate) fn write_indexes(
         }
     }
     let pages = out.next - 1;
-    out.w
-        .flush()
-        .map_err(C1zError::io("write index pages to", path))?;
+    out.w.flush()?;
+    tracing::debug!(
+        pages,
+        bypassed_page_cache = out.w.is_direct(),
+        "c1z: grant index pages appended"
+    );
     Ok(Some((roots, pages)))
 }
 
@@ -1274,7 +1268,7 @@ mod tests {
             change_counter: 1,
             format4: true,
         };
-        let mut out = PageOut::new(f, hdr, &path);
+        let mut out = PageOut::new(hdr, &path).unwrap();
         out.page.fill(7);
         assert_eq!((out.next_no(), out.after_next_no()), (16_383, 16_384));
         assert_eq!(out.append().unwrap(), 16_383);
@@ -1517,7 +1511,7 @@ mod tests {
             let mut want: Vec<(Vec<u8>, i64)> = Vec::new();
             let mut f = File::create(&path).unwrap();
             f.write_all(&vec![0u8; ps]).unwrap();
-            let mut out = PageOut::new(f, hdr, &path);
+            let mut out = PageOut::new(hdr, &path).unwrap();
             let mut b = Builder::new(&mut out);
             let mut e = Vec::new();
             for i in 0..n {

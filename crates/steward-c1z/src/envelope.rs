@@ -59,6 +59,17 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 
 /// Compresses the SQLite file `db` into the c1z `out`, atomically.
 pub fn write_c1z(db: &Path, out: &Path, opts: CompressOptions) -> Result<u64> {
+    write_c1z_reading(db, out, opts, &[])
+}
+
+/// [`write_c1z`], reading the byte ranges `direct` of `db` past the page cache where the system allows
+/// it (the writer's grant index pages, written that way: see `direct`). Any ranges give the same file.
+pub(crate) fn write_c1z_reading(
+    db: &Path,
+    out: &Path,
+    opts: CompressOptions,
+    direct: &[(u64, u64)],
+) -> Result<u64> {
     let tmp = tmp_path(out);
     let src = File::open(db).map_err(C1zError::io("open", db))?;
     let size = src.metadata().map_err(C1zError::io("stat", db))?.len();
@@ -82,8 +93,36 @@ pub fn write_c1z(db: &Path, out: &Path, opts: CompressOptions) -> Result<u64> {
         Ok(())
     };
     configure(&mut enc).map_err(zerr)?;
-    std::io::copy(&mut BufReader::with_capacity(1 << 20, src), &mut enc)
-        .map_err(C1zError::io("compress into", &tmp))?;
+    drop(src);
+    let mut ranges: Vec<(u64, u64)> = direct
+        .iter()
+        .map(|&(a, b)| (a.min(size), b.min(size)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    ranges.sort_unstable();
+    let mut at = 0;
+    for (a, b) in ranges {
+        let a = a.max(at);
+        if a >= b {
+            continue;
+        }
+        if at < a {
+            at += crate::direct::copy_range_buffered(db, (at, a), &mut enc)?;
+        }
+        at += crate::direct::copy_range(db, (a, b), &mut enc)?;
+    }
+    if at < size {
+        at += crate::direct::copy_range_buffered(db, (at, size), &mut enc)?;
+    }
+    if at != size {
+        return Err(C1zError::Io {
+            action: "read",
+            path: db.to_owned(),
+            error: std::io::Error::other(format!(
+                "the file ended at byte {at} of {size} while it was compressed"
+            )),
+        });
+    }
     let w = enc.finish().map_err(C1zError::io("finish", &tmp))?;
     let file = w.into_inner().map_err(|e| C1zError::Io {
         action: "flush",

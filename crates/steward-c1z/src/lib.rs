@@ -21,6 +21,7 @@
 
 mod btree;
 pub mod diff;
+mod direct;
 pub mod envelope;
 mod error;
 pub mod expand;

@@ -363,6 +363,9 @@ pub struct C1zWriter {
     /// Resources and entitlements written while a batch of grants is with the inserter thread (the
     /// statement and its values), inserted when the connection comes back.
     pending: Vec<(&'static str, Vec<Value>)>,
+    /// Byte ranges of the working database this process wrote past the page cache (grant index pages),
+    /// which `finish` reads the same way.
+    direct_ranges: Vec<(u64, u64)>,
     /// During [`end_sync`](Self::end_sync): the keys gathered while the sync's grants were inserted, for
     /// the first grant index build (dropped when a grant row they cover is deleted).
     gathered: Option<Gathered>,
@@ -534,6 +537,7 @@ impl C1zWriter {
             sql: InsertSql::new(),
             inserter: None,
             pending: Vec::new(),
+            direct_ranges: Vec::new(),
             gathered: None,
         })
     }
@@ -1344,6 +1348,14 @@ impl C1zWriter {
             "c1z: grant indexes written directly"
         );
         report.index_keys_gathered += from_put;
+        // Those pages bypassed the page cache where the system allowed it: `finish` reads them the same way.
+        let (end, page_size): (i64, i64) = self.db()?.query_row(
+            "SELECT page_count, page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        self.direct_ranges
+            .push((u64::from(pages) * page_size as u64, end as u64 * page_size as u64));
         Ok(true)
     }
 
@@ -1591,6 +1603,7 @@ impl C1zWriter {
             wip,
             target,
             opts,
+            direct_ranges,
             ..
         } = self;
         conn.ok_or_else(db_lent)?
@@ -1604,7 +1617,7 @@ impl C1zWriter {
                 "the sync database exceeds 10 GiB: Baton readers refuse to unpack it; embed principals by id only to shrink grants"
             );
         }
-        let size = envelope::write_c1z(&wip, &target, opts.compress)?;
+        let size = envelope::write_c1z_reading(&wip, &target, opts.compress, &direct_ranges)?;
         remove_wip(&wip)?;
         Ok(size)
     }
