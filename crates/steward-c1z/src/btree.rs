@@ -654,7 +654,7 @@ impl PageOut {
     fn new(hdr: DbHeader, path: &Path) -> Result<Self> {
         let end = hdr.pages as u64 * hdr.page_size as u64;
         Ok(Self {
-            w: SeqWriter::new(path, end, hdr.page_size.is_multiple_of(direct::ALIGN))?,
+            w: SeqWriter::open(path, end, hdr.page_size.is_multiple_of(direct::ALIGN))?,
             next: hdr.pages + 1,
             page: vec![0u8; hdr.page_size],
             hdr,

@@ -4,10 +4,15 @@
 //! once and read back once, by the compression in `finish`. Written through the page cache, every one of
 //! those pages first has to be allocated and filled by the kernel: on our 2-core VM that was 36 % of the
 //! samples of the index build (docs/benchmarks.md). [`SeqWriter`] collects the bytes in an aligned buffer
-//! of [`CHUNK`] bytes and writes it with one direct `pwrite`; where direct I/O is not available (another
-//! OS, a filesystem such as tmpfs that refuses it, an unaligned start) it writes through the page cache
-//! as before. The bytes on disk are the same either way; reads stay coherent (the kernel flushes or
-//! bypasses cached pages of a range it writes directly).
+//! of [`CHUNK`] bytes and writes it with one direct `pwrite`; [`copy_range`] reads such a range back the
+//! same way, a thread reading one chunk ahead of the caller. Where direct I/O is not available (another
+//! OS, a filesystem such as tmpfs that refuses it with `EINVAL`, an unaligned start or tail) they clear
+//! `O_DIRECT` and go through the page cache as before; any other error is reported. The bytes on disk
+//! are the same either way, and the kernel keeps direct and cached access to a range coherent.
+//!
+//! Not used for the sort runs of `btree` (1.6 GB at 10 M grants, written and read once too): many runs
+//! are merged side by side in 256 KiB reads, and read directly each one waits on the disk — the index
+//! build took 8.2–8.7 s instead of 6.3–6.4 s (docs/benchmarks.md).
 //!
 //! Invariant: direct writes are whole multiples of [`ALIGN`] at offsets that are multiples of it, from a
 //! buffer whose address is one too; a write that does not meet that goes through the page cache.
@@ -24,119 +29,113 @@ pub(crate) const ALIGN: usize = 4096;
 /// Bytes collected before one direct write (a multiple of [`ALIGN`]).
 pub(crate) const CHUNK: usize = 4 << 20;
 
-/// Appends bytes to a file from a starting offset, directly when it can (see the module docs).
+/// Appends bytes to a file from a starting offset, directly when it can (see the module docs): the bytes
+/// are collected in an aligned chunk written with one positioned write.
 pub(crate) struct SeqWriter {
+    file: File,
+    /// For messages.
     path: PathBuf,
-    mode: Mode,
-    /// File offset of the first byte not written yet.
+    what: &'static str,
+    /// `O_DIRECT` is set on `file`.
+    direct: bool,
+    /// `CHUNK + ALIGN` bytes; the chunk starts at `start`, the first aligned address in it.
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+    /// File offset of the chunk.
     pos: u64,
 }
 
-enum Mode {
-    Direct {
-        file: File,
-        /// `CHUNK + ALIGN` bytes; the chunk starts at `start`, the first aligned address in it.
-        buf: Vec<u8>,
-        start: usize,
-        len: usize,
-    },
-    Buffered(std::io::BufWriter<File>),
-}
-
 impl SeqWriter {
-    /// A writer of `path` from offset `pos`, which must be the file's end or within it. Direct when
-    /// `direct` is asked for, `pos` is aligned and the file opens that way.
-    pub(crate) fn new(path: &Path, pos: u64, direct: bool) -> Result<Self> {
-        let mode = match direct_file(path).filter(|_| direct && pos.is_multiple_of(ALIGN as u64)) {
-            Some(file) => {
-                let buf = vec![0u8; CHUNK + ALIGN];
-                let start = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
-                Mode::Direct {
-                    file,
-                    buf,
-                    start,
-                    len: 0,
-                }
-            }
-            None => Mode::Buffered(std::io::BufWriter::with_capacity(
-                1 << 20,
-                buffered_file(path, pos)?,
-            )),
-        };
-        Ok(Self {
-            path: path.to_owned(),
-            mode,
+    /// A writer of the file at `path` from offset `pos` (its end or within it); direct when
+    /// `want_direct`, `pos` is aligned and the system allows it.
+    pub(crate) fn open(path: &Path, pos: u64, want_direct: bool) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(C1zError::io("open", path))?;
+        Ok(Self::from_file(
+            file,
+            path,
+            "write index pages to",
             pos,
-        })
+            want_direct,
+        ))
+    }
+
+    /// A writer of `file` (opened for writing; `path` names it in messages, `what` says what is
+    /// written) from offset `pos`.
+    pub(crate) fn from_file(
+        file: File,
+        path: &Path,
+        what: &'static str,
+        pos: u64,
+        want_direct: bool,
+    ) -> Self {
+        let direct = want_direct && pos.is_multiple_of(ALIGN as u64) && set_direct(&file, true).is_ok();
+        let buf = vec![0u8; CHUNK + ALIGN];
+        let start = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
+        Self {
+            file,
+            path: path.to_owned(),
+            what,
+            direct,
+            buf,
+            start,
+            len: 0,
+            pos,
+        }
     }
 
     /// Whether the writes bypass the page cache (until a refusal makes them go through it).
     pub(crate) fn is_direct(&self) -> bool {
-        matches!(self.mode, Mode::Direct { .. })
+        self.direct
     }
 
     pub(crate) fn write_all(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
-            match &mut self.mode {
-                Mode::Buffered(w) => {
-                    w.write_all(bytes)
-                        .map_err(C1zError::io("write index pages to", &self.path))?;
-                    self.pos += bytes.len() as u64;
-                    return Ok(());
-                }
-                Mode::Direct { buf, start, len, .. } => {
-                    let n = bytes.len().min(CHUNK - *len);
-                    buf[*start + *len..*start + *len + n].copy_from_slice(&bytes[..n]);
-                    *len += n;
-                    bytes = &bytes[n..];
-                    if *len == CHUNK {
-                        self.write_chunk()?;
-                    }
-                }
+            let n = bytes.len().min(CHUNK - self.len);
+            let at = self.start + self.len;
+            self.buf[at..at + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+            if self.len == CHUNK {
+                self.write_chunk()?;
             }
         }
         Ok(())
     }
 
-    /// Writes out what is collected (a last direct write of an unaligned length goes through the page
-    /// cache) and flushes.
+    /// Writes out what is collected (a last chunk of an unaligned length goes through the page cache).
     pub(crate) fn flush(&mut self) -> Result<()> {
-        self.write_chunk()?;
-        if let Mode::Buffered(w) = &mut self.mode {
-            w.flush()
-                .map_err(C1zError::io("write index pages to", &self.path))?;
-        }
-        Ok(())
+        self.write_chunk()
     }
 
-    /// Writes the collected chunk at `pos`: directly if its length allows, else (or when the system
-    /// refuses) through the page cache, which it then keeps using.
+    /// Writes the collected chunk at `pos`: directly if it can, else (or when the system refuses)
+    /// through the page cache, which it then keeps using.
     fn write_chunk(&mut self) -> Result<()> {
-        let Mode::Direct {
-            file,
-            buf,
-            start,
-            len,
-        } = &mut self.mode
-        else {
-            return Ok(());
-        };
-        if *len == 0 {
+        if self.len == 0 {
             return Ok(());
         }
-        let chunk = &buf[*start..*start + *len];
-        if len.is_multiple_of(ALIGN) && write_at(file, chunk, self.pos).is_ok() {
-            self.pos += *len as u64;
-            *len = 0;
-            return Ok(());
+        let chunk = &self.buf[self.start..self.start + self.len];
+        let mut done = false;
+        if self.direct && self.len.is_multiple_of(ALIGN) {
+            match write_at(&self.file, chunk, self.pos) {
+                Ok(()) => done = true,
+                Err(e) if refused(&e) => {}
+                Err(e) => return Err(C1zError::io(self.what, &self.path)(e)),
+            }
         }
-        // Refused (or not aligned): the same bytes through the page cache, and from now on.
-        let pending = chunk.to_vec();
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, buffered_file(&self.path, self.pos)?);
-        w.write_all(&pending)
-            .map_err(C1zError::io("write index pages to", &self.path))?;
-        self.pos += pending.len() as u64;
-        self.mode = Mode::Buffered(w);
+        if !done {
+            if self.direct {
+                // Refused, or a last unaligned piece: through the page cache from now on.
+                self.direct = false;
+                set_direct(&self.file, false).map_err(C1zError::io(self.what, &self.path))?;
+            }
+            write_at(&self.file, chunk, self.pos).map_err(C1zError::io(self.what, &self.path))?;
+        }
+        self.pos += self.len as u64;
+        self.len = 0;
         Ok(())
     }
 }
@@ -159,12 +158,12 @@ pub(crate) fn copy_range(path: &Path, range: (u64, u64), out: &mut impl Write) -
         for _ in 0..2 {
             let _ = free_tx.send(vec![0u8; CHUNK + ALIGN]);
         }
-        let reader = scope.spawn(move || -> Option<u64> {
+        let reader = scope.spawn(move || -> std::io::Result<Option<u64>> {
             // The offset it stopped at when the system refused a direct read.
             let mut at = pos;
             for mut buf in free {
                 if at >= end {
-                    return None;
+                    return Ok(None);
                 }
                 let start = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
                 let want = ((end - at) as usize).min(CHUNK);
@@ -172,14 +171,15 @@ pub(crate) fn copy_range(path: &Path, range: (u64, u64), out: &mut impl Write) -
                 let asked = want.div_ceil(ALIGN) * ALIGN;
                 let n = match read_at(&file, &mut buf[start..start + asked], at) {
                     Ok(n) => n.min(want),
-                    Err(_) => return Some(at),
+                    Err(e) if refused(&e) => return Ok(Some(at)),
+                    Err(e) => return Err(e),
                 };
                 if n == 0 || full_tx.send((buf, start, n)).is_err() {
-                    return None;
+                    return Ok(None);
                 }
                 at += n as u64;
             }
-            None
+            Ok(None)
         });
         let mut copied = 0;
         for (buf, start, n) in full {
@@ -191,8 +191,9 @@ pub(crate) fn copy_range(path: &Path, range: (u64, u64), out: &mut impl Write) -
         drop(free_tx);
         match reader.join() {
             // Refused at `at`: the rest through the page cache.
-            Ok(Some(at)) => Ok(copied + copy_range_buffered(path, (at, end), out)?),
-            Ok(None) => Ok(copied),
+            Ok(Ok(Some(at))) => Ok(copied + copy_range_buffered(path, (at, end), out)?),
+            Ok(Ok(None)) => Ok(copied),
+            Ok(Err(e)) => Err(C1zError::io("read", path)(e)),
             Err(_) => Err(C1zError::State("the thread reading the working database stopped")),
         }
     })
@@ -208,30 +209,36 @@ pub(crate) fn copy_range_buffered(path: &Path, (pos, end): (u64, u64), out: &mut
     std::io::copy(&mut r, out).map_err(C1zError::io("compress", path))
 }
 
-fn buffered_file(path: &Path, pos: u64) -> Result<File> {
-    use std::io::Seek;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(C1zError::io("open", path))?;
-    f.seek(std::io::SeekFrom::Start(pos))
-        .map_err(C1zError::io("seek in", path))?;
-    Ok(f)
-}
-
+/// Whether a direct read or write failed because the system refuses direct I/O there (`EINVAL`: a
+/// filesystem without it, an alignment it does not accept) rather than for a reason that would fail an
+/// ordinary one too (which is then reported, not retried).
 #[cfg(target_os = "linux")]
-fn direct_file(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(path)
-        .ok()
+fn refused(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn direct_file(_path: &Path) -> Option<File> {
-    None
+fn refused(_e: &std::io::Error) -> bool {
+    true
+}
+
+/// Sets or clears `O_DIRECT` on an open file (Linux; elsewhere direct I/O is not used).
+#[cfg(target_os = "linux")]
+fn set_direct(f: &File, on: bool) -> std::io::Result<()> {
+    use rustix::fs::OFlags;
+    let flags = rustix::fs::fcntl_getfl(f)?;
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    rustix::fs::fcntl_setfl(f, flags)?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_direct(_f: &File, _on: bool) -> std::io::Result<()> {
+    Err(std::io::Error::other("direct I/O is not used on this system"))
 }
 
 #[cfg(target_os = "linux")]
@@ -297,7 +304,7 @@ mod tests {
         ] {
             let p = dir.path().join("f");
             std::fs::write(&p, vec![0xAAu8; start]).unwrap();
-            let mut w = SeqWriter::new(&p, start as u64, direct).unwrap();
+            let mut w = SeqWriter::open(&p, start as u64, direct).unwrap();
             if start % ALIGN != 0 || !direct {
                 assert!(!w.is_direct());
             }

@@ -85,6 +85,11 @@ pub enum C1zError {
     /// A writer method was called in the wrong state.
     #[error("{0}")]
     State(&'static str),
+    /// An earlier write of this writer failed; what it wrote since its last checkpoint was rolled back.
+    #[error(
+        "an earlier write to the sync file failed ({0}); everything since the last checkpoint was rolled back: open the file again to resume the sync"
+    )]
+    Failed(String),
 }
 
 impl C1zError {

@@ -338,10 +338,12 @@ impl GrantRefs {
     }
 }
 
-/// The error for using the database while the inserter thread holds it (a bug: every public method
-/// settles first).
+/// The error for using the database while no connection is here: an earlier error lost it (or a bug
+/// used it while the insert thread held it: every public method settles first).
 fn db_lent() -> C1zError {
-    C1zError::State("internal error: the database was used while the grant insert thread held it")
+    C1zError::State(
+        "the working database's connection is not available (an earlier error closed it); open the file again to resume the sync",
+    )
 }
 
 /// Writes syncs into a c1z file. See the module docs for the life cycle.
@@ -363,6 +365,8 @@ pub struct C1zWriter {
     /// Resources and entitlements written while a batch of grants is with the inserter thread (the
     /// statement and its values), inserted when the connection comes back.
     pending: Vec<(&'static str, Vec<Value>)>,
+    /// Set when inserts on the insert thread failed: every later call fails (see `settle`).
+    failed: Option<String>,
     /// Byte ranges of the working database this process wrote past the page cache (grant index pages),
     /// which `finish` reads the same way.
     direct_ranges: Vec<(u64, u64)>,
@@ -538,6 +542,7 @@ impl C1zWriter {
             inserter: None,
             pending: Vec::new(),
             direct_ranges: Vec::new(),
+            failed: None,
             gathered: None,
         })
     }
@@ -699,26 +704,63 @@ impl C1zWriter {
     /// batch handed over), with the row-id state, then writes the rows that waited for it; returns the
     /// first error of those inserts (the rows of the failed batch and the ones after it are not in the
     /// table, and the gathered keys are dropped).
+    ///
+    /// Such an error arrives after the calls that queued those rows returned, so the writer cannot
+    /// say which rows are missing: it rolls back the open transaction (everything since the last
+    /// checkpoint) and fails every later call with [`C1zError::Failed`] — never a commit of a sync with
+    /// rows missing. The caller resumes from the last checkpoint by opening the file again.
     fn settle(&mut self) -> Result<()> {
+        if let Some(msg) = &self.failed {
+            return Err(C1zError::Failed(msg.clone()));
+        }
         let Some(ins) = self.inserter.as_mut() else {
             return Ok(());
         };
-        let Some(back) = ins.take_back()? else {
-            return Ok(());
+        let back = match ins.take_back() {
+            Ok(Some(back)) => back,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
         };
         self.conn = Some(back.conn);
         if let Some(a) = self.active.as_mut() {
             a.ids = back.ids;
         }
-        back.result?;
-        // Rows written while the connection was away, in the order they came.
-        let pending = std::mem::take(&mut self.pending);
-        let db = self.db()?;
-        for (sql, vals) in &pending {
-            db.prepare_cached(sql)?
-                .execute(rusqlite::params_from_iter(vals))?;
+        let r = back.result.and_then(|()| {
+            // Rows written while the connection was away, in the order they came.
+            let pending = std::mem::take(&mut self.pending);
+            let db = self.db()?;
+            for (sql, vals) in &pending {
+                db.prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(vals))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = &r {
+            self.fail(e.to_string());
         }
-        Ok(())
+        r
+    }
+
+    /// After an insert error that surfaced late: rolls back the open transaction, drops what waits and
+    /// refuses every later call (see [`settle`](Self::settle)).
+    fn fail(&mut self, msg: String) {
+        tracing::error!(error = %msg, "a write to the sync file failed; rolling back to the last checkpoint");
+        self.pending.clear();
+        self.batch.clear();
+        if self.in_tx
+            && let Some(c) = self.conn.as_ref()
+        {
+            let _ = c.execute_batch("ROLLBACK");
+        }
+        self.in_tx = false;
+        if let Some(a) = self.active.as_mut() {
+            a.ids.gather = None;
+            a.refs = None;
+        }
+        self.failed = Some(msg);
     }
 
     /// Hands the full batch of grants to the inserter thread (lending it the connection first), so that
@@ -963,6 +1005,9 @@ impl C1zWriter {
             .as_ref()
             .and_then(|p| p.id.as_ref())
             .ok_or_else(|| incomplete("principal.id"))?;
+        if let Some(msg) = &self.failed {
+            return Err(C1zError::Failed(msg.clone()));
+        }
         self.before_write()?;
         self.active()?;
         if let Some(a) = self.active.as_mut()
@@ -970,6 +1015,7 @@ impl C1zWriter {
         {
             refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id);
         }
+        let mark = self.batch.bytes.len();
         let b = &mut self.batch.bytes;
         let mut ends = [0usize; 8];
         for (k, v) in [
@@ -990,7 +1036,15 @@ impl C1zWriter {
         let mut has_expansion = false;
         if g.annotations.contains::<GrantExpandable>() {
             let mut owned = g.clone();
-            if let Some(ge) = owned.annotations.take::<GrantExpandable>()? {
+            let taken = match owned.annotations.take::<GrantExpandable>() {
+                Ok(t) => t,
+                Err(e) => {
+                    // Nothing of this row may stay: the next row's columns start where this one ends.
+                    b.truncate(mark);
+                    return Err(e.into());
+                }
+            };
+            if let Some(ge) = taken {
                 needs_expansion = ge.entitlement_ids.iter().any(|s| !s.trim().is_empty());
                 if needs_expansion {
                     ge.encode_raw(b);
@@ -1620,5 +1674,102 @@ impl C1zWriter {
         let size = envelope::write_c1z_reading(&wip, &target, opts.compress, &direct_ranges)?;
         remove_wip(&wip)?;
         Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use steward_model::builders::{self, ResourceBuilder};
+    use steward_model::pb::{entitlement::PurposeValue, resource_type::Trait};
+
+    /// An insert that fails on the insert thread surfaces after the `put_grant` that queued it has
+    /// returned: the writer then rolls back to the last checkpoint and refuses every later call, so a
+    /// sync with rows missing is never committed; opened again, the file resumes from that checkpoint.
+    #[test]
+    fn a_failed_insert_on_the_thread_rolls_back_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("full.c1z");
+        let opts = WriterOptions {
+            crash_safe: true,
+            auto_commit_rows: None,
+            ..Default::default()
+        };
+        let mut w = C1zWriter::create_with(&p, opts.clone()).unwrap();
+        let sync = w.begin_sync(SyncType::Full).unwrap();
+        let ut = builders::resource_type("user", "User", &[Trait::User]);
+        let gt = builders::resource_type("group", "Group", &[Trait::Group]);
+        w.put_resource_type(&ut).unwrap();
+        w.put_resource_type(&gt).unwrap();
+        let g = ResourceBuilder::new("group", "g", "G").group().build();
+        w.put_resource(&g).unwrap();
+        let e = builders::entitlement(
+            &g,
+            "member",
+            "member",
+            PurposeValue::Assignment,
+            std::slice::from_ref(&ut),
+        );
+        w.put_entitlement(&e).unwrap();
+        let user = |i: usize| ResourceBuilder::new("user", &format!("u{i}"), "U").build();
+        for i in 0..1_000 {
+            w.put_resource(&user(i)).unwrap();
+            w.put_grant(&builders::grant(&e, &user(i))).unwrap();
+        }
+        w.checkpoint("kept").unwrap();
+        // The file may not grow any more: the next inserts fail (SQLITE_FULL) on the insert thread.
+        let pages: i64 = w
+            .db()
+            .unwrap()
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        w.db()
+            .unwrap()
+            .execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+            .unwrap();
+        let mut refused = None;
+        for i in 1_000..200_000 {
+            if let Err(err) = w.put_grant(&builders::grant(&e, &user(i))) {
+                refused = Some(err);
+                break;
+            }
+            if i % 5_000 == 0 {
+                // A resource written while the thread holds the connection waits for it.
+                w.put_resource(&user(i)).unwrap();
+            }
+        }
+        let err = match refused {
+            Some(e) => e,
+            None => w.checkpoint("lost").unwrap_err(),
+        };
+        assert!(err.to_string().contains("full"), "{err}");
+        assert!(matches!(w.checkpoint("lost"), Err(C1zError::Failed(_))));
+        assert!(matches!(
+            w.put_grant(&builders::grant(&e, &user(7))),
+            Err(C1zError::Failed(_))
+        ));
+        assert!(matches!(w.end_sync(), Err(C1zError::Failed(_))));
+        drop(w);
+        let mut w = C1zWriter::open_with(&p, opts).unwrap();
+        let run = w.unfinished_sync().unwrap().unwrap();
+        assert_eq!(run.sync_id, sync);
+        w.resume_sync(&sync).unwrap();
+        assert_eq!(w.sync_token().unwrap(), "kept");
+        let grants: i64 = w
+            .db()
+            .unwrap()
+            .query_row("SELECT count(*) FROM v1_grants", [], |r| r.get(0))
+            .unwrap();
+        let users: i64 = w
+            .db()
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM v1_resources WHERE resource_type_id = 'user'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!((grants, users), (1_000, 1_000));
     }
 }
