@@ -142,24 +142,9 @@ pub(crate) struct RowIds {
 }
 
 /// Inserts the rows of `batch`: full statements of [`GRANT_BATCH`] rows, a remainder row by row. Once
-/// inserted, their index keys are gathered under the row ids they got. On an error the gathering stops
-/// (some rows of the batch may be missing).
+/// inserted, their index keys are gathered under the row ids they got. After an error some rows of the
+/// batch may be missing: the caller drops the gathered keys.
 pub(crate) fn insert_rows(
-    conn: &Connection,
-    sql: &InsertSql,
-    batch: &GrantBatch,
-    sync_id: &str,
-    now: &str,
-    ids: &mut RowIds,
-) -> Result<()> {
-    let r = insert_rows_inner(conn, sql, batch, sync_id, now, ids);
-    if r.is_err() {
-        ids.gather = None;
-    }
-    r
-}
-
-fn insert_rows_inner(
     conn: &Connection,
     sql: &InsertSql,
     batch: &GrantBatch,

@@ -676,6 +676,9 @@ impl C1zWriter {
     }
 
     fn before_write(&mut self) -> Result<()> {
+        if let Some(msg) = &self.failed {
+            return Err(C1zError::Failed(msg.clone()));
+        }
         if !self.in_tx {
             self.db()?.execute_batch("BEGIN")?;
             self.in_tx = true;
@@ -742,6 +745,19 @@ impl C1zWriter {
             self.fail(e.to_string());
         }
         r
+    }
+
+    /// Runs `sql` with `vals` now, or, while the insert thread holds the connection, when it comes back
+    /// (in the order written; see [`settle`](Self::settle)).
+    fn write_row(&mut self, sql: &'static str, vals: Vec<Value>) -> Result<()> {
+        match self.conn.as_ref() {
+            Some(c) => {
+                c.prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(&vals))?;
+            }
+            None => self.pending.push((sql, vals)),
+        }
+        Ok(())
     }
 
     /// After an insert error that surfaced late: rolls back the open transaction, drops what waits and
@@ -816,6 +832,10 @@ impl C1zWriter {
         let conn = self.conn.as_ref().ok_or_else(db_lent)?;
         let r = inserter::insert_rows(conn, &self.sql, &self.batch, &a.sync_id, &self.now, &mut a.ids);
         self.batch.clear();
+        if r.is_err() {
+            // Rows of the batch may be missing: the gathered keys no longer match the table.
+            a.ids.gather = None;
+        }
         r
     }
 
@@ -920,29 +940,17 @@ impl C1zWriter {
         };
         const SQL: &str = "INSERT INTO v1_resources (resource_type_id, external_id, parent_resource_type_id, parent_resource_id, data, sync_id, discovered_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-        if self.conn.is_none() {
-            let text = |v: Option<&str>| v.map_or(Value::Null, |t| Value::Text(t.to_owned()));
-            let vals = vec![
-                Value::Text(rid.resource_type.clone()),
-                Value::Text(rid.to_string()),
-                text(pt),
-                text(pid),
-                Value::Blob(self.buf.clone()),
-                Value::Text(id.clone()),
-                Value::Text(self.now.clone()),
-            ];
-            self.pending.push((SQL, vals));
-        } else {
-            self.db()?.prepare_cached(SQL)?.execute(params![
-                rid.resource_type,
-                rid.to_string(),
-                pt,
-                pid,
-                self.buf,
-                id,
-                self.now
-            ])?;
-        }
+        let text = |v: Option<&str>| v.map_or(Value::Null, |t| Value::Text(t.to_owned()));
+        let vals = vec![
+            Value::Text(rid.resource_type.clone()),
+            Value::Text(rid.to_string()),
+            text(pt),
+            text(pid),
+            Value::Blob(self.buf.clone()),
+            Value::Text(id.clone()),
+            Value::Text(self.now.clone()),
+        ];
+        self.write_row(SQL, vals)?;
         self.after_write()
     }
 
@@ -963,26 +971,15 @@ impl C1zWriter {
         let id = &self.active()?.sync_id;
         const SQL: &str = "INSERT INTO v1_entitlements (resource_type_id, resource_id, external_id, data, sync_id, discovered_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-        if self.conn.is_none() {
-            let vals = vec![
-                Value::Text(rid.resource_type.clone()),
-                Value::Text(rid.resource.clone()),
-                Value::Text(e.id.clone()),
-                Value::Blob(self.buf.clone()),
-                Value::Text(id.clone()),
-                Value::Text(self.now.clone()),
-            ];
-            self.pending.push((SQL, vals));
-        } else {
-            self.db()?.prepare_cached(SQL)?.execute(params![
-                rid.resource_type,
-                rid.resource,
-                e.id,
-                self.buf,
-                id,
-                self.now
-            ])?;
-        }
+        let vals = vec![
+            Value::Text(rid.resource_type.clone()),
+            Value::Text(rid.resource.clone()),
+            Value::Text(e.id.clone()),
+            Value::Blob(self.buf.clone()),
+            Value::Text(id.clone()),
+            Value::Text(self.now.clone()),
+        ];
+        self.write_row(SQL, vals)?;
         self.after_write()
     }
 
@@ -1005,9 +1002,6 @@ impl C1zWriter {
             .as_ref()
             .and_then(|p| p.id.as_ref())
             .ok_or_else(|| incomplete("principal.id"))?;
-        if let Some(msg) = &self.failed {
-            return Err(C1zError::Failed(msg.clone()));
-        }
         self.before_write()?;
         self.active()?;
         if let Some(a) = self.active.as_mut()
