@@ -27,7 +27,7 @@ use crate::error::{C1zError, Result};
 pub(crate) const ALIGN: usize = 4096;
 
 /// Bytes collected before one direct write (a multiple of [`ALIGN`]).
-pub(crate) const CHUNK: usize = 4 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 
 /// Appends bytes to a file from a starting offset, directly when it can (see the module docs): the bytes
 /// are collected in an aligned chunk written with one positioned write.
