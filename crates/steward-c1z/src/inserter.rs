@@ -85,9 +85,20 @@ impl GrantBatch {
         self.rows.clear();
     }
 
-    /// Adds a row from its columns: resource_type_id, resource_id, entitlement_id,
-    /// principal_resource_type_id, principal_resource_id, external_id; the `expansion` blob (with
-    /// `needs_expansion`) if any; `data`.
+    /// Appends a row's six text columns (resource_type_id, resource_id, entitlement_id,
+    /// principal_resource_type_id, principal_resource_id, external_id) and returns the row's end offsets
+    /// with those six set; the caller appends `expansion` and `data` and sets the last two.
+    pub(crate) fn push_columns(&mut self, cols: [&[u8]; 6]) -> [usize; 8] {
+        let mut ends = [0usize; 8];
+        for (k, v) in cols.into_iter().enumerate() {
+            self.bytes.extend_from_slice(v);
+            ends[k] = self.bytes.len();
+        }
+        ends
+    }
+
+    /// Adds a row from its columns (see [`push_columns`](Self::push_columns)), the `expansion` blob
+    /// (with `needs_expansion`) if any, and `data`.
     pub(crate) fn push(
         &mut self,
         cols: [&[u8]; 6],
@@ -95,11 +106,7 @@ impl GrantBatch {
         needs_expansion: bool,
         data: &[u8],
     ) {
-        let mut ends = [0usize; 8];
-        for (k, v) in cols.into_iter().enumerate() {
-            self.bytes.extend_from_slice(v);
-            ends[k] = self.bytes.len();
-        }
+        let mut ends = self.push_columns(cols);
         if let Some(x) = expansion {
             self.bytes.extend_from_slice(x);
         }

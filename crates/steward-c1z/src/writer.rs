@@ -1009,36 +1009,27 @@ impl C1zWriter {
         {
             refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id);
         }
-        let mark = self.batch.bytes.len();
+        // The annotation is decoded before anything of the row is in the batch (an error leaves none).
+        let expandable = if g.annotations.contains::<GrantExpandable>() {
+            let mut owned = g.clone();
+            let ge = owned.annotations.take::<GrantExpandable>()?;
+            Some((owned, ge))
+        } else {
+            None
+        };
+        let mut ends = self.batch.push_columns([
+            rid.resource_type.as_bytes(),
+            rid.resource.as_bytes(),
+            ent.id.as_bytes(),
+            pid.resource_type.as_bytes(),
+            pid.resource.as_bytes(),
+            g.id.as_bytes(),
+        ]);
         let b = &mut self.batch.bytes;
-        let mut ends = [0usize; 8];
-        for (k, v) in [
-            rid.resource_type.as_str(),
-            rid.resource.as_str(),
-            ent.id.as_str(),
-            pid.resource_type.as_str(),
-            pid.resource.as_str(),
-            g.id.as_str(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            b.extend_from_slice(v.as_bytes());
-            ends[k] = b.len();
-        }
         let mut needs_expansion = false;
         let mut has_expansion = false;
-        if g.annotations.contains::<GrantExpandable>() {
-            let mut owned = g.clone();
-            let taken = match owned.annotations.take::<GrantExpandable>() {
-                Ok(t) => t,
-                Err(e) => {
-                    // Nothing of this row may stay: the next row's columns start where this one ends.
-                    b.truncate(mark);
-                    return Err(e.into());
-                }
-            };
-            if let Some(ge) = taken {
+        if let Some((owned, ge)) = expandable {
+            if let Some(ge) = ge {
                 needs_expansion = ge.entitlement_ids.iter().any(|s| !s.trim().is_empty());
                 if needs_expansion {
                     ge.encode_raw(b);
