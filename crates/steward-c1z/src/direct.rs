@@ -35,7 +35,6 @@ pub(crate) struct SeqWriter {
     file: File,
     /// For messages.
     path: PathBuf,
-    what: &'static str,
     /// `O_DIRECT` is set on `file`.
     direct: bool,
     /// `CHUNK + ALIGN` bytes; the chunk starts at `start`, the first aligned address in it.
@@ -54,37 +53,17 @@ impl SeqWriter {
             .write(true)
             .open(path)
             .map_err(C1zError::io("open", path))?;
-        Ok(Self::from_file(
-            file,
-            path,
-            "write index pages to",
-            pos,
-            want_direct,
-        ))
-    }
-
-    /// A writer of `file` (opened for writing; `path` names it in messages, `what` says what is
-    /// written) from offset `pos`.
-    pub(crate) fn from_file(
-        file: File,
-        path: &Path,
-        what: &'static str,
-        pos: u64,
-        want_direct: bool,
-    ) -> Self {
         let direct = want_direct && pos.is_multiple_of(ALIGN as u64) && set_direct(&file, true).is_ok();
         let buf = vec![0u8; CHUNK + ALIGN];
-        let start = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
-        Self {
+        Ok(Self {
             file,
             path: path.to_owned(),
-            what,
             direct,
+            start: aligned_start(&buf),
             buf,
-            start,
             len: 0,
             pos,
-        }
+        })
     }
 
     /// Whether the writes bypass the page cache (until a refusal makes them go through it).
@@ -123,16 +102,17 @@ impl SeqWriter {
             match write_at(&self.file, chunk, self.pos) {
                 Ok(()) => done = true,
                 Err(e) if refused(&e) => {}
-                Err(e) => return Err(C1zError::io(self.what, &self.path)(e)),
+                Err(e) => return Err(C1zError::io("write index pages to", &self.path)(e)),
             }
         }
         if !done {
             if self.direct {
                 // Refused, or a last unaligned piece: through the page cache from now on.
                 self.direct = false;
-                set_direct(&self.file, false).map_err(C1zError::io(self.what, &self.path))?;
+                set_direct(&self.file, false).map_err(C1zError::io("write index pages to", &self.path))?;
             }
-            write_at(&self.file, chunk, self.pos).map_err(C1zError::io(self.what, &self.path))?;
+            write_at(&self.file, chunk, self.pos)
+                .map_err(C1zError::io("write index pages to", &self.path))?;
         }
         self.pos += self.len as u64;
         self.len = 0;
@@ -165,7 +145,7 @@ pub(crate) fn copy_range(path: &Path, range: (u64, u64), out: &mut impl Write) -
                 if at >= end {
                     return Ok(None);
                 }
-                let start = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
+                let start = aligned_start(&buf);
                 let want = ((end - at) as usize).min(CHUNK);
                 // Direct reads need an aligned length: round up (a read past the file's end stops there).
                 let asked = want.div_ceil(ALIGN) * ALIGN;
@@ -207,6 +187,11 @@ pub(crate) fn copy_range_buffered(path: &Path, (pos, end): (u64, u64), out: &mut
         .map_err(C1zError::io("seek in", path))?;
     let mut r = std::io::BufReader::with_capacity(1 << 20, f).take(end.saturating_sub(pos));
     std::io::copy(&mut r, out).map_err(C1zError::io("compress", path))
+}
+
+/// The offset of the first [`ALIGN`]ed address in `buf` (which has `ALIGN` bytes to spare for it).
+fn aligned_start(buf: &[u8]) -> usize {
+    (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN
 }
 
 /// Whether a direct read or write failed because the system refuses direct I/O there (`EINVAL`: a
