@@ -14,7 +14,7 @@
 //! `STEWARD_BENCH_ZSTD_LEVEL` to try another zstd level; `STEWARD_BENCH_CRASH_SAFE=1` for the crash-safe
 //! journalled working database the sync engine uses; `STEWARD_BENCH_NO_READ=1` to skip the read-back;
 //! `STEWARD_BENCH_TRACK_IDS` and `STEWARD_BENCH_SORT_MIB` for the writer's `track_grant_ids` and
-//! `sort_run_kib`).
+//! `sort_run_kib`; `STEWARD_BENCH_OUT` to keep the file; `STEWARD_BENCH_DIRECT_TABLE=0` to have SQLite insert the grant rows).
 
 use std::time::Instant;
 
@@ -59,7 +59,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
-    let path = dir.path().join("bench.c1z");
+    // `STEWARD_BENCH_OUT=FILE` keeps the c1z there (e.g. for `baton`, `steward inspect` or `zstd` trials).
+    let path = match std::env::var_os("STEWARD_BENCH_OUT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => dir.path().join("bench.c1z"),
+    };
     let baton_shape = std::env::var("STEWARD_BENCH_SHAPE").is_ok_and(|v| v == "baton");
     let n_groups: u64 = 1000;
     let n_users = n.div_ceil(n_groups);
@@ -93,6 +97,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|v| v.parse::<usize>().ok())
     {
         wopts.sort_run_kib = mib * 1024;
+    }
+    if std::env::var("STEWARD_BENCH_DIRECT_TABLE").is_ok_and(|v| v == "0") {
+        wopts.direct_table = false;
     }
     let mut w = C1zWriter::create_with(&path, wopts)?;
     w.begin_sync(SyncType::Full)?;

@@ -581,12 +581,12 @@ pub(crate) fn grant_specs(indexes: &[&BulkIndex]) -> Option<Vec<Spec>> {
 pub(crate) struct DbHeader {
     pub page_size: usize,
     /// Page size minus the reserved bytes at the end of each page.
-    usable: usize,
+    pub usable: usize,
     /// Pages in the database (in-header size).
     pub pages: u32,
     change_counter: u32,
     /// Schema format 4 stores the integers 0 and 1 as serial types 8 and 9.
-    format4: bool,
+    pub format4: bool,
 }
 
 /// Reads page 1's header; `None` when the file is not something [`write_indexes`] handles (not UTF-8,
@@ -664,7 +664,7 @@ impl PageOut {
     /// SQLite's lock-byte page: the page holding byte 2^30 of the file is never part of a b-tree
     /// (`integrity_check` reports a reference to it as a second reference), so numbering skips it.
     fn lock_page(&self) -> u32 {
-        u32::try_from((1u64 << 30) / self.hdr.page_size as u64 + 1).unwrap_or(u32::MAX)
+        lock_page(self.hdr.page_size)
     }
 
     /// The number [`append`](Self::append) gives the next page.
@@ -702,6 +702,11 @@ impl PageOut {
             .ok_or(C1zError::State("the database would exceed 2^32 pages"))?;
         Ok(pgno)
     }
+}
+
+/// The number of SQLite's lock-byte page (the page holding byte 2^30 of the file) for `page_size`.
+pub(crate) fn lock_page(page_size: usize) -> u32 {
+    u32::try_from((1u64 << 30) / page_size as u64 + 1).unwrap_or(u32::MAX)
 }
 
 /// One level of the b-tree being built: the cells of its current page.
@@ -748,7 +753,7 @@ struct Builder<'a> {
     col_ends: Vec<usize>,
 }
 
-fn put_varint(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, v: u64) {
     if v <= 0x7f {
         out.push(v as u8);
         return;
@@ -780,7 +785,7 @@ fn put_varint(out: &mut Vec<u8>, v: u64) {
 }
 
 /// The bytes [`put_varint`] writes for `v` (computed: this is called for every column of every entry).
-fn varint_len(v: u64) -> usize {
+pub(crate) fn varint_len(v: u64) -> usize {
     if v <= 0x7f {
         1
     } else if v > 0x00ff_ffff_ffff_ffff {
@@ -791,7 +796,7 @@ fn varint_len(v: u64) -> usize {
 }
 
 /// Serial type and byte width of an integer, as SQLite chooses them.
-fn int_type(v: i64, format4: bool) -> (u64, usize) {
+pub(crate) fn int_type(v: i64, format4: bool) -> (u64, usize) {
     if format4 && v == 0 {
         return (8, 0);
     }
@@ -1236,6 +1241,30 @@ pub(crate) fn write_indexes(
         "c1z: grant index pages appended"
     );
     Ok(Some((roots, pages)))
+}
+
+/// Writes an index b-tree on `(sync_id)` holding the rows `ids` (ascending, at least one) of the sync
+/// `sync_id` after the `hdr.pages` the file has — the partial indexes of `v1_grants` after its pages were
+/// written directly (`table`). Returns the root page and the new size in pages.
+pub(crate) fn write_sync_index(
+    path: &Path,
+    hdr: &DbHeader,
+    sync_id: &str,
+    ids: &[i64],
+) -> Result<(u32, u32)> {
+    let mut out = PageOut::new(*hdr, path)?;
+    let mut b = Builder::new(&mut out);
+    let mut e = Vec::new();
+    for &id in ids {
+        e.clear();
+        push_key_col(&mut e, sync_id.as_bytes());
+        push_rowid(&mut e, id);
+        b.add(&e, 1)?;
+    }
+    let root = b.finish()?;
+    let pages = out.next - 1;
+    out.w.flush()?;
+    Ok((root, pages))
 }
 
 #[cfg(test)]

@@ -102,17 +102,16 @@ impl SeqWriter {
             match write_at(&self.file, chunk, self.pos) {
                 Ok(()) => done = true,
                 Err(e) if refused(&e) => {}
-                Err(e) => return Err(C1zError::io("write index pages to", &self.path)(e)),
+                Err(e) => return Err(C1zError::io("write pages to", &self.path)(e)),
             }
         }
         if !done {
             if self.direct {
                 // Refused, or a last unaligned piece: through the page cache from now on.
                 self.direct = false;
-                set_direct(&self.file, false).map_err(C1zError::io("write index pages to", &self.path))?;
+                set_direct(&self.file, false).map_err(C1zError::io("write pages to", &self.path))?;
             }
-            write_at(&self.file, chunk, self.pos)
-                .map_err(C1zError::io("write index pages to", &self.path))?;
+            write_at(&self.file, chunk, self.pos).map_err(C1zError::io("write pages to", &self.path))?;
         }
         self.pos += self.len as u64;
         self.len = 0;

@@ -86,6 +86,16 @@ impl GrantBatch {
         self.rows.clear();
     }
 
+    /// Column `k` of row `row` (0–5 the text columns, 6 `expansion`, 7 `data`).
+    pub(crate) fn col(&self, row: usize, k: usize) -> &[u8] {
+        let start = match (row, k) {
+            (0, 0) => 0,
+            (_, 0) => self.rows[row - 1].ends[7],
+            _ => self.rows[row].ends[k - 1],
+        };
+        &self.bytes[start..self.rows[row].ends[k]]
+    }
+
     /// Appends a row's six text columns (resource_type_id, resource_id, entitlement_id,
     /// principal_resource_type_id, principal_resource_id, external_id) and returns the row's end offsets
     /// with those six set; the caller appends `expansion` and `data` and sets the last two.
@@ -160,15 +170,8 @@ pub(crate) fn insert_rows(
     now: &str,
     ids: &mut RowIds,
 ) -> Result<()> {
-    let (bytes, rows) = (&batch.bytes, &batch.rows);
-    let col = |row: usize, k: usize| -> &[u8] {
-        let start = match (row, k) {
-            (0, 0) => 0,
-            (_, 0) => rows[row - 1].ends[7],
-            _ => rows[row].ends[k - 1],
-        };
-        &bytes[start..rows[row].ends[k]]
-    };
+    let rows = &batch.rows;
+    let col = |row: usize, k: usize| batch.col(row, k);
     let mut i = 0;
     while i < rows.len() {
         let n = if rows.len() - i >= GRANT_BATCH {

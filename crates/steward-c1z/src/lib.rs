@@ -29,6 +29,7 @@ mod inserter;
 pub mod ksuid;
 pub mod reader;
 pub mod schema;
+mod table;
 mod timefmt;
 pub mod writer;
 
