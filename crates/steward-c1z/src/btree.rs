@@ -599,7 +599,11 @@ pub(crate) fn read_header(path: &Path) -> Result<Option<DbHeader>> {
     let page_size = if ps == 1 { 65536 } else { ps };
     let be = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     let (counter, pages, valid_for, encoding, format) = (be(24), be(28), be(92), be(56), be(44));
+    // An auto-vacuum database (a non-zero largest root page) keeps pointer-map pages that pages written
+    // here would have to be entered in.
+    let auto_vacuum = be(52) != 0;
     if &h[..16] != b"SQLite format 3\0"
+        || auto_vacuum
         || encoding != 1
         || counter != valid_for
         || pages == 0

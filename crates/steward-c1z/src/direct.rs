@@ -85,6 +85,31 @@ impl SeqWriter {
         Ok(())
     }
 
+    /// The next `len` bytes to write (at most [`CHUNK`]), to be filled in place and then written with
+    /// [`advance`](Self::advance); until then, calls return the same bytes (as last left).
+    pub(crate) fn slot(&mut self, len: usize) -> Result<&mut [u8]> {
+        if len > CHUNK {
+            return Err(C1zError::State("a write slot larger than a chunk"));
+        }
+        if CHUNK - self.len < len {
+            self.write_chunk()?;
+        }
+        let at = self.start + self.len;
+        Ok(&mut self.buf[at..at + len])
+    }
+
+    /// Counts the `len` bytes of the [`slot`](Self::slot) as written.
+    pub(crate) fn advance(&mut self, len: usize) -> Result<()> {
+        if self.len + len > CHUNK {
+            return Err(C1zError::State("advanced past the write slot"));
+        }
+        self.len += len;
+        if self.len == CHUNK {
+            self.write_chunk()?;
+        }
+        Ok(())
+    }
+
     /// Writes out what is collected (a last chunk of an unaligned length goes through the page cache).
     pub(crate) fn flush(&mut self) -> Result<()> {
         self.write_chunk()

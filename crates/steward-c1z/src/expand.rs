@@ -80,8 +80,12 @@ struct EdgeAttr {
 /// Expands the grants of `sync_id` in place. Needs the unique indexes of `v1_entitlements` and `v1_grants`;
 /// the non-unique grant indexes are used when they exist (the writer builds them after expansion).
 pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Result<ExpandStats> {
-    expand(conn, sync_id, max_depth, true)
+    expand(conn, sync_id, max_depth, true, None)
 }
+
+/// Told the row ids (ascending) of the grants expansion is about to read one by one, so that their
+/// pages can be read ahead (the writer's grant table pages written directly are not in the page cache).
+pub(crate) type Prefetch<'a> = &'a dyn Fn(&[i64]);
 
 /// [`expand_grants`]; without `rebuild`, the non-unique grant indexes it drops for many new grants are
 /// left for the caller to build (the writer writes them as b-tree pages).
@@ -90,6 +94,7 @@ pub(crate) fn expand(
     sync_id: &str,
     max_depth: usize,
     rebuild: bool,
+    prefetch: Option<Prefetch<'_>>,
 ) -> Result<ExpandStats> {
     let edges = load_edges(conn, sync_id)?;
     if edges.is_empty() {
@@ -111,6 +116,7 @@ pub(crate) fn expand(
     let comp = tarjan(&adj);
     let mut x = Expander::new(conn, sync_id, &names)?;
     x.rebuild = rebuild;
+    x.prefetch = prefetch;
     x.stats.edges = edges.len() as u64;
     let t = std::time::Instant::now();
     x.load()?;
@@ -556,6 +562,7 @@ struct Expander<'c> {
     stats: ExpandStats,
     /// Build the indexes dropped for many new grants again at the end.
     rebuild: bool,
+    prefetch: Option<Prefetch<'c>>,
 }
 
 impl<'c> Expander<'c> {
@@ -585,6 +592,7 @@ impl<'c> Expander<'c> {
             targets: HashMap::new(),
             stats: ExpandStats::default(),
             rebuild: true,
+            prefetch: None,
         })
     }
 
@@ -637,6 +645,10 @@ impl<'c> Expander<'c> {
                 }
             }
             ids.sort_unstable();
+            if let Some(p) = self.prefetch {
+                let rows: Vec<i64> = ids.iter().map(|&(id, _)| id).collect();
+                p(&rows);
+            }
             let mut st = self
                 .conn
                 .prepare(&format!("{COLS} WHERE id = ?1 AND sync_id = ?2"))?;

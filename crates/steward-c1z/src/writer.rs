@@ -387,6 +387,9 @@ pub struct C1zWriter {
     /// Byte ranges of the working database this process wrote past the page cache (grant index pages),
     /// which `finish` reads the same way.
     direct_ranges: Vec<(u64, u64)>,
+    /// During [`end_sync`](Self::end_sync), after the grant table's pages were joined (`table`): the
+    /// page size and each leaf's page and largest row id, to read ahead the rows expansion reads.
+    leaf_pages: Option<(usize, Vec<(u32, i64)>)>,
     /// During [`end_sync`](Self::end_sync): the keys gathered while the sync's grants were inserted, for
     /// the first grant index build (dropped when a grant row they cover is deleted).
     gathered: Option<Gathered>,
@@ -447,6 +450,7 @@ fn connect(target: &Path, wip: &Path, opts: &WriterOptions) -> Result<Connection
         }
         e => e.into(),
     })?;
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -474,6 +478,33 @@ fn undo_index_build(
     let conn = connect(target, wip, opts)?;
     conn.execute_batch("PRAGMA user_version=0")?;
     Ok(conn)
+}
+
+/// `v1_grants` and its indexes as `sqlite_master` holds them while a sync loads (the bulk indexes
+/// dropped), sorted: what the direct table writer (`table`) requires.
+fn expected_grant_schema() -> Vec<(String, String, Option<String>)> {
+    let mut v: Vec<(String, String, Option<String>)> = TABLES
+        .split(';')
+        .map(str::trim)
+        .filter_map(|stmt| {
+            let sql = stmt.replace(" IF NOT EXISTS", "");
+            let mut words = sql.split_whitespace();
+            let kind = match (words.next(), words.next()) {
+                (Some("CREATE"), Some("TABLE")) => "table",
+                (Some("CREATE"), Some("INDEX")) => "index",
+                _ => return None,
+            };
+            let name = words.next()?.to_owned();
+            let on_grants = if kind == "table" {
+                name == "v1_grants"
+            } else {
+                sql.contains(" ON v1_grants ")
+            };
+            on_grants.then(|| (kind.to_owned(), name, Some(sql)))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Suffix of the file the grant table's leaf pages are written to (`table`) next to the working database.
@@ -546,7 +577,6 @@ impl C1zWriter {
             conn = undo_index_build(conn, &target, &wip, &opts, (-marker) as u32)?;
         }
         conn.execute_batch(TABLES)?;
-        conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             target,
             wip,
@@ -561,6 +591,7 @@ impl C1zWriter {
             sql: InsertSql::new(),
             inserter: None,
             table: None,
+            leaf_pages: None,
             pending: Vec::new(),
             direct_ranges: Vec::new(),
             failed: None,
@@ -624,8 +655,8 @@ impl C1zWriter {
             let leaves = table::Leaves::create(Path::new(&leaves_path), lay)?;
             self.table = Some(table::PageThread::start(table::TableOut {
                 leaves,
+                contiguous: lay.format4,
                 sync_id: sync_id.clone(),
-                now: self.now.clone(),
                 ids: std::mem::replace(&mut ids, RowIds { next, gather: None }),
             })?);
         }
@@ -672,6 +703,20 @@ impl C1zWriter {
     /// (`next` is its next row id), a header this writer does not handle.
     fn direct_table_layout(&self, next: i64) -> Result<Option<table::Layout>> {
         if !self.opts.direct_table || self.opts.crash_safe || next != 1 || self.in_tx {
+            return Ok(None);
+        }
+        // The pages hold rows in this schema's column order, and only the two partial indexes are kept
+        // up to date: a file from another writer with other columns, indexes or triggers on the table
+        // gets SQLite's inserts.
+        let mut st = self
+            .db()?
+            .prepare("SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'v1_grants'")?;
+        let mut found: Vec<(String, String, Option<String>)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        found.sort();
+        if found != expected_grant_schema() {
+            tracing::debug!("c1z: the grant table is not exactly this writer's: SQLite inserts the grants");
             return Ok(None);
         }
         Ok(btree::read_header(&self.wip)?.map(|h| table::Layout::from(&h)))
@@ -829,7 +874,7 @@ impl C1zWriter {
     fn hand_off(&mut self) -> Result<()> {
         if let Some(t) = self.table.as_mut() {
             let full = std::mem::take(&mut self.batch);
-            match t.send(full) {
+            match t.send(full, &self.now) {
                 Ok(b) => self.batch = b,
                 Err(e) => {
                     self.fail(e.to_string());
@@ -1224,6 +1269,7 @@ impl C1zWriter {
         });
         let r = self.end_sync_with(sync_id, sync_type, refs);
         self.gathered = None;
+        self.leaf_pages = None;
         r.map(|mut rep| {
             rep.table_rows_direct = direct_rows;
             rep
@@ -1264,7 +1310,12 @@ impl C1zWriter {
         ];
         let conn = self.conn.take().ok_or_else(db_lent)?;
         conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+        let leaves_path = done.built.path.clone();
         let spliced = self.splice(done.built, root, &sync_id, &partial);
+        if spliced.is_err() {
+            // The sync fails (see `fail`); its pages must not stay behind.
+            let _ = std::fs::remove_file(&leaves_path);
+        }
         // Reconnect whatever happened.
         self.conn = Some(connect(&self.target, &self.wip, &self.opts)?);
         // The leaves bypassed the page cache (when they stayed in place): `finish` reads them the same way.
@@ -1272,6 +1323,7 @@ impl C1zWriter {
         if spliced.in_place {
             self.direct_ranges.push(spliced.leaves);
         }
+        self.leaf_pages = Some((self.page_size()?, spliced.leaf_pages));
         tracing::debug!(
             rows,
             leaves,
@@ -1281,6 +1333,11 @@ impl C1zWriter {
             "c1z: grant table pages joined to the database"
         );
         Ok(rows as u64)
+    }
+
+    fn page_size(&self) -> Result<usize> {
+        let ps: i64 = self.db()?.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        usize::try_from(ps).map_err(|_| C1zError::State("a page size out of range"))
     }
 
     /// The file part of [`link_table`](Self::link_table), with no connection open.
@@ -1385,7 +1442,28 @@ impl C1zWriter {
             g.keys.park(&dir)?;
         }
         let t = Instant::now();
-        report.expansion = expand::expand(self.db()?, &sync_id, self.opts.max_expansion_depth, false)?;
+        let ahead = self
+            .leaf_pages
+            .take()
+            .and_then(|(ps, pages)| Some((std::fs::File::open(&self.wip).ok()?, ps, pages)));
+        let prefetch = |ids: &[i64]| {
+            if let Some((f, ps, pages)) = &ahead {
+                let n = table::prefetch_rows(f, *ps, pages, ids);
+                tracing::debug!(
+                    rows = ids.len(),
+                    pages = n,
+                    "c1z: leaves of expansion's rows read ahead"
+                );
+            }
+        };
+        let prefetch: Option<expand::Prefetch<'_>> = ahead.is_some().then_some(&prefetch);
+        report.expansion = expand::expand(
+            self.db()?,
+            &sync_id,
+            self.opts.max_expansion_depth,
+            false,
+            prefetch,
+        )?;
         report.expand_ms = t.elapsed().as_millis() as u64;
         let t = Instant::now();
         drop(refs);

@@ -1139,3 +1139,76 @@ fn grant_table_pages_written_directly_match_sqlite_inserts() {
     );
     assert!(ca == cb, "columns differ");
 }
+
+/// Grants whose table pages are written directly carry the `discovered_at` of the transaction that
+/// wrote them, as SQLite's inserts do: never older than the sync's start, however long the writer was
+/// open before it.
+#[test]
+fn grants_written_as_pages_are_discovered_during_their_sync() {
+    for direct_table in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.c1z");
+        let t = nested();
+        let opts = WriterOptions {
+            direct_table,
+            ..Default::default()
+        };
+        let mut w = C1zWriter::create_with(&p, opts).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        w.begin_sync(SyncType::Full).unwrap();
+        for x in &t.types {
+            w.put_resource_type(x).unwrap();
+        }
+        for x in &t.resources {
+            w.put_resource(x).unwrap();
+        }
+        for x in &t.ents {
+            w.put_entitlement(x).unwrap();
+        }
+        for x in &t.grants {
+            w.put_grant(x).unwrap();
+        }
+        let rep = w.end_sync().unwrap();
+        assert_eq!(rep.table_rows_direct > 0, direct_table);
+        w.finish().unwrap();
+        let r = C1zReader::open(&p).unwrap();
+        let c = Connection::open(r.db_path()).unwrap();
+        let (started, first): (String, String) = c
+            .query_row(
+                "SELECT (SELECT started_at FROM v1_sync_runs), (SELECT min(discovered_at) FROM v1_grants)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(
+            first >= started,
+            "direct_table={direct_table}: {first} < {started}"
+        );
+    }
+}
+
+/// A file whose grant table carries an index this writer does not know gets SQLite's inserts (which
+/// keep that index), not pages written directly: the file stays sound.
+#[test]
+fn a_grant_table_with_a_foreign_index_gets_sqlite_inserts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("foreign.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch("PRAGMA page_size=65536;").unwrap();
+    c.execute_batch(schema::TABLES).unwrap();
+    c.execute_batch("CREATE INDEX idx_grants_extra ON v1_grants (sync_id, external_id)")
+        .unwrap();
+    drop(c);
+    let p = dir.path().join("foreign.c1z");
+    envelope::write_c1z(&db, &p, envelope::CompressOptions::default()).unwrap();
+    let t = nested();
+    let rep = write(&p, &t, WriterOptions::default(), false);
+    assert_eq!(rep.table_rows_direct, 0);
+    assert!(rep.expansion.grants_created > 0);
+    // integrity_check covers the extra index.
+    let rows = checked_grants(&p);
+    assert_eq!(
+        rows.len(),
+        t.grants.len() - rep.dropped_grants as usize + rep.expansion.grants_created as usize
+    );
+}
