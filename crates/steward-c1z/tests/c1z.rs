@@ -83,6 +83,14 @@ fn write(path: &Path, t: &Tenant, opts: WriterOptions, create: bool) -> EndRepor
     }
     .unwrap();
     w.begin_sync(SyncType::Full).unwrap();
+    put_tenant(&mut w, t);
+    let rep = w.end_sync().unwrap();
+    w.finish().unwrap();
+    rep
+}
+
+/// Writes every row of `t` into the open sync of `w`.
+fn put_tenant(w: &mut C1zWriter, t: &Tenant) {
     for x in &t.types {
         w.put_resource_type(x).unwrap();
     }
@@ -95,9 +103,6 @@ fn write(path: &Path, t: &Tenant, opts: WriterOptions, create: bool) -> EndRepor
     for x in &t.grants {
         w.put_grant(x).unwrap();
     }
-    let rep = w.end_sync().unwrap();
-    w.finish().unwrap();
-    rep
 }
 
 fn all_grants(r: &C1zReader) -> Vec<Grant> {
@@ -1156,18 +1161,7 @@ fn grants_written_as_pages_are_discovered_during_their_sync() {
         let mut w = C1zWriter::create_with(&p, opts).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         w.begin_sync(SyncType::Full).unwrap();
-        for x in &t.types {
-            w.put_resource_type(x).unwrap();
-        }
-        for x in &t.resources {
-            w.put_resource(x).unwrap();
-        }
-        for x in &t.ents {
-            w.put_entitlement(x).unwrap();
-        }
-        for x in &t.grants {
-            w.put_grant(x).unwrap();
-        }
+        put_tenant(&mut w, &t);
         let rep = w.end_sync().unwrap();
         assert_eq!(rep.table_rows_direct > 0, direct_table);
         w.finish().unwrap();
