@@ -32,6 +32,7 @@ pub mod schema;
 mod table;
 mod timefmt;
 pub mod writer;
+mod zsplice;
 
 pub use diff::{DiffSet, SyncDiff, diff_syncs};
 pub use error::{C1zError, Result};
