@@ -1,20 +1,24 @@
 //! The `v1_grants` table written as SQLite b-tree pages directly, instead of through SQLite's inserts
 //! (about 1 µs of one core per row, the largest cost of writing grants; docs/benchmarks.md).
 //!
-//! Used for a sync that starts on an empty grant table in a writer that is not crash-safe (nothing is
-//! resumed, so nothing has to be consistent on disk before the end). While the sync is written, a thread
-//! of its own ([`PageThread`]) turns the batches of grant rows into table leaf pages (type 0x0d) in a
-//! file next to the working database ([`Leaves`]), appended in order and numbered from 0 there, past the
-//! page cache where the system allows it (`direct`); each row gets the next row id, exactly as SQLite
-//! would have given it (the table is empty, and only these rows go into it). It also gathers the grant
-//! index keys (as the insert thread does) and the ids of the rows that belong in the two partial indexes.
-//! Each leaf keeps a tenth of its space free ([`LEAF_SLACK`]) for the rows expansion rewrites later.
+//! Used for a sync that starts on an empty grant table, in exactly this writer's schema, in a writer that
+//! is not crash-safe (nothing is resumed, so nothing has to be consistent on disk before the end). While
+//! the sync is written, a thread of its own ([`PageThread`]) turns the batches of grant rows into table
+//! leaf pages (type 0x0d) in a file next to the working database ([`Leaves`]), numbered from 0 there:
+//! each leaf is built in place in the write buffer of `direct` (past the page cache where the system
+//! allows it), followed by the overflow pages of its rows. Each row gets the next row id, exactly as
+//! SQLite would have given it (the table is empty, and only these rows go into it), and the
+//! `discovered_at` of the transaction its batch belongs to. The thread also gathers the grant index keys
+//! (as the insert thread does) and the ids of the rows that belong in the two partial indexes. Each leaf
+//! keeps a tenth of its space free ([`LEAF_SLACK`]) for the rows expansion rewrites later; expansion
+//! asks for the leaves of the rows it reads one by one ahead of time ([`prefetch_rows`]).
 //!
 //! At the end of the sync [`splice`] joins the two files, with no connection open: the working
 //! database's pages go in front of the leaves (`FALLOC_FL_INSERT_RANGE` makes room there without moving
 //! the leaves, where the filesystem supports it, e.g. ext4 and XFS; otherwise the leaves are copied to
 //! the end of the database, which costs a copy), so leaf `i` becomes page `P + 1 + i` (`P` the
-//! database's pages; one more from SQLite's lock-byte page on, which stays empty). Page numbers stored
+//! database's pages; one more from SQLite's lock-byte page on, which stays empty: that hole is made
+//! first, and taken out again if the room in front cannot be made). Page numbers stored
 //! in the leaves (overflow pages of rows larger than a page) are recorded as they are written and mapped
 //! then. The interior pages are built over the leaves and appended; the top one is written over the
 //! table's existing root page, so `sqlite_schema` does not change (a single leaf is copied there and its
