@@ -1286,6 +1286,49 @@ mod tests {
         }
     }
 
+    /// Runs whose keys share long prefixes (several 7-byte chunks alike) and tie on whole columns sort
+    /// exactly as a plain sort of the key bytes does.
+    #[test]
+    fn runs_sort_like_the_key_bytes_whatever_they_share() {
+        let spec = Spec {
+            name: "t",
+            sql: String::new(),
+            cols: vec![4, 5, 6],
+            unique: false,
+        };
+        for (seed, prefix) in [
+            (1u64, ""),
+            (2, "group:group-000"),
+            (3, "a-much-longer-shared-prefix-of-entitlement-ids:"),
+        ] {
+            let mut next = xorshift(seed);
+            for n in [1usize, 2, 7, 300, 5000] {
+                let mut run = Runs::with_capacity(1 << 20);
+                for i in 0..n {
+                    // Few distinct values, so that whole columns tie and tails decide.
+                    let ent = format!("{prefix}{}", next(5));
+                    let ptype = if next(3) == 0 { "group" } else { "user" };
+                    let pid = format!("{prefix}{}{}", next(4), "x".repeat(next(20) as usize));
+                    let vals: [&[u8]; 7] = [
+                        b"",
+                        b"",
+                        b"",
+                        b"",
+                        ent.as_bytes(),
+                        ptype.as_bytes(),
+                        pid.as_bytes(),
+                    ];
+                    assert!(push_entry(&mut run, &spec, &vals, i as i64 * 7 - 100));
+                }
+                let mut want: Vec<Vec<u8>> = run.sorted.iter().map(|e| run.entry(e.1).to_vec()).collect();
+                want.sort();
+                run.sort();
+                let got: Vec<Vec<u8>> = run.sorted.iter().map(|e| run.entry(e.1).to_vec()).collect();
+                assert!(got == want, "prefix {prefix:?}, {n} keys");
+            }
+        }
+    }
+
     #[test]
     fn page_numbers_skip_the_lock_byte_page() {
         // 64 KiB pages: byte 2^30 is on page 16,385. Pages are appended from 16,383 on (a sparse file).
