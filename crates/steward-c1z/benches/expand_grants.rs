@@ -4,7 +4,7 @@
 //! each user a direct member of `STEWARD_BENCH_MEMBERSHIPS` groups (default 5, spread deterministically);
 //! group i > 0 is a member of group (i-1)/4 (a 4-ary tree, so memberships propagate up ~log4(groups)
 //! levels), plus one 3-group cycle. `STEWARD_BENCH_CRASH_SAFE=1` uses the crash-safe (journalled) working
-//! database, as the sync engine does. Prints the grants expansion created and created grants per second
+//! database, as the sync engine does; `STEWARD_BENCH_DIRECT_TABLE=0` has SQLite insert the grant rows. Prints the grants expansion created and created grants per second
 //! of the expansion alone (`expand_ms`: load, apply, insert and index upkeep), and the phases of the whole
 //! write.
 //!
@@ -50,6 +50,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let opts = WriterOptions {
         crash_safe,
+        // `STEWARD_BENCH_DIRECT_TABLE=0`: SQLite inserts the grant rows instead of the direct table pages.
+        direct_table: !std::env::var("STEWARD_BENCH_DIRECT_TABLE").is_ok_and(|v| v == "0"),
         ..Default::default()
     };
     let mut w = C1zWriter::create_with(&path, opts)?;
