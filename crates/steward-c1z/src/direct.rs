@@ -267,7 +267,7 @@ fn read_direct_file(_path: &Path) -> Option<File> {
 
 /// One positioned read, retried when interrupted; fewer bytes only at the end of the file.
 #[cfg(unix)]
-fn read_at(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+pub(crate) fn read_at(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match std::os::unix::fs::FileExt::read_at(f, &mut buf[done..], pos + done as u64) {
@@ -281,17 +281,18 @@ fn read_at(f: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
 }
 
 #[cfg(not(unix))]
-fn read_at(_f: &File, _buf: &mut [u8], _pos: u64) -> std::io::Result<usize> {
+pub(crate) fn read_at(_f: &File, _buf: &mut [u8], _pos: u64) -> std::io::Result<usize> {
     Err(std::io::Error::other("positioned reads are not available"))
 }
 
+/// One positioned write of all of `bytes`.
 #[cfg(unix)]
-fn write_at(f: &File, bytes: &[u8], pos: u64) -> std::io::Result<()> {
+pub(crate) fn write_at(f: &File, bytes: &[u8], pos: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(f, bytes, pos)
 }
 
 #[cfg(not(unix))]
-fn write_at(_f: &File, _bytes: &[u8], _pos: u64) -> std::io::Result<()> {
+pub(crate) fn write_at(_f: &File, _bytes: &[u8], _pos: u64) -> std::io::Result<()> {
     Err(std::io::Error::other("positioned writes are not available"))
 }
 

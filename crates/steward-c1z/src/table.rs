@@ -35,7 +35,6 @@
 //! rest on a chain of overflow pages. An interior cell is a left child and the largest row id under it.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
@@ -347,18 +346,19 @@ impl Leaves {
     }
 }
 
+/// Reads exactly `buf.len()` bytes at `pos` (`direct::read_at`, with the error naming `path`).
 fn read_at(f: &File, buf: &mut [u8], pos: u64, path: &Path) -> Result<()> {
-    let mut f = f;
-    f.seek(SeekFrom::Start(pos))
-        .and_then(|_| f.read_exact(buf))
-        .map_err(C1zError::io("read", path))
+    match direct::read_at(f, buf, pos) {
+        Ok(n) if n == buf.len() => Ok(()),
+        Ok(_) => Err(C1zError::io("read", path)(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        )),
+        Err(e) => Err(C1zError::io("read", path)(e)),
+    }
 }
 
 fn write_at(f: &File, buf: &[u8], pos: u64, path: &Path) -> Result<()> {
-    let mut f = f;
-    f.seek(SeekFrom::Start(pos))
-        .and_then(|_| f.write_all(buf))
-        .map_err(C1zError::io("write", path))
+    direct::write_at(f, buf, pos).map_err(C1zError::io("write", path))
 }
 
 /// Copies `len` bytes of `from` at `src` to `to` at `dst`.
