@@ -477,6 +477,8 @@ pub(crate) struct Spliced {
     pub leaves: (u64, u64),
     /// Each leaf's database page and the largest row id on it, in row-id order.
     pub leaf_pages: Vec<(u32, i64)>,
+    /// The database's page size.
+    pub page_size: usize,
 }
 
 /// Largest children an interior table page of `usable` bytes takes (each cell: a 4-byte child, a row id
@@ -502,6 +504,7 @@ fn splice_with(db: &Path, hdr: &DbHeader, built: Built, root: u32, try_in_place:
             in_place: false,
             leaves: (0, 0),
             leaf_pages: Vec::new(),
+            page_size: hdr.page_size,
         });
     }
     let map = PageMap {
@@ -635,6 +638,7 @@ fn splice_with(db: &Path, hdr: &DbHeader, built: Built, root: u32, try_in_place:
         in_place,
         leaves: (u64::from(base) * ps, u64::from(last) * ps),
         leaf_pages,
+        page_size: hdr.page_size,
     })
 }
 

@@ -1308,8 +1308,7 @@ impl C1zWriter {
             (root_of(db, "idx_grants_sync_expansion_v1")?, done.expansion_ids),
             (root_of(db, "idx_grants_sync_needs_expansion_v1")?, done.needs_ids),
         ];
-        let conn = self.conn.take().ok_or_else(db_lent)?;
-        conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+        self.close_db()?;
         let leaves_path = done.built.path.clone();
         let spliced = self.splice(done.built, root, &sync_id, &partial);
         if spliced.is_err() {
@@ -1317,13 +1316,13 @@ impl C1zWriter {
             let _ = std::fs::remove_file(&leaves_path);
         }
         // Reconnect whatever happened.
-        self.conn = Some(connect(&self.target, &self.wip, &self.opts)?);
+        self.reconnect()?;
         // The leaves bypassed the page cache (when they stayed in place): `finish` reads them the same way.
         let spliced = spliced?;
         if spliced.in_place {
             self.direct_ranges.push(spliced.leaves);
         }
-        self.leaf_pages = Some((self.page_size()?, spliced.leaf_pages));
+        self.leaf_pages = Some((spliced.page_size, spliced.leaf_pages));
         tracing::debug!(
             rows,
             leaves,
@@ -1335,9 +1334,16 @@ impl C1zWriter {
         Ok(rows as u64)
     }
 
-    fn page_size(&self) -> Result<usize> {
-        let ps: i64 = self.db()?.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        usize::try_from(ps).map_err(|_| C1zError::State("a page size out of range"))
+    /// Closes the connection (for work on the file with none open; [`reconnect`](Self::reconnect) after).
+    fn close_db(&mut self) -> Result<()> {
+        let conn = self.conn.take().ok_or_else(db_lent)?;
+        conn.close().map_err(|(_, e)| C1zError::Sqlite(e))
+    }
+
+    /// Opens the working database again (it reads the schema and header afresh).
+    fn reconnect(&mut self) -> Result<()> {
+        self.conn = Some(connect(&self.target, &self.wip, &self.opts)?);
+        Ok(())
     }
 
     /// The file part of [`link_table`](Self::link_table), with no connection open.
@@ -1584,14 +1590,13 @@ impl C1zWriter {
         self.db()?
             .execute_batch(&format!("PRAGMA user_version={}", -i64::from(pages)))?;
         self.commit()?;
-        let conn = self.conn.take().ok_or_else(db_lent)?;
-        conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
+        self.close_db()?;
         let t = Instant::now();
         let written = self.write_pages(&specs, &mut keys, pages);
         let write_ms = t.elapsed().as_millis() as u64;
         drop(keys);
         // Reconnect whatever happened (the writer must not be left on the placeholder).
-        self.conn = Some(connect(&self.target, &self.wip, &self.opts)?);
+        self.reconnect()?;
         let Some(roots) = written? else {
             self.db()?.execute_batch("PRAGMA user_version=0")?;
             return Ok(false);
@@ -1612,9 +1617,8 @@ impl C1zWriter {
         ))?;
         self.commit()?;
         // A new connection reads the schema with the indexes (so that later writes maintain them).
-        let conn = self.conn.take().ok_or_else(db_lent)?;
-        conn.close().map_err(|(_, e)| C1zError::Sqlite(e))?;
-        self.conn = Some(connect(&self.target, &self.wip, &self.opts)?);
+        self.close_db()?;
+        self.reconnect()?;
         tracing::debug!(
             indexes = specs.len(),
             pass_ms,
