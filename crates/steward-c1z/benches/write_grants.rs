@@ -101,6 +101,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var("STEWARD_BENCH_DIRECT_TABLE").is_ok_and(|v| v == "0") {
         wopts.direct_table = false;
     }
+    // `STEWARD_BENCH_LEAF_PIECES=0`: `finish` reads the grant table's leaves back instead.
+    if std::env::var("STEWARD_BENCH_LEAF_PIECES").is_ok_and(|v| v == "0") {
+        wopts.compress_leaves_early = false;
+    }
     let mut w = C1zWriter::create_with(&path, wopts)?;
     w.begin_sync(SyncType::Full)?;
     w.put_resource_type(&ut)?;

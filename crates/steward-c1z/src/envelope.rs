@@ -70,69 +70,107 @@ pub(crate) fn write_c1z_reading(
     opts: CompressOptions,
     direct: &[(u64, u64)],
 ) -> Result<u64> {
+    write_c1z_with(db, out, opts, direct, None)
+}
+
+/// [`write_c1z_reading`], taking the grant table's leaves from their compressed pieces when `pieces` are
+/// given and still usable (`pieces`); otherwise the whole file is compressed as it is read.
+pub(crate) fn write_c1z_with(
+    db: &Path,
+    out: &Path,
+    opts: CompressOptions,
+    direct: &[(u64, u64)],
+    pieces: Option<&crate::pieces::LeafPieces>,
+) -> Result<u64> {
     let tmp = tmp_path(out);
-    let src = File::open(db).map_err(C1zError::io("open", db))?;
-    let size = src.metadata().map_err(C1zError::io("stat", db))?.len();
+    let size = std::fs::metadata(db).map_err(C1zError::io("stat", db))?.len();
     let file = File::create(&tmp).map_err(C1zError::io("create", &tmp))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let zerr = C1zError::io("compress into", &tmp);
     w.write_all(MAGIC_V1).map_err(C1zError::io("write", &tmp))?;
-    let mut enc =
-        zstd::stream::write::Encoder::new(w, opts.level).map_err(C1zError::io("compress into", &tmp))?;
-    let configure = |enc: &mut zstd::stream::write::Encoder<'_, BufWriter<File>>| -> std::io::Result<()> {
-        enc.include_checksum(true)?;
-        enc.include_contentsize(true)?;
-        enc.set_pledged_src_size(Some(size))?;
-        enc.window_log(WINDOW_LOG)?;
-        if opts.workers > 0 {
-            enc.multithread(opts.workers)?;
-            if opts.job_size > 0 {
-                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(opts.job_size))?;
-            }
+    let from_pieces = match pieces {
+        Some(lp) => {
+            crate::pieces::write_frame(db, size, &mut w, opts.level, opts.workers, direct, lp)?.is_some()
         }
-        Ok(())
+        None => false,
     };
-    configure(&mut enc).map_err(zerr)?;
-    drop(src);
+    if !from_pieces {
+        let zerr = C1zError::io("compress into", &tmp);
+        let mut enc = zstd::stream::write::Encoder::new(&mut w, opts.level)
+            .map_err(C1zError::io("compress into", &tmp))?;
+        let configure =
+            |enc: &mut zstd::stream::write::Encoder<'_, &mut BufWriter<File>>| -> std::io::Result<()> {
+                enc.include_checksum(true)?;
+                enc.include_contentsize(true)?;
+                enc.set_pledged_src_size(Some(size))?;
+                enc.window_log(WINDOW_LOG)?;
+                if opts.workers > 0 {
+                    enc.multithread(opts.workers)?;
+                    if opts.job_size > 0 {
+                        enc.set_parameter(zstd::stream::raw::CParameter::JobSize(opts.job_size))?;
+                    }
+                }
+                Ok(())
+            };
+        configure(&mut enc).map_err(zerr)?;
+        let at = copy_db(db, (0, size), direct, &mut enc)?;
+        if at != size {
+            return Err(C1zError::Io {
+                action: "read",
+                path: db.to_owned(),
+                error: std::io::Error::other(format!(
+                    "the file ended at byte {at} of {size} while it was compressed"
+                )),
+            });
+        }
+        enc.finish().map_err(C1zError::io("finish", &tmp))?;
+    }
+    commit(w, &tmp, out)
+}
+
+/// Copies bytes `from..to` of the database `db` to `out`: the parts inside the ranges `direct` past the
+/// page cache (from their first aligned byte on), the others through it. Returns the bytes copied (fewer
+/// at the end of the file).
+pub(crate) fn copy_db(
+    db: &Path,
+    (from, to): (u64, u64),
+    direct: &[(u64, u64)],
+    out: &mut impl Write,
+) -> Result<u64> {
+    let align = crate::direct::ALIGN as u64;
     let mut ranges: Vec<(u64, u64)> = direct
         .iter()
-        .map(|&(a, b)| (a.min(size), b.min(size)))
+        .map(|&(a, b)| (a.max(from).next_multiple_of(align), b.min(to)))
         .filter(|(a, b)| a < b)
         .collect();
     ranges.sort_unstable();
-    let mut at = 0;
+    let mut at = from;
     for (a, b) in ranges {
         let a = a.max(at);
         if a >= b {
             continue;
         }
         if at < a {
-            at += crate::direct::copy_range_buffered(db, (at, a), &mut enc)?;
+            at += crate::direct::copy_range_buffered(db, (at, a), out)?;
         }
-        at += crate::direct::copy_range(db, (a, b), &mut enc)?;
+        at += crate::direct::copy_range(db, (a, b), out)?;
     }
-    if at < size {
-        at += crate::direct::copy_range_buffered(db, (at, size), &mut enc)?;
+    if at < to {
+        at += crate::direct::copy_range_buffered(db, (at, to), out)?;
     }
-    if at != size {
-        return Err(C1zError::Io {
-            action: "read",
-            path: db.to_owned(),
-            error: std::io::Error::other(format!(
-                "the file ended at byte {at} of {size} while it was compressed"
-            )),
-        });
-    }
-    let w = enc.finish().map_err(C1zError::io("finish", &tmp))?;
+    Ok(at - from)
+}
+
+/// Flushes the finished `tmp`, makes it durable and renames it over `out`; returns its size.
+fn commit(w: BufWriter<File>, tmp: &Path, out: &Path) -> Result<u64> {
     let file = w.into_inner().map_err(|e| C1zError::Io {
         action: "flush",
-        path: tmp.clone(),
+        path: tmp.to_owned(),
         error: e.into_error(),
     })?;
-    file.sync_all().map_err(C1zError::io("fsync", &tmp))?;
-    let written = file.metadata().map_err(C1zError::io("stat", &tmp))?.len();
+    file.sync_all().map_err(C1zError::io("fsync", tmp))?;
+    let written = file.metadata().map_err(C1zError::io("stat", tmp))?.len();
     drop(file);
-    std::fs::rename(&tmp, out).map_err(C1zError::io("rename into place", out))?;
+    std::fs::rename(tmp, out).map_err(C1zError::io("rename into place", out))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Make the rename durable; some filesystems do not support fsync on directories, which is harmless.
         if let Ok(d) = File::open(dir) {

@@ -80,12 +80,15 @@ struct EdgeAttr {
 /// Expands the grants of `sync_id` in place. Needs the unique indexes of `v1_entitlements` and `v1_grants`;
 /// the non-unique grant indexes are used when they exist (the writer builds them after expansion).
 pub fn expand_grants(conn: &Connection, sync_id: &str, max_depth: usize) -> Result<ExpandStats> {
-    expand(conn, sync_id, max_depth, true, None)
+    expand(conn, sync_id, max_depth, true, None, None)
 }
 
 /// Told the row ids (ascending) of the grants expansion is about to read one by one, so that their
 /// pages can be read ahead (the writer's grant table pages written directly are not in the page cache).
 pub(crate) type Prefetch<'a> = &'a dyn Fn(&[i64]);
+
+/// Told the row ids (ascending) of the existing grants expansion is about to rewrite (their `sources`).
+pub(crate) type Rewrites<'a> = &'a dyn Fn(&[i64]);
 
 /// [`expand_grants`]; without `rebuild`, the non-unique grant indexes it drops for many new grants are
 /// left for the caller to build (the writer writes them as b-tree pages).
@@ -95,6 +98,7 @@ pub(crate) fn expand(
     max_depth: usize,
     rebuild: bool,
     prefetch: Option<Prefetch<'_>>,
+    rewrites: Option<Rewrites<'_>>,
 ) -> Result<ExpandStats> {
     let edges = load_edges(conn, sync_id)?;
     if edges.is_empty() {
@@ -117,6 +121,7 @@ pub(crate) fn expand(
     let mut x = Expander::new(conn, sync_id, &names)?;
     x.rebuild = rebuild;
     x.prefetch = prefetch;
+    x.rewrites = rewrites;
     x.stats.edges = edges.len() as u64;
     let t = std::time::Instant::now();
     x.load()?;
@@ -563,6 +568,7 @@ struct Expander<'c> {
     /// Build the indexes dropped for many new grants again at the end.
     rebuild: bool,
     prefetch: Option<Prefetch<'c>>,
+    rewrites: Option<Rewrites<'c>>,
 }
 
 impl<'c> Expander<'c> {
@@ -593,6 +599,7 @@ impl<'c> Expander<'c> {
             stats: ExpandStats::default(),
             rebuild: true,
             prefetch: None,
+            rewrites: None,
         })
     }
 
@@ -929,6 +936,10 @@ impl<'c> Expander<'c> {
             .map(|h| (h.row, self.sources_msg(h.sources)))
             .collect();
         changed.sort_by_key(|c| c.0);
+        if let Some(r) = self.rewrites {
+            let rows: Vec<i64> = changed.iter().map(|c| c.0).collect();
+            r(&rows);
+        }
         let mut get = self
             .conn
             .prepare_cached("SELECT external_id, data FROM v1_grants WHERE id = ?1")?;

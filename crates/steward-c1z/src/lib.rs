@@ -27,6 +27,7 @@ mod error;
 pub mod expand;
 mod inserter;
 pub mod ksuid;
+mod pieces;
 pub mod reader;
 pub mod schema;
 mod table;

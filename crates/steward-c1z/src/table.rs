@@ -80,6 +80,8 @@ pub(crate) struct Built {
     pub leaves: Vec<(u32, i64)>,
     /// Byte positions in the file of page numbers (of overflow pages) to map at the splice.
     pub patches: Vec<u64>,
+    /// The leaves compressed as they were written (`pieces`), if any.
+    pub pieces: Option<crate::pieces::Compressed>,
 }
 
 /// Table leaf pages built from rows given in row-id order (see the module docs).
@@ -106,6 +108,10 @@ pub(crate) struct Leaves {
     min_local: usize,
     /// Bytes a leaf keeps free for rows that grow later ([`LEAF_SLACK`]).
     slack: usize,
+    /// Copies of the pages for their compression during the sync (`pieces`).
+    tap: Option<crate::pieces::Tap>,
+    /// A row on the current leaf may be rewritten by expansion ([`mark_hot`](Self::mark_hot)).
+    hot: bool,
 }
 
 /// The part of each leaf page left free, as a divisor of the usable size (1/10). Expansion rewrites
@@ -180,7 +186,20 @@ impl Leaves {
             max_local: u - 35,
             min_local: (u - 12) * 32 / 255 - 23,
             slack: u / LEAF_SLACK,
+            tap: None,
+            hot: false,
         })
+    }
+
+    /// The row pushed last may be rewritten by expansion (its entitlement receives grants through an
+    /// expandable one): its leaf is compressed apart (see `pieces`).
+    pub(crate) fn mark_hot(&mut self) {
+        self.hot = true;
+    }
+
+    /// Hands a copy of every leaf page to `tap` as it is written (see `pieces`).
+    pub(crate) fn tap(&mut self, tap: crate::pieces::Tap) {
+        self.tap = Some(tap);
     }
 
     /// Adds the row `rowid` (larger than every row before it) with the column values `vals`.
@@ -314,6 +333,14 @@ impl Leaves {
         p[7] = 0;
         p[8 + 2 * n..content].fill(0);
         p[u..].fill(0);
+        if let Some(tap) = self.tap.as_mut() {
+            // A leaf with overflow pages stops the copies: the page numbers in it change at the splice.
+            tap.page(
+                p,
+                (self.pending_pages == 0).then_some((8 + 2 * n, content)),
+                self.hot,
+            );
+        }
         let rel = self.written;
         self.out.advance(ps)?;
         // Then the overflow pages of its rows.
@@ -328,6 +355,7 @@ impl Leaves {
             self.patches.push(u64::from(rel) * ps as u64 + off as u64);
         }
         self.leaves.push((rel, self.last_rowid));
+        self.hot = false;
         self.cells = 0;
         self.content = u;
         Ok(())
@@ -337,7 +365,12 @@ impl Leaves {
     pub(crate) fn finish(mut self) -> Result<Built> {
         self.flush_leaf()?;
         self.out.flush()?;
+        let pieces = match self.tap.take() {
+            Some(t) => t.finish()?,
+            None => None,
+        };
         Ok(Built {
+            pieces,
             path: self.path.clone(),
             pages: self.written,
             leaves: std::mem::take(&mut self.leaves),
@@ -732,6 +765,9 @@ pub(crate) struct PageThread {
 fn run(mut t: TableOut, msgs: Receiver<TableMsg>, give: Sender<GrantBatch>) -> Result<TableDone> {
     let mut expansion_ids = Vec::new();
     let mut needs_ids = Vec::new();
+    // The entitlements of the expandable grants so far: expansion may add sources to the other grants
+    // of those entitlements (for `pieces`, which compresses their leaves apart).
+    let mut targets: std::collections::HashSet<Box<[u8]>> = std::collections::HashSet::new();
     for (mut batch, now) in msgs {
         for r in 0..batch.rows.len() {
             let id = t.ids.next;
@@ -769,6 +805,12 @@ fn run(mut t: TableOut, msgs: Receiver<TableMsg>, give: Sender<GrantBatch>) -> R
             }
             if row.has_expansion {
                 expansion_ids.push(id);
+                if !targets.contains(c(2)) {
+                    targets.insert(c(2).into());
+                }
+            }
+            if !targets.is_empty() && targets.contains(c(2)) {
+                t.leaves.mark_hot();
             }
             if row.needs_expansion {
                 needs_ids.push(id);

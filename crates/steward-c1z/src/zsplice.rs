@@ -78,6 +78,11 @@
 //! - [`FrameAssembler`] then takes the pieces in content order, each followed by exactly its content
 //!   (for the checksum), and writes the rep-reset block between consecutive pieces itself.
 //!
+//! Two variations: a piece may be compressed with the content right before it as the prefix of its
+//! matches ([`compress_piece_after`]; the caller promises those bytes), and the last piece may be
+//! compressed while its content is streamed through ([`FrameAssembler::into_tail`]), its blocks going
+//! straight to the output. `pieces` uses both to assemble the c1z of a large grant table.
+//!
 //! The assembler checks what it can: that each piece's content has the piece's length, that the content
 //! before every rep-reset block ends with 8 zeros, and, when a content size was declared, that the total
 //! matches. It cannot check that a piece's blocks decode to the content it is given: that is the caller's
@@ -93,8 +98,6 @@
 //!   XXH64 (seed 0) of the whole content, little-endian. The pieces' own last-block flags are cleared.
 //! - XXH64 cannot be combined from per-piece hashes, so it is computed in content order as the pieces are
 //!   appended; with the first page compressed last, that is one pass over the content at the end.
-
-#![allow(dead_code)]
 
 use std::io::{self, Write};
 
@@ -120,6 +123,7 @@ pub(crate) const REP_RESET_BLOCK: [u8; 13] = [
     0x38, 0x00, 0x76, 0x00, 0x0C, 0x28, 0x40, // sequences bitstream
 ];
 
+#[cfg(test)]
 /// The rep-reset block as a slice.
 pub(crate) fn rep_reset_block() -> &'static [u8] {
     &REP_RESET_BLOCK
@@ -130,6 +134,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 const WINDOW_DESCRIPTOR: u8 = ((WINDOW_LOG - 10) << 3) as u8;
 /// Frame_Header_Descriptor bit 2.
 const CONTENT_CHECKSUM_FLAG: u8 = 0x04;
+#[cfg(test)]
 /// An empty Raw block with Last_Block = 1.
 const LAST_EMPTY_RAW_BLOCK: [u8; 3] = [0x01, 0x00, 0x00];
 const BLOCK_TYPE_RAW: u32 = 0;
@@ -154,19 +159,15 @@ pub(crate) struct Piece {
 }
 
 impl Piece {
+    #[cfg(test)]
     /// The compressed blocks (possibly none, for an empty piece).
     pub(crate) fn blocks(&self) -> &[u8] {
         &self.blocks
     }
 
-    /// How many bytes the blocks decode to.
-    pub(crate) fn content_len(&self) -> u64 {
-        self.content_len
-    }
-
     /// Turns a complete single frame from libzstd (no checksum, no dictionary, window at most
     /// 2^WINDOW_LOG) into its blocks.
-    fn from_frame(mut frame: Vec<u8>, content_len: u64) -> io::Result<Self> {
+    pub(crate) fn from_frame(mut frame: Vec<u8>, content_len: u64) -> io::Result<Self> {
         let header_len = frame_header_len(&frame)?;
         frame.drain(..header_len);
         let mut pos = 0;
@@ -261,6 +262,7 @@ fn frame_header_len(frame: &[u8]) -> io::Result<usize> {
     Ok(len)
 }
 
+#[cfg(test)]
 /// Compresses `data` as one piece with a fresh compressor at `level`.
 pub(crate) fn compress_piece(data: &[u8], level: i32) -> io::Result<Piece> {
     use zstd::zstd_safe::CParameter;
@@ -276,6 +278,34 @@ pub(crate) fn compress_piece(data: &[u8], level: i32) -> io::Result<Piece> {
     c.set_parameter(CParameter::ContentSizeFlag(false))?;
     c.set_parameter(CParameter::DictIdFlag(false))?;
     let frame = c.compress(data)?;
+    Piece::from_frame(frame, data.len() as u64)
+}
+
+/// Compresses `data` as one piece whose matches may also reach back into `prefix`: the content that comes
+/// immediately before the piece in the frame, the 9 zeros of the rep-reset block before it included (a
+/// piece compressed alone starts without history, which costs ratio on small pieces). The caller
+/// promises that the frame's content before the piece ends with exactly these bytes; the window bounds
+/// how far back matches reach as for any piece. libzstd loads a prefix as raw content: the piece's first
+/// block still defines its own entropy tables and starts from the repeat offsets {1, 4, 8}.
+pub(crate) fn compress_piece_after(data: &[u8], prefix: &[u8], level: i32) -> io::Result<Piece> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    if data.is_empty() {
+        return Ok(Piece {
+            blocks: Vec::new(),
+            content_len: 0,
+        });
+    }
+    let err = |code: usize| io::Error::other(zstd::zstd_safe::get_error_name(code));
+    let mut c = CCtx::create();
+    c.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(err)?;
+    c.set_parameter(CParameter::WindowLog(WINDOW_LOG)).map_err(err)?;
+    c.set_parameter(CParameter::ChecksumFlag(false)).map_err(err)?;
+    c.set_parameter(CParameter::ContentSizeFlag(false)).map_err(err)?;
+    c.set_parameter(CParameter::DictIdFlag(false)).map_err(err)?;
+    c.ref_prefix(prefix).map_err(err)?;
+    let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    c.compress2(&mut frame, data).map_err(err)?;
     Piece::from_frame(frame, data.len() as u64)
 }
 
@@ -300,8 +330,14 @@ impl PieceEncoder {
 
     /// Ends the piece.
     pub(crate) fn finish(self) -> io::Result<Piece> {
-        let frame = self.enc.finish()?;
-        Piece::from_frame(frame, self.len)
+        let (frame, len) = self.finish_frame()?;
+        Piece::from_frame(frame, len)
+    }
+
+    /// Ends the piece, as the stand-alone frame libzstd wrote (decodable on its own; [`Piece::from_frame`]
+    /// turns it into the piece) and its content length.
+    pub(crate) fn finish_frame(self) -> io::Result<(Vec<u8>, u64)> {
+        Ok((self.enc.finish()?, self.len))
     }
 }
 
@@ -427,16 +463,19 @@ impl<W: Write> FrameAssembler<W> {
         self.content(content)
     }
 
+    #[cfg(test)]
     /// Bytes of content so far, the rep-reset zeros included.
     pub(crate) fn content_len(&self) -> u64 {
         self.content_len
     }
 
+    #[cfg(test)]
     /// Bytes of frame written so far.
     pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
+    #[cfg(test)]
     /// Ends the frame with an empty last block and the checksum, and hands back the output.
     pub(crate) fn finish(mut self) -> io::Result<W> {
         self.check_no_pending()?;
@@ -454,6 +493,47 @@ impl<W: Write> FrameAssembler<W> {
         Ok(self.out)
     }
 
+    /// Ends the frame with one last piece compressed here from content written to the returned
+    /// [`TailWriter`] (for a large last part that should not be read twice: its blocks go straight to the
+    /// output, and the content is hashed as it passes). `workers` as libzstd's (0 = this thread).
+    pub(crate) fn into_tail(mut self, level: i32, workers: u32) -> io::Result<TailWriter<W>> {
+        self.check_no_pending()?;
+        if self.pieces > 0 {
+            if self.trailing_zeros < REP_RESET_PRECEDING_ZEROS as u64 {
+                return Err(invalid_input(format!(
+                    "the last piece starts after content that ends with {} zero bytes; a piece boundary \
+                     needs {REP_RESET_PRECEDING_ZEROS}",
+                    self.trailing_zeros
+                )));
+            }
+            self.out.write_all(&REP_RESET_BLOCK)?;
+            self.written += REP_RESET_BLOCK.len() as u64;
+            self.hash.update(&[0; REP_RESET_ZEROS]);
+            self.content_len += REP_RESET_ZEROS as u64;
+        }
+        let mut enc = zstd::stream::write::Encoder::new(
+            StripHeader {
+                out: self.out,
+                head: Vec::new(),
+                passing: false,
+            },
+            level,
+        )?;
+        enc.window_log(WINDOW_LOG)?;
+        enc.include_checksum(false)?;
+        enc.include_contentsize(false)?;
+        enc.include_dictid(false)?;
+        if workers > 0 {
+            enc.multithread(workers)?;
+        }
+        Ok(TailWriter {
+            enc,
+            hash: self.hash,
+            declared_size: self.declared_size,
+            content_len: self.content_len,
+        })
+    }
+
     fn check_no_pending(&self) -> io::Result<()> {
         if self.pending != 0 {
             return Err(invalid_input(format!(
@@ -462,6 +542,83 @@ impl<W: Write> FrameAssembler<W> {
                 self.pending
             )));
         }
+        Ok(())
+    }
+}
+
+/// Passes a libzstd frame on without its frame header (the blocks of a last piece; see
+/// [`FrameAssembler::into_tail`]).
+struct StripHeader<W: Write> {
+    out: W,
+    /// The header so far, until it is complete.
+    head: Vec<u8>,
+    passing: bool,
+}
+
+impl<W: Write> Write for StripHeader<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.passing {
+            return self.out.write(buf);
+        }
+        self.head.extend_from_slice(buf);
+        // The header is at most 18 bytes; it is complete once its length can be told.
+        if let Ok(n) = frame_header_len(&self.head) {
+            self.passing = true;
+            let rest = self.head.split_off(n);
+            self.out.write_all(&rest)?;
+        } else if self.head.len() > 18 {
+            return Err(invalid_data(
+                "libzstd began its frame with an unexpected header".into(),
+            ));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The last piece of a frame, compressed as its content is written (see [`FrameAssembler::into_tail`]);
+/// [`finish`](Self::finish) ends the frame. Its blocks keep libzstd's last-block flag: only the checksum
+/// follows them.
+pub(crate) struct TailWriter<W: Write> {
+    enc: zstd::stream::write::Encoder<'static, StripHeader<W>>,
+    hash: Xxh64,
+    declared_size: Option<u64>,
+    content_len: u64,
+}
+
+impl<W: Write> TailWriter<W> {
+    /// Ends the frame (the checksum after the last block) and hands back the output.
+    pub(crate) fn finish(self) -> io::Result<W> {
+        if let Some(declared) = self.declared_size
+            && declared != self.content_len
+        {
+            return Err(invalid_input(format!(
+                "the frame header declares {declared} bytes of content but the pieces hold {}",
+                self.content_len
+            )));
+        }
+        let strip = self.enc.finish()?;
+        if !strip.passing {
+            return Err(invalid_data("libzstd ended its frame inside the header".into()));
+        }
+        let mut out = strip.out;
+        out.write_all(&(self.hash.digest() as u32).to_le_bytes())?;
+        Ok(out)
+    }
+}
+
+impl<W: Write> Write for TailWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.enc.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.content_len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -589,6 +746,7 @@ impl Xxh64 {
     }
 }
 
+#[cfg(test)]
 /// XXH64 of `data` with `seed`.
 pub(crate) fn xxh64(data: &[u8], seed: u64) -> u64 {
     let mut h = Xxh64::new(seed);
@@ -1472,5 +1630,69 @@ mod tests {
         );
         // The check above is not vacuous: the compressor does reuse tables, within a piece.
         assert!(treeless > 0 && repeats > 0);
+    }
+
+    /// A frame whose last piece is compressed by [`FrameAssembler::into_tail`] as it is written, in one
+    /// thread and with libzstd's workers: both decoders return the content and accept the checksum; a
+    /// tail that misses a byte of the declared size is refused.
+    #[test]
+    fn zsplice_tail_written_as_a_stream_ends_the_frame() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        // 8 KiB of noise twice: the second copy (in the middle piece) compresses only with a prefix.
+        let noise: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut content = Vec::new();
+        for _ in 0..2 {
+            content.extend_from_slice(&noise);
+            content.extend_from_slice(&[0u8; 40]);
+        }
+        for i in 0..3000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let line = format!("row {i} of group-{:04} user-{:06};", x % 97, x % 100_003);
+            content.extend_from_slice(line.as_bytes());
+            if i % 700 == 350 {
+                content.extend_from_slice(&[0u8; 40]);
+            }
+        }
+        let zero_runs: Vec<usize> = (0..content.len() - 40)
+            .filter(|&i| content[i..i + 40].iter().all(|&b| b == 0) && (i == 0 || content[i - 1] != 0))
+            .map(|i| i + 20)
+            .collect();
+        assert!(zero_runs.len() >= 3);
+        let (b1, b2) = (zero_runs[0], zero_runs[3]);
+        for workers in [0, 2] {
+            let mut asm = FrameAssembler::new(Vec::new(), Some(content.len() as u64)).unwrap();
+            asm.push(&compress_piece(&content[..b1], 1).unwrap(), &content[..b1])
+                .unwrap();
+            let middle = &content[b1 + REP_RESET_ZEROS..b2];
+            // With the content before it (its reset zeros included) as the prefix of its matches.
+            let piece = compress_piece_after(middle, &content[..b1 + REP_RESET_ZEROS], 1).unwrap();
+            assert!(
+                piece.blocks().len() < compress_piece(middle, 1).unwrap().blocks().len(),
+                "the prefix is used"
+            );
+            asm.push(&piece, middle).unwrap();
+            let mut tail = asm.into_tail(1, workers).unwrap();
+            for part in content[b2 + REP_RESET_ZEROS..].chunks(1000) {
+                tail.write_all(part).unwrap();
+            }
+            let frame = tail.finish().unwrap();
+            assert_decodes(&frame, &content, &format!("tail with {workers} workers"));
+        }
+        let mut asm = FrameAssembler::new(Vec::new(), Some(content.len() as u64)).unwrap();
+        asm.push(&compress_piece(&content[..b1], 1).unwrap(), &content[..b1])
+            .unwrap();
+        let mut tail = asm.into_tail(1, 0).unwrap();
+        tail.write_all(&content[b1 + REP_RESET_ZEROS..content.len() - 1])
+            .unwrap();
+        assert!(tail.finish().is_err(), "a short tail ends the frame");
     }
 }
