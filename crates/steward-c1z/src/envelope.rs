@@ -85,12 +85,12 @@ pub(crate) fn write_c1z_with(
     let tmp = tmp_path(out);
     let size = std::fs::metadata(db).map_err(C1zError::io("stat", db))?.len();
     let file = File::create(&tmp).map_err(C1zError::io("create", &tmp))?;
+    // A failure from here on must not leave a partial `<out>.tmp` (as large as the sync) behind.
+    let guard = RemoveOnDrop(Some(tmp.clone()));
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(MAGIC_V1).map_err(C1zError::io("write", &tmp))?;
     let from_pieces = match pieces {
-        Some(lp) => {
-            crate::pieces::write_frame(db, size, &mut w, opts.level, opts.workers, direct, lp)?.is_some()
-        }
+        Some(lp) => crate::pieces::write_frame(db, size, &mut w, opts, direct, lp)?.is_some(),
         None => false,
     };
     if !from_pieces {
@@ -124,7 +124,20 @@ pub(crate) fn write_c1z_with(
         }
         enc.finish().map_err(C1zError::io("finish", &tmp))?;
     }
-    commit(w, &tmp, out)
+    let written = commit(w, &tmp, out)?;
+    std::mem::forget(guard);
+    Ok(written)
+}
+
+/// Removes a file when dropped (on an error path).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// Copies bytes `from..to` of the database `db` to `out`: the parts inside the ranges `direct` past the

@@ -946,10 +946,21 @@ impl<'c> Expander<'c> {
         let mut upd = self
             .conn
             .prepare_cached("UPDATE v1_grants SET data = ?1 WHERE id = ?2")?;
+        // Tests: stop after the first `k` rewrites, as an error would.
+        #[cfg(test)]
+        let injected = FAIL_AFTER.with(|f| f.get()).filter(|&k| k < changed.len());
+        #[cfg(test)]
+        if let Some(k) = injected {
+            changed.truncate(k);
+        }
         for (row, srcs) in changed {
             let (eid, data): (String, Vec<u8>) = get.query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))?;
             let new = replace_sources(&data, &eid, srcs)?;
             upd.execute(params![new, row])?;
+        }
+        #[cfg(test)]
+        if injected.is_some() {
+            return Err(C1zError::State("a failure injected by a test"));
         }
         tracing::debug!(
             ms = t.elapsed().as_millis() as u64,
@@ -965,6 +976,12 @@ impl<'c> Expander<'c> {
         );
         Ok(())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: expansion fails after rewriting this many grants.
+    pub(crate) static FAIL_AFTER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
 /// `bytes` (an encoded grant) with its sources replaced by `srcs`.

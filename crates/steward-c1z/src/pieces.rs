@@ -114,10 +114,16 @@ impl Tap {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
         let (give, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
         let p = path.to_owned();
-        let thread = std::thread::Builder::new()
+        let thread = match std::thread::Builder::new()
             .name("c1z-leaf-zstd".into())
             .spawn(move || compress_leaves(rx, give, file, p, page_size, level))
-            .map_err(C1zError::io("start the leaf compression thread for", path))?;
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(C1zError::io("start the leaf compression thread for", path)(e));
+            }
+        };
         let per_chunk = (PIECE_BYTES / page_size).max(1);
         Ok(Self {
             tx: Some(tx),
@@ -143,11 +149,8 @@ impl Tap {
         if self.tx.is_none() {
             return;
         }
-        self.chunk.bytes.extend_from_slice(page);
-        self.chunk.pages.push(PageInfo {
-            gap: (gap.0 as u32, gap.1 as u32),
-            hot,
-        });
+        // A full chunk goes once a page follows it: the very last page must not be cut in (the rows
+        // expansion creates go there).
         if self.chunk.pages.len() == self.per_chunk {
             let next_off = self.chunk.off + self.chunk.bytes.len() as u64;
             let mut bytes = self.recycled.try_recv().unwrap_or_default();
@@ -163,15 +166,21 @@ impl Tap {
             if self.tx.as_ref().is_some_and(|tx| tx.send(full).is_err()) {
                 // The thread stopped (an error it reports at `finish`).
                 self.tx = None;
+                return;
             }
         }
+        self.chunk.bytes.extend_from_slice(page);
+        self.chunk.pages.push(PageInfo {
+            gap: (gap.0 as u32, gap.1 as u32),
+            hot,
+        });
     }
 
     /// Waits for the thread: the pieces, or `None` when there are none to use (the side file is then
     /// removed). An I/O error of the thread is returned as such.
     pub(crate) fn finish(mut self) -> Result<Option<Compressed>> {
-        // The last, partial chunk too: a piece may end in it.
-        let last = std::mem::replace(
+        // The last chunk too (a piece may end in it), but not cut in its last page.
+        let mut last = std::mem::replace(
             &mut self.chunk,
             Chunk {
                 off: 0,
@@ -179,6 +188,9 @@ impl Tap {
                 pages: Vec::new(),
             },
         );
+        if let Some(p) = last.pages.last_mut() {
+            p.gap = (0, 0);
+        }
         if !last.pages.is_empty()
             && let Some(tx) = self.tx.as_ref()
         {
@@ -491,8 +503,7 @@ pub(crate) fn write_frame<W: Write>(
     db: &Path,
     size: u64,
     mut out: W,
-    level: i32,
-    workers: u32,
+    opts: crate::envelope::CompressOptions,
     direct_ranges: &[(u64, u64)],
     lp: &LeafPieces,
 ) -> Result<Option<W>> {
@@ -500,6 +511,7 @@ pub(crate) fn write_frame<W: Write>(
     let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
         return Ok(None);
     };
+    let level = opts.level;
     let zeros = zsplice::REP_RESET_PRECEDING_ZEROS as u64;
     let f = File::open(db).map_err(C1zError::io("open", db))?;
     // Every boundary on a changed leaf must still lie in its zeros.
@@ -558,10 +570,13 @@ pub(crate) fn write_frame<W: Write>(
         }
         // The content of the piece before, followed by the rep-reset zeros (the prefix of the next).
         let mut before: Vec<u8> = Vec::new();
+        let mut stopped = false;
         for k in 0..pieces.len() {
-            let (piece, content) = rxs[k % 2]
-                .recv()
-                .map_err(|_| C1zError::State("a piece thread stopped"))??;
+            let Ok(ready) = rxs[k % 2].recv() else {
+                stopped = true;
+                break;
+            };
+            let (piece, content) = ready?;
             let piece = match piece {
                 Some(p) => p,
                 None => {
@@ -574,15 +589,20 @@ pub(crate) fn write_frame<W: Write>(
             before = content;
             before.extend_from_slice(&[0u8; zsplice::REP_RESET_ZEROS]);
         }
+        drop(rxs);
+        // A thread's own error first (it stopped without sending it).
         for h in handles {
             h.join()
                 .map_err(|_| C1zError::State("a piece thread panicked"))??;
+        }
+        if stopped {
+            return Err(C1zError::State("a piece thread stopped"));
         }
         Ok(())
     })?;
     // The rest: the last leaves, the interior pages, the indexes.
     let rest = lp.db_off(last.end) + zsplice::REP_RESET_ZEROS as u64;
-    let mut tail = asm.into_tail(level, workers).map_err(zerr)?;
+    let mut tail = asm.into_tail(level, opts.workers, opts.job_size).map_err(zerr)?;
     crate::envelope::copy_db(db, (rest, size), direct_ranges, &mut tail)?;
     tail.finish().map_err(zerr)?;
     tracing::debug!(

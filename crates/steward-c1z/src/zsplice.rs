@@ -496,7 +496,7 @@ impl<W: Write> FrameAssembler<W> {
     /// Ends the frame with one last piece compressed here from content written to the returned
     /// [`TailWriter`] (for a large last part that should not be read twice: its blocks go straight to the
     /// output, and the content is hashed as it passes). `workers` as libzstd's (0 = this thread).
-    pub(crate) fn into_tail(mut self, level: i32, workers: u32) -> io::Result<TailWriter<W>> {
+    pub(crate) fn into_tail(mut self, level: i32, workers: u32, job_size: u32) -> io::Result<TailWriter<W>> {
         self.check_no_pending()?;
         if self.pieces > 0 {
             if self.trailing_zeros < REP_RESET_PRECEDING_ZEROS as u64 {
@@ -525,6 +525,9 @@ impl<W: Write> FrameAssembler<W> {
         enc.include_dictid(false)?;
         if workers > 0 {
             enc.multithread(workers)?;
+            if job_size > 0 {
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(job_size))?;
+            }
         }
         Ok(TailWriter {
             enc,
@@ -1680,7 +1683,7 @@ mod tests {
                 "the prefix is used"
             );
             asm.push(&piece, middle).unwrap();
-            let mut tail = asm.into_tail(1, workers).unwrap();
+            let mut tail = asm.into_tail(1, workers, 1 << 20).unwrap();
             for part in content[b2 + REP_RESET_ZEROS..].chunks(1000) {
                 tail.write_all(part).unwrap();
             }
@@ -1690,7 +1693,7 @@ mod tests {
         let mut asm = FrameAssembler::new(Vec::new(), Some(content.len() as u64)).unwrap();
         asm.push(&compress_piece(&content[..b1], 1).unwrap(), &content[..b1])
             .unwrap();
-        let mut tail = asm.into_tail(1, 0).unwrap();
+        let mut tail = asm.into_tail(1, 0, 0).unwrap();
         tail.write_all(&content[b1 + REP_RESET_ZEROS..content.len() - 1])
             .unwrap();
         assert!(tail.finish().is_err(), "a short tail ends the frame");
