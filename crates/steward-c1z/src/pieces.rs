@@ -534,6 +534,7 @@ pub(crate) fn write_frame<W: Write>(
         path: db.to_owned(),
         error: e,
     };
+    let t0 = std::time::Instant::now();
     let mut asm = FrameAssembler::new(&mut out, Some(size)).map_err(zerr)?;
     // The database up to the first boundary.
     let front_end = lp.db_off(bounds[0]);
@@ -542,6 +543,7 @@ pub(crate) fn write_frame<W: Write>(
     asm.push_piece(&enc.finish().map_err(zerr)?).map_err(zerr)?;
     let mut feed = ContentOf(&mut asm);
     crate::envelope::copy_db(db, (0, front_end), direct_ranges, &mut feed)?;
+    let front_ms = t0.elapsed().as_millis() as u64;
     // The pieces, made ready by two threads (piece `k` by thread `k % 2`) and taken in order.
     let recompressed = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|scope| -> Result<()> {
@@ -600,6 +602,7 @@ pub(crate) fn write_frame<W: Write>(
         }
         Ok(())
     })?;
+    let pieces_ms = t0.elapsed().as_millis() as u64 - front_ms;
     // The rest: the last leaves, the interior pages, the indexes.
     let rest = lp.db_off(last.end) + zsplice::REP_RESET_ZEROS as u64;
     let mut tail = asm.into_tail(level, opts.workers, opts.job_size).map_err(zerr)?;
@@ -610,6 +613,10 @@ pub(crate) fn write_frame<W: Write>(
         recompressed = recompressed.load(std::sync::atomic::Ordering::Relaxed),
         leaves_from = first.start,
         leaves_to = last.end,
+        front_ms,
+        pieces_ms,
+        tail_ms = t0.elapsed().as_millis() as u64 - front_ms - pieces_ms,
+        tail_bytes = size - rest,
         "c1z: leaves taken from their pieces"
     );
     #[cfg(test)]

@@ -1942,6 +1942,7 @@ impl C1zWriter {
                 "a sync is still in progress: call end_sync before finish",
             ));
         }
+        let t0 = Instant::now();
         self.commit()?;
         if let Some(keep) = self.opts.keep_full_syncs {
             let full: Vec<SyncRun> = self
@@ -1969,6 +1970,10 @@ impl C1zWriter {
         conn.ok_or_else(db_lent)?
             .close()
             .map_err(|(_, e)| C1zError::Sqlite(e))?;
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "c1z: working database closed"
+        );
         let db_size = std::fs::metadata(&wip).map_err(C1zError::io("stat", &wip))?.len();
         if db_size > envelope::DEFAULT_MAX_DECODED {
             tracing::warn!(
@@ -1996,7 +2001,9 @@ impl C1zWriter {
         let size = envelope::write_c1z_with(&wip, &target, opts.compress, &direct_ranges, pieces.as_ref())?;
         drop(pieces);
         tracing::debug!(ms = t.elapsed().as_millis() as u64, size, "c1z: compressed");
+        let t = Instant::now();
         remove_wip(&wip)?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "c1z: working files removed");
         Ok(size)
     }
 }
