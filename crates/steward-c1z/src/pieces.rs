@@ -260,8 +260,12 @@ fn compress_leaves(
     let mut pieces: Vec<PieceMeta> = Vec::new();
     let mut at = 0u64;
     let mut g: Option<Gathering> = None;
+    // One compressor for all pieces (a fresh frame each, as `zsplice` needs).
+    let mut zc = piece_compressor(level).map_err(C1zError::io("compress", &path))?;
     let mut emit = |g: &mut Gathering, cut: usize, page_off: u64| -> Result<()> {
-        let frame = zstd_frame(&g.buf[..cut], level).map_err(C1zError::io("compress", &path))?;
+        let frame = zc
+            .compress(&g.buf[..cut])
+            .map_err(C1zError::io("compress", &path))?;
         out.write_all(&frame).map_err(C1zError::io("write", &path))?;
         let len = u32::try_from(frame.len()).map_err(|_| C1zError::State("a compressed piece over 4 GiB"))?;
         pieces.push(PieceMeta {
@@ -328,11 +332,16 @@ fn compress_leaves(
     })
 }
 
-/// `data` as a stand-alone zstd frame of a piece (no checksum, window at most 8 MiB).
-fn zstd_frame(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    let mut enc = PieceEncoder::new(level, Some(data.len() as u64))?;
-    enc.write_all(data)?;
-    Ok(enc.finish_frame()?.0)
+/// A compressor of stand-alone zstd frames for pieces (no checksum, no content size, window at most
+/// 8 MiB), reused from one piece to the next.
+fn piece_compressor(level: i32) -> std::io::Result<zstd::bulk::Compressor<'static>> {
+    use zstd::zstd_safe::CParameter;
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(CParameter::WindowLog(zsplice::WINDOW_LOG))?;
+    c.set_parameter(CParameter::ChecksumFlag(false))?;
+    c.set_parameter(CParameter::ContentSizeFlag(false))?;
+    c.set_parameter(CParameter::DictIdFlag(false))?;
+    Ok(c)
 }
 
 /// The pieces of a spliced grant table, and which of its leaves changed since (see the module docs).
@@ -496,6 +505,13 @@ type Ready = (Option<Piece>, Vec<u8>);
 /// How much of the content before a piece compressed again in `finish` its matches may reach into.
 const PREFIX_BYTES: usize = 1 << 20;
 
+/// Consecutive pieces one thread of `finish` makes ready in a row (and so how many it may be ahead).
+const BLOCK_PIECES: usize = 8;
+
+/// A piece ready for the frame, its content followed by the rep-reset zeros (shared with the thread
+/// that may use it as the prefix of the next piece), and the content's length without them.
+type Shared = (Piece, std::sync::Arc<Vec<u8>>, usize);
+
 /// Compresses the working database `db` (of `size` bytes) into the open output `out` as one frame with
 /// the pieces of `lp` (see the module docs); `direct` as in `envelope`. `None` (nothing written) when a
 /// dirty leaf lost the zeros a piece boundary was cut in: the caller then compresses the file as a whole.
@@ -544,25 +560,58 @@ pub(crate) fn write_frame<W: Write>(
     let mut feed = ContentOf(&mut asm);
     crate::envelope::copy_db(db, (0, front_end), direct_ranges, &mut feed)?;
     let front_ms = t0.elapsed().as_millis() as u64;
-    // The pieces, made ready by two threads (piece `k` by thread `k % 2`) and taken in order.
+    // The pieces, made ready by two threads in blocks of consecutive pieces (block `b` by thread
+    // `b % 2`, so that a piece compressed again finds the content before it at hand) and taken in order.
     let recompressed = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|scope| -> Result<()> {
         let mut rxs = Vec::new();
         let mut handles = Vec::new();
         for w in 0..2usize {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Ready>>(2);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Shared>>(BLOCK_PIECES);
             rxs.push(rx);
+            let recompressed = &recompressed;
             handles.push(scope.spawn(move || {
                 let run = || -> Result<()> {
                     let side = File::open(&lp.c.path).map_err(C1zError::io("open", &lp.c.path))?;
                     let dbf = File::open(db).map_err(C1zError::io("open", db))?;
                     let mut dec = zstd::bulk::Decompressor::new()
                         .map_err(C1zError::io("decompress a piece of", &lp.c.path))?;
-                    for p in pieces.iter().skip(w).step_by(2) {
-                        let r = ready(lp, p, &side, &dbf, db, &mut dec);
-                        let failed = r.is_err();
-                        if tx.send(r).is_err() || failed {
-                            break;
+                    let mut get = |k: usize| ready(lp, &pieces[k], &side, &dbf, db, &mut dec);
+                    for block in (w..pieces.len().div_ceil(BLOCK_PIECES)).step_by(2) {
+                        // The content of the piece before, with the rep-reset zeros after it.
+                        let mut before: Option<std::sync::Arc<Vec<u8>>> = None;
+                        let end = ((block + 1) * BLOCK_PIECES).min(pieces.len());
+                        for k in block * BLOCK_PIECES..end {
+                            let r = (|| -> Result<Shared> {
+                                let (piece, mut content) = get(k)?;
+                                let len = content.len();
+                                let piece = match piece {
+                                    Some(p) => p,
+                                    None => {
+                                        recompressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        let prefix = match (&before, k) {
+                                            (Some(b), _) => b.clone(),
+                                            (None, 0) => std::sync::Arc::new(Vec::new()),
+                                            (None, _) => {
+                                                let mut c = get(k - 1)?.1;
+                                                c.extend_from_slice(&[0u8; zsplice::REP_RESET_ZEROS]);
+                                                std::sync::Arc::new(c)
+                                            }
+                                        };
+                                        let from = prefix.len().saturating_sub(PREFIX_BYTES);
+                                        zsplice::compress_piece_after(&content, &prefix[from..], level)
+                                            .map_err(C1zError::io("compress a piece of", &lp.c.path))?
+                                    }
+                                };
+                                content.extend_from_slice(&[0u8; zsplice::REP_RESET_ZEROS]);
+                                let content = std::sync::Arc::new(content);
+                                before = Some(content.clone());
+                                Ok((piece, content, len))
+                            })();
+                            let failed = r.is_err();
+                            if tx.send(r).is_err() || failed {
+                                return Ok(());
+                            }
                         }
                     }
                     Ok(())
@@ -570,26 +619,14 @@ pub(crate) fn write_frame<W: Write>(
                 run()
             }));
         }
-        // The content of the piece before, followed by the rep-reset zeros (the prefix of the next).
-        let mut before: Vec<u8> = Vec::new();
         let mut stopped = false;
         for k in 0..pieces.len() {
-            let Ok(ready) = rxs[k % 2].recv() else {
+            let Ok(ready) = rxs[(k / BLOCK_PIECES) % 2].recv() else {
                 stopped = true;
                 break;
             };
-            let (piece, content) = ready?;
-            let piece = match piece {
-                Some(p) => p,
-                None => {
-                    recompressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let prefix = &before[before.len().saturating_sub(PREFIX_BYTES)..];
-                    zsplice::compress_piece_after(&content, prefix, level).map_err(zerr)?
-                }
-            };
-            asm.push(&piece, &content).map_err(zerr)?;
-            before = content;
-            before.extend_from_slice(&[0u8; zsplice::REP_RESET_ZEROS]);
+            let (piece, content, len) = ready?;
+            asm.push(&piece, &content[..len]).map_err(zerr)?;
         }
         drop(rxs);
         // A thread's own error first (it stopped without sending it).

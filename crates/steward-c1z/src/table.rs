@@ -767,7 +767,7 @@ fn run(mut t: TableOut, msgs: Receiver<TableMsg>, give: Sender<GrantBatch>) -> R
     let mut needs_ids = Vec::new();
     // The entitlements of the expandable grants so far: expansion may add sources to the other grants
     // of those entitlements (for `pieces`, which compresses their leaves apart).
-    let mut targets: std::collections::HashSet<Box<[u8]>> = std::collections::HashSet::new();
+    let mut targets: std::collections::HashSet<Box<[u8]>, crate::writer::FastBuild> = Default::default();
     for (mut batch, now) in msgs {
         for r in 0..batch.rows.len() {
             let id = t.ids.next;

@@ -221,7 +221,7 @@ const TRACK_MAX_GRANTS: usize = 2_000_000;
 /// attacker who could aim at collisions, and a collision of id hashes only costs the slower path): FxHash
 /// over 8-byte words, finished with a 64-bit mix so that every bit of the result depends on the input.
 #[derive(Default, Clone, Copy)]
-struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 
 impl FastHasher {
     const K: u64 = 0x517c_c1b7_2722_0a95;
@@ -270,7 +270,7 @@ impl std::hash::Hasher for FastHasher {
     }
 }
 
-type FastBuild = std::hash::BuildHasherDefault<FastHasher>;
+pub(crate) type FastBuild = std::hash::BuildHasherDefault<FastHasher>;
 
 /// The distinct entitlements and principals the current sync's grants reference, and a hash of each grant
 /// id (up to [`WriterOptions::track_grant_ids`]; appended to a list, 8 bytes each, and sorted once at the
