@@ -70,17 +70,21 @@ pub(crate) fn write_c1z_reading(
     opts: CompressOptions,
     direct: &[(u64, u64)],
 ) -> Result<u64> {
-    write_c1z_with(db, out, opts, direct, None)
+    write_c1z_with(db, out, opts, direct, None, false)
 }
 
 /// [`write_c1z_reading`], taking the grant table's leaves from their compressed pieces when `pieces` are
-/// given and still usable (`pieces`); otherwise the whole file is compressed as it is read.
+/// given and still usable (`pieces`; then `db` must be the writer's working database, which it changes);
+/// otherwise the whole file is compressed as it is read. With `flush`, the dirty pages of `db` are written
+/// back before anything is read past the page cache (each direct read would otherwise wait for those in
+/// its range).
 pub(crate) fn write_c1z_with(
     db: &Path,
     out: &Path,
     opts: CompressOptions,
     direct: &[(u64, u64)],
     pieces: Option<&crate::pieces::LeafPieces>,
+    flush: bool,
 ) -> Result<u64> {
     let tmp = tmp_path(out);
     let size = std::fs::metadata(db).map_err(C1zError::io("stat", db))?.len();
@@ -90,10 +94,20 @@ pub(crate) fn write_c1z_with(
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(MAGIC_V1).map_err(C1zError::io("write", &tmp))?;
     let from_pieces = match pieces {
-        Some(lp) => crate::pieces::write_frame(db, size, &mut w, opts, direct, lp)?.is_some(),
+        Some(lp) => crate::pieces::write_frame(db, size, &mut w, opts, direct, lp, flush)?.is_some(),
         None => false,
     };
     if !from_pieces {
+        if flush {
+            let t = std::time::Instant::now();
+            File::open(db)
+                .and_then(|f| f.sync_data())
+                .map_err(C1zError::io("flush", db))?;
+            tracing::debug!(
+                ms = t.elapsed().as_millis() as u64,
+                "c1z: working database flushed"
+            );
+        }
         let zerr = C1zError::io("compress into", &tmp);
         let mut enc = zstd::stream::write::Encoder::new(&mut w, opts.level)
             .map_err(C1zError::io("compress into", &tmp))?;

@@ -1982,23 +1982,21 @@ impl C1zWriter {
                 "the sync database exceeds 10 GiB: Baton readers refuse to unpack it; embed principals by id only to shrink grants"
             );
         }
-        if !direct_ranges.is_empty() {
-            // Pages SQLite changed in those ranges (expansion rewrites grants among the leaves) are still
-            // dirty in the page cache. A direct read of a range first writes back the dirty pages in it,
-            // one read at a time: written back in one go here instead (at 10 M grants `finish` took
-            // 8.6–10.5 s this way, 12.4–12.8 s reading the leaves through the page cache, and longer
-            // reading them directly without this).
-            let t = Instant::now();
-            std::fs::File::open(&wip)
-                .and_then(|f| f.sync_data())
-                .map_err(C1zError::io("flush", &wip))?;
-            tracing::debug!(
-                ms = t.elapsed().as_millis() as u64,
-                "c1z: working database flushed"
-            );
-        }
+        // Pages SQLite changed in the ranges written past the page cache (expansion rewrites grants among
+        // the leaves) are still dirty in the page cache. A direct read of a range first writes back the
+        // dirty pages in it, one read at a time: they are written back in one go first (at 10 M grants
+        // `finish` took 8.6–10.5 s this way, 12.4–12.8 s reading the leaves through the page cache, and
+        // longer reading them directly without this).
+        let flush = !direct_ranges.is_empty();
         let t = Instant::now();
-        let size = envelope::write_c1z_with(&wip, &target, opts.compress, &direct_ranges, pieces.as_ref())?;
+        let size = envelope::write_c1z_with(
+            &wip,
+            &target,
+            opts.compress,
+            &direct_ranges,
+            pieces.as_ref(),
+            flush,
+        )?;
         drop(pieces);
         tracing::debug!(ms = t.elapsed().as_millis() as u64, size, "c1z: compressed");
         let t = Instant::now();
