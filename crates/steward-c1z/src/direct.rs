@@ -30,20 +30,32 @@ pub(crate) const ALIGN: usize = 4096;
 pub(crate) const CHUNK: usize = 1 << 20;
 
 /// Appends bytes to a file from a starting offset, directly when it can (see the module docs): the bytes
-/// are collected in an aligned chunk written with one positioned write.
+/// are collected in an aligned chunk, and a thread of its own writes each full chunk with one positioned
+/// write while the next is filled ([`DEPTH`] chunks at most in flight), so that the caller's work and
+/// the disk overlap. A failed write is reported by a later call (at the latest [`flush`](Self::flush)).
 pub(crate) struct SeqWriter {
-    file: File,
     /// For messages.
     path: PathBuf,
-    /// `O_DIRECT` is set on `file`.
-    direct: bool,
     /// `CHUNK + ALIGN` bytes; the chunk starts at `start`, the first aligned address in it.
     buf: Vec<u8>,
     start: usize,
     len: usize,
     /// File offset of the chunk.
     pos: u64,
+    /// Chunks handed to the writing thread and not back yet.
+    in_flight: usize,
+    to_io: Option<std::sync::mpsc::SyncSender<Job>>,
+    from_io: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    io: Option<std::thread::JoinHandle<()>>,
+    /// `O_DIRECT` is (still) set on the file.
+    direct: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Chunks a [`SeqWriter`] may have in flight.
+const DEPTH: usize = 2;
+
+/// A chunk to write: the buffer, where the chunk starts in it, its length, the file offset.
+type Job = (Vec<u8>, usize, usize, u64);
 
 impl SeqWriter {
     /// A writer of the file at `path` from offset `pos` (its end or within it); direct when
@@ -54,21 +66,40 @@ impl SeqWriter {
             .open(path)
             .map_err(C1zError::io("open", path))?;
         let direct = want_direct && pos.is_multiple_of(ALIGN as u64) && set_direct(&file, true).is_ok();
+        let direct = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(direct));
+        let (to_io, jobs) = std::sync::mpsc::sync_channel::<Job>(DEPTH);
+        let (done, from_io) = std::sync::mpsc::channel();
+        let flag = direct.clone();
+        let io = std::thread::Builder::new()
+            .name("c1z-write".into())
+            .spawn(move || {
+                for (buf, start, len, pos) in jobs {
+                    let r = write_chunk(&file, &flag, &buf[start..start + len], pos).map(|()| buf);
+                    if done.send(r).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(C1zError::io("start the thread writing", path))?;
         let buf = vec![0u8; CHUNK + ALIGN];
         Ok(Self {
-            file,
             path: path.to_owned(),
-            direct,
             start: aligned_start(&buf),
             buf,
             len: 0,
             pos,
+            in_flight: 0,
+            to_io: Some(to_io),
+            from_io,
+            io: Some(io),
+            direct,
         })
     }
 
-    /// Whether the writes bypass the page cache (until a refusal makes them go through it).
+    /// Whether the writes bypass the page cache (until a refusal makes them go through it); final after
+    /// [`flush`](Self::flush).
     pub(crate) fn is_direct(&self) -> bool {
-        self.direct
+        self.direct.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn write_all(&mut self, mut bytes: &[u8]) -> Result<()> {
@@ -110,38 +141,81 @@ impl SeqWriter {
         Ok(())
     }
 
-    /// Writes out what is collected (a last chunk of an unaligned length goes through the page cache).
+    /// Writes out what is collected (a last chunk of an unaligned length goes through the page cache)
+    /// and waits until every chunk is written.
     pub(crate) fn flush(&mut self) -> Result<()> {
-        self.write_chunk()
+        self.write_chunk()?;
+        while self.in_flight > 0 {
+            self.take_back()?;
+        }
+        Ok(())
     }
 
-    /// Writes the collected chunk at `pos`: directly if it can, else (or when the system refuses)
-    /// through the page cache, which it then keeps using.
+    /// Waits for a chunk in flight to be written; its buffer comes back.
+    fn take_back(&mut self) -> Result<Vec<u8>> {
+        let back = self
+            .from_io
+            .recv()
+            .map_err(|_| C1zError::State("the thread writing pages stopped"))?;
+        self.in_flight -= 1;
+        back.map_err(C1zError::io("write pages to", &self.path))
+    }
+
+    /// Hands the collected chunk to the writing thread and goes on in another buffer.
     fn write_chunk(&mut self) -> Result<()> {
         if self.len == 0 {
             return Ok(());
         }
-        let chunk = &self.buf[self.start..self.start + self.len];
-        let mut done = false;
-        if self.direct && self.len.is_multiple_of(ALIGN) {
-            match write_at(&self.file, chunk, self.pos) {
-                Ok(()) => done = true,
-                Err(e) if refused(&e) => {}
-                Err(e) => return Err(C1zError::io("write pages to", &self.path)(e)),
-            }
+        let next = if self.in_flight >= DEPTH {
+            self.take_back()?
+        } else {
+            vec![0u8; CHUNK + ALIGN]
+        };
+        let full = std::mem::replace(&mut self.buf, next);
+        let job = (full, self.start, self.len, self.pos);
+        self.start = aligned_start(&self.buf);
+        let sent = self.to_io.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            return Err(C1zError::State("the thread writing pages stopped"));
         }
-        if !done {
-            if self.direct {
-                // Refused, or a last unaligned piece: through the page cache from now on.
-                self.direct = false;
-                set_direct(&self.file, false).map_err(C1zError::io("write pages to", &self.path))?;
-            }
-            write_at(&self.file, chunk, self.pos).map_err(C1zError::io("write pages to", &self.path))?;
-        }
+        self.in_flight += 1;
         self.pos += self.len as u64;
         self.len = 0;
         Ok(())
     }
+}
+
+impl Drop for SeqWriter {
+    fn drop(&mut self) {
+        self.to_io = None;
+        if let Some(io) = self.io.take() {
+            let _ = io.join();
+        }
+    }
+}
+
+/// Writes `chunk` at `pos` of `file`: directly if it can, else (or when the system refuses) through the
+/// page cache, which it then keeps using (`direct` cleared).
+fn write_chunk(
+    file: &File,
+    direct: &std::sync::atomic::AtomicBool,
+    chunk: &[u8],
+    pos: u64,
+) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    if direct.load(Ordering::Relaxed) && chunk.len().is_multiple_of(ALIGN) {
+        match write_at(file, chunk, pos) {
+            Ok(()) => return Ok(()),
+            Err(e) if refused(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if direct.load(Ordering::Relaxed) {
+        // Refused, or a last unaligned piece: through the page cache from now on.
+        direct.store(false, Ordering::Relaxed);
+        set_direct(file, false)?;
+    }
+    write_at(file, chunk, pos)
 }
 
 /// Reads `range` (byte offsets) of `path` into `out` in [`CHUNK`]s, bypassing the page cache where the
