@@ -503,7 +503,7 @@ thread_local! {
 type Ready = (Option<Piece>, Vec<u8>);
 
 /// How much of the content before a piece compressed again in `finish` its matches may reach into.
-const PREFIX_BYTES: usize = 1 << 20;
+const PREFIX_BYTES: usize = 128 << 10;
 
 /// Consecutive pieces one thread of `finish` makes ready in a row (and so how many it may be ahead).
 const BLOCK_PIECES: usize = 8;

@@ -295,6 +295,11 @@ pub(crate) fn compress_piece_after(data: &[u8], prefix: &[u8], level: i32) -> io
             content_len: 0,
         });
     }
+    // The prefix right before the data in memory: libzstd then matches into both as one segment (its
+    // faster path) instead of treating the prefix as a separate one.
+    let mut joined = Vec::with_capacity(prefix.len() + data.len());
+    joined.extend_from_slice(prefix);
+    joined.extend_from_slice(data);
     let err = |code: usize| io::Error::other(zstd::zstd_safe::get_error_name(code));
     let mut c = CCtx::create();
     c.set_parameter(CParameter::CompressionLevel(level))
@@ -303,9 +308,10 @@ pub(crate) fn compress_piece_after(data: &[u8], prefix: &[u8], level: i32) -> io
     c.set_parameter(CParameter::ChecksumFlag(false)).map_err(err)?;
     c.set_parameter(CParameter::ContentSizeFlag(false)).map_err(err)?;
     c.set_parameter(CParameter::DictIdFlag(false)).map_err(err)?;
-    c.ref_prefix(prefix).map_err(err)?;
+    let (before, src) = joined.split_at(prefix.len());
+    c.ref_prefix(before).map_err(err)?;
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
-    c.compress2(&mut frame, data).map_err(err)?;
+    c.compress2(&mut frame, src).map_err(err)?;
     Piece::from_frame(frame, data.len() as u64)
 }
 
