@@ -502,7 +502,9 @@ thread_local! {
 /// it) and its content (with room for the rep-reset zeros after it).
 type Ready = (Option<Piece>, Vec<u8>);
 
-/// How much of the content before a piece compressed again in `finish` its matches may reach into.
+/// How much of the content before a piece compressed again in `finish` its matches may reach into: at
+/// most the piece right before it (the release of leaves in [`write_frame`] relies on no thread reading
+/// further back than that).
 const PREFIX_BYTES: usize = 128 << 10;
 
 /// Consecutive pieces one thread of `finish` makes ready in a row (and so how many it may be ahead).
@@ -556,6 +558,24 @@ pub(crate) fn write_frame<W: Write>(
         error: e,
     };
     let t0 = std::time::Instant::now();
+    // Written back while the front and the pieces are assembled; joined before the rest is read past
+    // the page cache.
+    let owned = db.to_owned();
+    let flushed = std::thread::Builder::new()
+        .name("c1z-flush".into())
+        .spawn(move || {
+            let t = std::time::Instant::now();
+            let r = match flush {
+                true => File::open(&owned).and_then(|f| f.sync_data()),
+                false => Ok(()),
+            };
+            tracing::debug!(
+                ms = t.elapsed().as_millis() as u64,
+                "c1z: working database flushed"
+            );
+            r
+        })
+        .map_err(C1zError::io("start the thread flushing", db))?;
     let mut asm = FrameAssembler::new(&mut out, Some(size)).map_err(zerr)?;
     // The database up to the first boundary.
     let front_end = lp.db_off(bounds[0]);
@@ -569,19 +589,7 @@ pub(crate) fn write_frame<W: Write>(
     // `b % 2`, so that a piece compressed again finds the content before it at hand) and taken in order.
     let recompressed = std::sync::atomic::AtomicU64::new(0);
     let ps = lp.c.page_size as u64;
-    std::thread::scope(|scope| -> Result<()> {
-        let flushed = scope.spawn(move || {
-            let t = std::time::Instant::now();
-            let r = match flush {
-                true => File::open(db).and_then(|f| f.sync_data()),
-                false => Ok(()),
-            };
-            tracing::debug!(
-                ms = t.elapsed().as_millis() as u64,
-                "c1z: working database flushed"
-            );
-            r
-        });
+    let pieces_done = std::thread::scope(|scope| -> Result<()> {
         let (release_tx, release_rx) = std::sync::mpsc::channel::<(u64, u64)>();
         scope.spawn(move || {
             for range in release_rx {
@@ -664,10 +672,6 @@ pub(crate) fn write_frame<W: Write>(
             }
         }
         drop(release_tx);
-        flushed
-            .join()
-            .map_err(|_| C1zError::State("the thread flushing the working database panicked"))?
-            .map_err(C1zError::io("flush", db))?;
         drop(rxs);
         // A thread's own error first (it stopped without sending it).
         for h in handles {
@@ -678,7 +682,13 @@ pub(crate) fn write_frame<W: Write>(
             return Err(C1zError::State("a piece thread stopped"));
         }
         Ok(())
-    })?;
+    });
+    // The pieces' own error first (then the flush's).
+    let flush_done = flushed
+        .join()
+        .map_err(|_| C1zError::State("the thread flushing the working database panicked"));
+    pieces_done?;
+    flush_done?.map_err(C1zError::io("flush", db))?;
     let pieces_ms = t0.elapsed().as_millis() as u64 - front_ms;
     // The rest: the last leaves, the interior pages, the indexes.
     let rest = lp.db_off(last.end) + zsplice::REP_RESET_ZEROS as u64;

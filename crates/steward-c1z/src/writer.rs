@@ -672,7 +672,9 @@ impl C1zWriter {
             let mut leaves_path = self.wip.as_os_str().to_owned();
             leaves_path.push(TABLE_SUFFIX);
             let mut leaves = table::Leaves::create(Path::new(&leaves_path), lay)?;
-            if self.opts.compress_leaves_early {
+            // Only for a writer that is not crash-safe (as the direct table): `finish` then changes the
+            // working database (`pieces::write_frame`), which no later run reuses.
+            if self.opts.compress_leaves_early && !self.opts.crash_safe {
                 let mut p = self.wip.as_os_str().to_owned();
                 p.push(pieces::PIECES_SUFFIX);
                 leaves.tap(pieces::Tap::start(
