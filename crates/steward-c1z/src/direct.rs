@@ -218,6 +218,17 @@ fn write_chunk(
     write_at(file, chunk, pos)
 }
 
+/// Reads exactly `buf.len()` bytes of `f` at `pos` ([`read_at`]; the error names `path`).
+pub(crate) fn read_exact_at(f: &File, buf: &mut [u8], pos: u64, path: &Path) -> Result<()> {
+    match read_at(f, buf, pos) {
+        Ok(n) if n == buf.len() => Ok(()),
+        Ok(_) => Err(C1zError::io("read", path)(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        )),
+        Err(e) => Err(C1zError::io("read", path)(e)),
+    }
+}
+
 /// Reads `range` (byte offsets) of `path` into `out` in [`CHUNK`]s, bypassing the page cache where the
 /// system allows it — for bytes [`SeqWriter`] wrote that way, which are not in the cache: read through it,
 /// each would be allocated and filled there once more. Falls back to ordinary reads. Returns the bytes

@@ -42,7 +42,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use crate::direct;
+use crate::direct::read_exact_at;
 use crate::error::{C1zError, Result};
 use crate::zsplice::{self, FrameAssembler, Piece, PieceEncoder};
 
@@ -261,7 +261,7 @@ fn compress_leaves(
     let mut at = 0u64;
     let mut g: Option<Gathering> = None;
     // One compressor for all pieces (a fresh frame each, as `zsplice` needs).
-    let mut zc = piece_compressor(level).map_err(C1zError::io("compress", &path))?;
+    let mut zc = zsplice::piece_compressor(level).map_err(C1zError::io("compress", &path))?;
     let mut emit = |g: &mut Gathering, cut: usize, page_off: u64| -> Result<()> {
         let frame = zc
             .compress(&g.buf[..cut])
@@ -330,18 +330,6 @@ fn compress_leaves(
         pieces,
         page_size,
     })
-}
-
-/// A compressor of stand-alone zstd frames for pieces (no checksum, no content size, window at most
-/// 8 MiB), reused from one piece to the next.
-fn piece_compressor(level: i32) -> std::io::Result<zstd::bulk::Compressor<'static>> {
-    use zstd::zstd_safe::CParameter;
-    let mut c = zstd::bulk::Compressor::new(level)?;
-    c.set_parameter(CParameter::WindowLog(zsplice::WINDOW_LOG))?;
-    c.set_parameter(CParameter::ChecksumFlag(false))?;
-    c.set_parameter(CParameter::ContentSizeFlag(false))?;
-    c.set_parameter(CParameter::DictIdFlag(false))?;
-    Ok(c)
 }
 
 /// The pieces of a spliced grant table, and which of its leaves changed since (see the module docs).
@@ -441,16 +429,6 @@ impl LeafPieces {
 
     fn leaf_of(&self, x: u64) -> usize {
         (x / self.c.page_size as u64) as usize
-    }
-}
-
-fn read_exact_at(f: &File, buf: &mut [u8], pos: u64, path: &Path) -> Result<()> {
-    match direct::read_at(f, buf, pos) {
-        Ok(n) if n == buf.len() => Ok(()),
-        Ok(_) => Err(C1zError::io("read", path)(
-            std::io::ErrorKind::UnexpectedEof.into(),
-        )),
-        Err(e) => Err(C1zError::io("read", path)(e)),
     }
 }
 

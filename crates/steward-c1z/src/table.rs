@@ -379,17 +379,6 @@ impl Leaves {
     }
 }
 
-/// Reads exactly `buf.len()` bytes at `pos` (`direct::read_at`, with the error naming `path`).
-fn read_at(f: &File, buf: &mut [u8], pos: u64, path: &Path) -> Result<()> {
-    match direct::read_at(f, buf, pos) {
-        Ok(n) if n == buf.len() => Ok(()),
-        Ok(_) => Err(C1zError::io("read", path)(
-            std::io::ErrorKind::UnexpectedEof.into(),
-        )),
-        Err(e) => Err(C1zError::io("read", path)(e)),
-    }
-}
-
 fn write_at(f: &File, buf: &[u8], pos: u64, path: &Path) -> Result<()> {
     direct::write_at(f, buf, pos).map_err(C1zError::io("write", path))
 }
@@ -400,7 +389,7 @@ fn copy_bytes(from: (&File, &Path), src: u64, to: (&File, &Path), dst: u64, len:
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
-        read_at(from.0, &mut buf[..n], src + done, from.1)?;
+        direct::read_exact_at(from.0, &mut buf[..n], src + done, from.1)?;
         write_at(to.0, &buf[..n], dst + done, to.1)?;
         done += n as u64;
     }
@@ -464,7 +453,7 @@ fn make_room(f: &File, path: &Path, base: u32, map: &PageMap, lock_inside: bool,
 /// list).
 pub(crate) fn free_page(f: &File, path: &Path, page_size: usize, pgno: u32) -> Result<()> {
     let mut h = [0u8; 8];
-    read_at(f, &mut h, 32, path)?;
+    direct::read_exact_at(f, &mut h, 32, path)?;
     let count = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     let mut page = vec![0u8; page_size];
     page[..4].copy_from_slice(&h[..4]);
@@ -478,7 +467,7 @@ pub(crate) fn free_page(f: &File, path: &Path, page_size: usize, pgno: u32) -> R
 pub(crate) fn copy_page(f: &File, path: &Path, page_size: usize, from: u32, to: u32) -> Result<()> {
     let mut page = vec![0u8; page_size];
     let ps = page_size as u64;
-    read_at(f, &mut page, u64::from(from - 1) * ps, path)?;
+    direct::read_exact_at(f, &mut page, u64::from(from - 1) * ps, path)?;
     write_at(f, &page, u64::from(to - 1) * ps, path)
 }
 
@@ -563,7 +552,7 @@ fn splice_with(db: &Path, hdr: &DbHeader, built: Built, root: u32, try_in_place:
             "the grant table's root page is not in the database",
         ));
     }
-    read_at(&db_file, &mut root_hdr, u64::from(root - 1) * ps, db)?;
+    direct::read_exact_at(&db_file, &mut root_hdr, u64::from(root - 1) * ps, db)?;
     if root_hdr[0] != 0x0d || root_hdr[3..5] != [0, 0] {
         return Err(C1zError::State(
             "the grant table's root page is not an empty leaf",
@@ -606,7 +595,7 @@ fn splice_with(db: &Path, hdr: &DbHeader, built: Built, root: u32, try_in_place:
     for &at in &built.patches {
         let (rel, off) = ((at / ps) as u32, at % ps);
         let pos = u64::from(map.page(rel) - 1) * ps + off;
-        read_at(out, &mut b, pos, out_path)?;
+        direct::read_exact_at(out, &mut b, pos, out_path)?;
         let v = map.page(u32::from_be_bytes(b));
         write_at(out, &v.to_be_bytes(), pos, out_path)?;
     }

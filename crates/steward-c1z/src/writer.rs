@@ -520,6 +520,16 @@ fn expected_grant_schema() -> Vec<(String, String, Option<String>)> {
 /// Suffix of the file the grant table's leaf pages are written to (`table`) next to the working database.
 const TABLE_SUFFIX: &str = "-grants";
 
+/// The root page of the table or index `name`.
+fn root_of(db: &Connection, name: &str) -> Result<u32> {
+    let r: i64 = db.query_row(
+        "SELECT rootpage FROM sqlite_master WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    u32::try_from(r).map_err(|_| C1zError::State("a root page number out of range"))
+}
+
 fn remove_wip(wip: &Path) -> Result<()> {
     for suffix in [
         "",
@@ -1332,14 +1342,6 @@ impl C1zWriter {
             }
             None => return Err(C1zError::State("no sync in progress")),
         };
-        let root_of = |db: &Connection, name: &str| -> Result<u32> {
-            let r: i64 = db.query_row(
-                "SELECT rootpage FROM sqlite_master WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )?;
-            u32::try_from(r).map_err(|_| C1zError::State("a root page number out of range"))
-        };
         let db = self.db()?;
         let root = root_of(db, "v1_grants")?;
         let partial = [
@@ -1385,12 +1387,7 @@ impl C1zWriter {
             self.pieces = None;
             return Ok(());
         }
-        let root: i64 = self.db()?.query_row(
-            "SELECT rootpage FROM sqlite_master WHERE name = 'v1_grants'",
-            [],
-            |r| r.get(0),
-        )?;
-        let root = u32::try_from(root).map_err(|_| C1zError::State("a root page number out of range"))?;
+        let root = root_of(self.db()?, "v1_grants")?;
         let kept = match &self.pieces {
             Some(p) => p.tree_unchanged(&self.wip, root)?,
             None => false,

@@ -265,20 +265,36 @@ fn frame_header_len(frame: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 /// Compresses `data` as one piece with a fresh compressor at `level`.
 pub(crate) fn compress_piece(data: &[u8], level: i32) -> io::Result<Piece> {
-    use zstd::zstd_safe::CParameter;
     if data.is_empty() {
         return Ok(Piece {
             blocks: Vec::new(),
             content_len: 0,
         });
     }
+    let frame = piece_compressor(level)?.compress(data)?;
+    Piece::from_frame(frame, data.len() as u64)
+}
+
+/// A compressor of the stand-alone frames of pieces at `level` (no checksum, no content size, no
+/// dictionary id, window at most 2^WINDOW_LOG), to reuse from one piece to the next.
+pub(crate) fn piece_compressor(level: i32) -> io::Result<zstd::bulk::Compressor<'static>> {
+    use zstd::zstd_safe::CParameter;
     let mut c = zstd::bulk::Compressor::new(level)?;
     c.set_parameter(CParameter::WindowLog(WINDOW_LOG))?;
     c.set_parameter(CParameter::ChecksumFlag(false))?;
     c.set_parameter(CParameter::ContentSizeFlag(false))?;
     c.set_parameter(CParameter::DictIdFlag(false))?;
-    let frame = c.compress(data)?;
-    Piece::from_frame(frame, data.len() as u64)
+    Ok(c)
+}
+
+/// A streaming encoder of one piece's frame into `out`, with the settings of [`piece_compressor`].
+fn piece_encoder<W: Write>(out: W, level: i32) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+    enc.window_log(WINDOW_LOG)?;
+    enc.include_checksum(false)?;
+    enc.include_contentsize(false)?;
+    enc.include_dictid(false)?;
+    Ok(enc)
 }
 
 /// Compresses `data` as one piece whose matches may also reach back into `prefix`: the content that comes
@@ -325,11 +341,7 @@ impl PieceEncoder {
     /// A fresh compressor at `level`; `size`, when known, lets libzstd size its tables (writing a different
     /// number of bytes is then an error).
     pub(crate) fn new(level: i32, size: Option<u64>) -> io::Result<Self> {
-        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), level)?;
-        enc.window_log(WINDOW_LOG)?;
-        enc.include_checksum(false)?;
-        enc.include_contentsize(false)?;
-        enc.include_dictid(false)?;
+        let mut enc = piece_encoder(Vec::new(), level)?;
         enc.set_pledged_src_size(size)?;
         Ok(Self { enc, len: 0 })
     }
@@ -517,7 +529,7 @@ impl<W: Write> FrameAssembler<W> {
             self.hash.update(&[0; REP_RESET_ZEROS]);
             self.content_len += REP_RESET_ZEROS as u64;
         }
-        let mut enc = zstd::stream::write::Encoder::new(
+        let mut enc = piece_encoder(
             StripHeader {
                 out: self.out,
                 head: Vec::new(),
@@ -525,10 +537,6 @@ impl<W: Write> FrameAssembler<W> {
             },
             level,
         )?;
-        enc.window_log(WINDOW_LOG)?;
-        enc.include_checksum(false)?;
-        enc.include_contentsize(false)?;
-        enc.include_dictid(false)?;
         if workers > 0 {
             enc.multithread(workers)?;
             if job_size > 0 {
