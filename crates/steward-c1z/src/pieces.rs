@@ -262,7 +262,7 @@ fn compress_leaves(
     let mut g: Option<Gathering> = None;
     // One compressor for all pieces (a fresh frame each, as `zsplice` needs).
     let mut zc = zsplice::piece_compressor(level).map_err(C1zError::io("compress", &path))?;
-    let mut emit = |g: &mut Gathering, cut: usize, page_off: u64| -> Result<()> {
+    let mut emit = |g: &mut Gathering, cut: usize| -> Result<()> {
         let frame = zc
             .compress(&g.buf[..cut])
             .map_err(C1zError::io("compress", &path))?;
@@ -278,7 +278,6 @@ fn compress_leaves(
         let from = cut + zsplice::REP_RESET_ZEROS;
         g.buf.drain(..from);
         g.start += from as u64;
-        debug_assert!(g.start >= page_off);
         Ok(())
     };
     'chunks: for chunk in rx {
@@ -304,7 +303,7 @@ fn compress_leaves(
             if info.hot && !cur.hot {
                 // A hot run begins: end the cold piece on the page before, if it can be cut there.
                 if let Some(pc) = cur.prev_cut.filter(|&pc| pc > 0) {
-                    emit(cur, pc, page_off - page_size as u64)?;
+                    emit(cur, pc)?;
                 }
                 cur.hot = true;
             }
@@ -314,7 +313,7 @@ fn compress_leaves(
             if let Some(c) = cur.prev_cut
                 && (cur.hot || cur.buf.len() >= PIECE_BYTES)
             {
-                emit(cur, c, page_off)?;
+                emit(cur, c)?;
                 cur.hot = false;
                 cur.prev_cut = None;
             } else if cur.buf.len() > MAX_PIECE_BYTES {
@@ -582,54 +581,7 @@ pub(crate) fn write_frame<W: Write>(
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Shared>>(BLOCK_PIECES);
             rxs.push(rx);
             let recompressed = &recompressed;
-            handles.push(scope.spawn(move || {
-                let run = || -> Result<()> {
-                    let side = File::open(&lp.c.path).map_err(C1zError::io("open", &lp.c.path))?;
-                    let dbf = File::open(db).map_err(C1zError::io("open", db))?;
-                    let mut dec = zstd::bulk::Decompressor::new()
-                        .map_err(C1zError::io("decompress a piece of", &lp.c.path))?;
-                    let mut get = |k: usize| ready(lp, &pieces[k], &side, &dbf, db, &mut dec);
-                    for block in (w..pieces.len().div_ceil(BLOCK_PIECES)).step_by(2) {
-                        // The content of the piece before, with the rep-reset zeros after it.
-                        let mut before: Option<std::sync::Arc<Vec<u8>>> = None;
-                        let end = ((block + 1) * BLOCK_PIECES).min(pieces.len());
-                        for k in block * BLOCK_PIECES..end {
-                            let r = (|| -> Result<Shared> {
-                                let (piece, mut content) = get(k)?;
-                                let len = content.len();
-                                let piece = match piece {
-                                    Some(p) => p,
-                                    None => {
-                                        recompressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                        let prefix = match (&before, k) {
-                                            (Some(b), _) => b.clone(),
-                                            (None, 0) => std::sync::Arc::new(Vec::new()),
-                                            (None, _) => {
-                                                let mut c = get(k - 1)?.1;
-                                                c.extend_from_slice(&[0u8; zsplice::REP_RESET_ZEROS]);
-                                                std::sync::Arc::new(c)
-                                            }
-                                        };
-                                        let from = prefix.len().saturating_sub(PREFIX_BYTES);
-                                        zsplice::compress_piece_after(&content, &prefix[from..], level)
-                                            .map_err(C1zError::io("compress a piece of", &lp.c.path))?
-                                    }
-                                };
-                                content.extend_from_slice(&[0u8; zsplice::REP_RESET_ZEROS]);
-                                let content = std::sync::Arc::new(content);
-                                before = Some(content.clone());
-                                Ok((piece, content, len))
-                            })();
-                            let failed = r.is_err();
-                            if tx.send(r).is_err() || failed {
-                                return Ok(());
-                            }
-                        }
-                    }
-                    Ok(())
-                };
-                run()
-            }));
+            handles.push(scope.spawn(move || make_ready(lp, db, level, w, &tx, recompressed)));
         }
         let mut stopped = false;
         for k in 0..pieces.len() {
@@ -719,6 +671,73 @@ fn release(db: &Path, (from, to): (u64, u64)) {
     let _ = (db, from, to);
 }
 
+/// Thread `w` of [`write_frame`]: makes the pieces of blocks `w`, `w + 2`, … ready in order and sends
+/// them; it stops after sending an error, or when nobody receives any more.
+fn make_ready(
+    lp: &LeafPieces,
+    db: &Path,
+    level: i32,
+    w: usize,
+    tx: &SyncSender<Result<Shared>>,
+    recompressed: &std::sync::atomic::AtomicU64,
+) -> Result<()> {
+    let pieces = &lp.c.pieces;
+    let side = File::open(&lp.c.path).map_err(C1zError::io("open", &lp.c.path))?;
+    let dbf = File::open(db).map_err(C1zError::io("open", db))?;
+    let mut dec =
+        zstd::bulk::Decompressor::new().map_err(C1zError::io("decompress a piece of", &lp.c.path))?;
+    let mut get = |k: usize| ready(lp, &pieces[k], &side, &dbf, db, &mut dec);
+    for block in (w..pieces.len().div_ceil(BLOCK_PIECES)).step_by(2) {
+        // The content of the piece before, with the rep-reset zeros after it.
+        let mut before: Option<std::sync::Arc<Vec<u8>>> = None;
+        for k in block * BLOCK_PIECES..((block + 1) * BLOCK_PIECES).min(pieces.len()) {
+            let r = share(k, &mut get, &mut before, level, &lp.c.path, recompressed);
+            let failed = r.is_err();
+            if tx.send(r).is_err() || failed {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Piece `k` as [`Shared`], from `get` (its [`ready`]); one to compress again is compressed after the
+/// content before it: `before` when the thread made that piece ready just before, else piece `k - 1`
+/// made ready once more. `before` becomes this piece's content.
+fn share(
+    k: usize,
+    get: &mut impl FnMut(usize) -> Result<Ready>,
+    before: &mut Option<std::sync::Arc<Vec<u8>>>,
+    level: i32,
+    side: &Path,
+    recompressed: &std::sync::atomic::AtomicU64,
+) -> Result<Shared> {
+    let (piece, mut content) = get(k)?;
+    let len = content.len();
+    let piece = match piece {
+        Some(p) => p,
+        None => {
+            recompressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let prefix = match (before.as_ref(), k) {
+                (Some(b), _) => b.clone(),
+                (None, 0) => std::sync::Arc::new(Vec::new()),
+                (None, _) => {
+                    let mut c = get(k - 1)?.1;
+                    c.extend_from_slice(&[0u8; zsplice::REP_RESET_ZEROS]);
+                    std::sync::Arc::new(c)
+                }
+            };
+            let from = prefix.len().saturating_sub(PREFIX_BYTES);
+            zsplice::compress_piece_after(&content, &prefix[from..], level)
+                .map_err(C1zError::io("compress a piece of", side))?
+        }
+    };
+    content.extend_from_slice(&[0u8; zsplice::REP_RESET_ZEROS]);
+    let content = std::sync::Arc::new(content);
+    *before = Some(content.clone());
+    Ok((piece, content, len))
+}
+
 /// Hands content to a [`FrameAssembler`] for its checksum (the piece was pushed already).
 struct ContentOf<'a, W: Write>(&'a mut FrameAssembler<W>);
 
@@ -748,8 +767,6 @@ fn ready(
         path: lp.c.path.clone(),
         error: e,
     };
-    let mut frame = vec![0u8; p.len as usize];
-    read_exact_at(side, &mut frame, p.at, &lp.c.path)?;
     let len = (p.end - p.start) as usize;
     let (db_start, db_end) = (lp.db_off(p.start), lp.db_off(p.end));
     if db_end - db_start != len as u64 {
@@ -758,6 +775,8 @@ fn ready(
         read_exact_at(dbf, &mut content, db_start, db)?;
         return Ok((None, content));
     }
+    let mut frame = vec![0u8; p.len as usize];
+    read_exact_at(side, &mut frame, p.at, &lp.c.path)?;
     let mut content = Vec::with_capacity(len + zsplice::REP_RESET_ZEROS);
     dec.decompress_to_buffer(&frame, &mut content).map_err(zerr)?;
     if content.len() != len {
@@ -768,7 +787,6 @@ fn ready(
     let ps = lp.c.page_size as u64;
     let (l0, l1) = (lp.leaf_of(p.start), lp.leaf_of(p.end));
     let mut patched = false;
-    let mut page = Vec::new();
     for leaf in l0..=l1 {
         if !lp.dirty.get(leaf).copied().unwrap_or(false) {
             continue;
@@ -779,9 +797,8 @@ fn ready(
         if lo >= hi {
             continue;
         }
-        page.resize((hi - lo) as usize, 0);
-        read_exact_at(dbf, &mut page, lp.db_off(lo), db)?;
-        content[(lo - p.start) as usize..(hi - p.start) as usize].copy_from_slice(&page);
+        let part = &mut content[(lo - p.start) as usize..(hi - p.start) as usize];
+        read_exact_at(dbf, part, lp.db_off(lo), db)?;
         patched = true;
     }
     if patched {
