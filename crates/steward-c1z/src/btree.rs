@@ -7,7 +7,10 @@
 //! When the buffers reach their share of a fixed budget (`WriterOptions::sort_run_kib`, by default
 //! [`RUN_BUDGET`], in all), each is sorted (7 key bytes at a time, [`Runs::sort`]) and spilled to an
 //! unnamed temporary file next to the database (keys front-coded, [`Runs::spill`]), so memory stays flat
-//! in the grant count. The writer usually gathers the same keys while it inserts the grants instead
+//! in the grant count. The non-unique indexes, whose keys are made of few distinct parts (a principal, a
+//! resource, an entitlement), keep them as numbers of a dictionary instead ([`Keys::Ids`],
+//! `crate::keydict`): 16 bytes an entry, sorted and merged by integer comparisons, turned back into the
+//! same key bytes on the way to the page builder. The writer usually gathers the same keys while it inserts the grants instead
 //! ([`Gatherer`]: the same entries, built by a background thread from the values the writer binds and
 //! the row ids its rows get, full runs sorted and spilled there too), and adds only the rows it did not
 //! insert with [`collect_rows`] (row-id ranges of the table).
@@ -40,6 +43,7 @@ use rusqlite::types::ValueRef;
 
 use crate::direct::{self, SeqWriter};
 use crate::error::{C1zError, Result};
+use crate::keydict::{Dict, IdRuns, NONE};
 use crate::schema::BulkIndex;
 
 /// Memory for the sort runs of all indexes together (each index gets an equal share); a full buffer is
@@ -102,13 +106,54 @@ struct Runs {
     sorted: Vec<(u64, u32)>,
 }
 
+/// The gathered keys of one index.
+enum Keys {
+    /// As key bytes (a unique index, or one with more than two parts).
+    Bytes(Runs),
+    /// As numbers of their parts in [`Collected::dict`] (`parts`: places in [`Collected::parts`]; the
+    /// second `usize::MAX` for one part).
+    Ids { runs: IdRuns, parts: [usize; 2] },
+}
+
+/// A key part of the dictionary-keyed indexes: columns stored in the dictionary together, and the number
+/// of the last row's value (rows come grouped by entitlement or by principal, so most repeat it).
+struct Part {
+    cols: Vec<usize>,
+    last: Vec<u8>,
+    id: u32,
+    scratch: Vec<u8>,
+}
+
 /// The keys of every index, gathered by one pass over `v1_grants`.
 pub(crate) struct Collected {
-    runs: Vec<Runs>,
+    runs: Vec<Keys>,
+    dict: Dict,
+    parts: Vec<Part>,
     /// Rows read.
     pub rows: u64,
     /// Temporary files written (sorted runs).
     pub spilled: usize,
+}
+
+/// The parts of an index's key: a resource type column with the id column after it as one part (the
+/// pair repeats as a whole: a principal, a resource), any other column alone.
+fn parts_of(cols: &[usize]) -> Vec<Vec<usize>> {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < cols.len() {
+        let c = cols[i];
+        let pair = COLUMNS[c].ends_with("resource_type_id")
+            && cols.get(i + 1) == Some(&(c + 1))
+            && COLUMNS.get(c + 1).is_some_and(|n| n.ends_with("resource_id"));
+        if pair {
+            parts.push(vec![c, c + 1]);
+            i += 2;
+        } else {
+            parts.push(vec![c]);
+            i += 1;
+        }
+    }
+    parts
 }
 
 /// Appends a TEXT column so that byte order of the whole key is column-by-column order: the bytes with
@@ -129,7 +174,7 @@ fn push_key_col(out: &mut Vec<u8>, v: &[u8]) {
 }
 
 /// Appends the row id, big-endian with the sign bit flipped (byte order = integer order).
-fn push_rowid(out: &mut Vec<u8>, id: i64) {
+pub(crate) fn push_rowid(out: &mut Vec<u8>, id: i64) {
     out.extend_from_slice(&((id as u64) ^ (1 << 63)).to_be_bytes());
 }
 
@@ -233,7 +278,7 @@ impl Runs {
     }
 }
 
-fn put_leb(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_leb(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -242,7 +287,7 @@ fn put_leb(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads a LEB128 number from the reader's buffer; `None` at the end of the input before its first byte.
-fn read_leb(r: &mut impl BufRead) -> std::io::Result<Option<u64>> {
+pub(crate) fn read_leb(r: &mut impl BufRead) -> std::io::Result<Option<u64>> {
     let mut v = 0u64;
     let mut shift = 0;
     loop {
@@ -318,14 +363,48 @@ impl Collected {
         share: usize,
         dir: &Path,
     ) -> Result<bool> {
-        self.rows += 1;
-        for (spec, run) in specs.iter().zip(self.runs.iter_mut()) {
-            if !push_entry(run, spec, vals, id) {
-                return Ok(false);
+        let Self {
+            runs,
+            dict,
+            parts,
+            rows,
+            spilled,
+        } = self;
+        *rows += 1;
+        for p in parts.iter_mut() {
+            p.scratch.clear();
+            for &c in &p.cols {
+                push_key_col(&mut p.scratch, vals[c]);
             }
-            if run.arena.len() >= share {
-                run.spill(dir)?;
-                self.spilled += 1;
+            if p.id == NONE || p.scratch != p.last {
+                let Some(n) = dict.intern(&p.scratch) else {
+                    return Ok(false);
+                };
+                p.id = n;
+                std::mem::swap(&mut p.last, &mut p.scratch);
+            }
+        }
+        for (spec, keys) in specs.iter().zip(runs.iter_mut()) {
+            match keys {
+                Keys::Bytes(run) => {
+                    if !push_entry(run, spec, vals, id) {
+                        return Ok(false);
+                    }
+                    if run.arena.len() >= share {
+                        run.spill(dir)?;
+                        *spilled += 1;
+                    }
+                }
+                Keys::Ids { runs, parts: at } => {
+                    let ids = at.map(|i| parts.get(i).map_or(NONE, |p| p.id));
+                    if !runs.push(ids, id) {
+                        return Ok(false);
+                    }
+                    if runs.bytes() >= share {
+                        runs.spill(dict, dir)?;
+                        *spilled += 1;
+                    }
+                }
             }
         }
         Ok(true)
@@ -334,8 +413,39 @@ impl Collected {
     /// No keys yet, for `specs`' indexes.
     fn empty(specs: &[Spec], budget: usize) -> Self {
         let share = budget / specs.len().max(1);
+        let mut parts: Vec<Part> = Vec::new();
+        let runs = specs
+            .iter()
+            .map(|spec| {
+                let cols = parts_of(&spec.cols);
+                if spec.unique || cols.len() > 2 {
+                    return Keys::Bytes(Runs::with_capacity(share));
+                }
+                let mut at = [usize::MAX; 2];
+                for (a, c) in at.iter_mut().zip(&cols) {
+                    *a = match parts.iter().position(|p| p.cols == *c) {
+                        Some(i) => i,
+                        None => {
+                            parts.push(Part {
+                                cols: c.clone(),
+                                last: Vec::new(),
+                                id: NONE,
+                                scratch: Vec::new(),
+                            });
+                            parts.len() - 1
+                        }
+                    };
+                }
+                Keys::Ids {
+                    runs: IdRuns::new(cols.len()),
+                    parts: at,
+                }
+            })
+            .collect();
         Self {
-            runs: specs.iter().map(|_| Runs::with_capacity(share)).collect(),
+            runs,
+            dict: Dict::default(),
+            parts,
             rows: 0,
             spilled: 0,
         }
@@ -344,21 +454,36 @@ impl Collected {
     /// Spills the in-memory run of each index and frees its memory (keys kept while other work needs the
     /// memory; more rows can still be added).
     pub(crate) fn spill_all(&mut self, dir: &Path) -> Result<()> {
-        for run in &mut self.runs {
-            if !run.sorted.is_empty() {
-                run.spill(dir)?;
-                self.spilled += 1;
+        for keys in &mut self.runs {
+            match keys {
+                Keys::Bytes(run) => {
+                    if !run.sorted.is_empty() {
+                        run.spill(dir)?;
+                        self.spilled += 1;
+                    }
+                    run.arena = Vec::new();
+                    run.sorted = Vec::new();
+                }
+                Keys::Ids { runs, .. } => {
+                    if !runs.is_empty() {
+                        runs.spill(&mut self.dict, dir)?;
+                        self.spilled += 1;
+                    }
+                    runs.release();
+                }
             }
-            run.arena = Vec::new();
-            run.sorted = Vec::new();
         }
         Ok(())
     }
 
     /// Sorts the last, in-memory run of each index (after the last row was added).
     pub(crate) fn sort_last(&mut self) {
-        for run in &mut self.runs {
-            run.sort();
+        self.dict.rank_all();
+        for keys in &mut self.runs {
+            match keys {
+                Keys::Bytes(run) => run.sort(),
+                Keys::Ids { runs, .. } => runs.sort(&self.dict),
+            }
         }
     }
 }
@@ -755,6 +880,8 @@ struct Builder<'a> {
     cell: Vec<u8>,
     cols: Vec<u8>,
     col_ends: Vec<usize>,
+    /// The key columns `cols` was parsed from (the next entry often has the same: a non-unique index).
+    body: Vec<u8>,
 }
 
 pub(crate) fn put_varint(out: &mut Vec<u8>, v: u64) {
@@ -830,19 +957,16 @@ impl<'a> Builder<'a> {
             cell: Vec::new(),
             cols: Vec::new(),
             col_ends: Vec::new(),
+            body: Vec::new(),
         }
     }
 
-    /// Adds an entry (a key as [`collect`] stores it, without the length prefix) of `k` key columns.
-    fn add(&mut self, e: &[u8], k: usize) -> Result<()> {
+    /// Parses the `k` key columns of `body` (their sortable form) into `cols` and `col_ends`.
+    fn parse_cols(&mut self, body: &[u8], k: usize) -> Result<()> {
         let corrupt = || C1zError::State("malformed index key in a sort run");
-        if e.len() < 8 {
-            return Err(corrupt());
-        }
-        // The columns back from their sortable form.
-        let body = &e[..e.len() - 8];
         self.cols.clear();
         self.col_ends.clear();
+        self.body.clear();
         let mut i = 0;
         for _ in 0..k {
             loop {
@@ -866,6 +990,21 @@ impl<'a> Builder<'a> {
             }
             self.col_ends.push(self.cols.len());
         }
+        self.body.extend_from_slice(body);
+        Ok(())
+    }
+
+    /// Adds an entry (a key as [`collect`] stores it, without the length prefix) of `k` key columns.
+    fn add(&mut self, e: &[u8], k: usize) -> Result<()> {
+        let corrupt = || C1zError::State("malformed index key in a sort run");
+        if e.len() < 8 {
+            return Err(corrupt());
+        }
+        // The columns back from their sortable form (unless they are the previous entry's).
+        let body = &e[..e.len() - 8];
+        if self.col_ends.len() != k || body != self.body.as_slice() {
+            self.parse_cols(body, k)?;
+        }
         // The record: header size, serial types (TEXT n = 2n + 13, the row id's integer type), values.
         let rowid = rowid_of(e);
         let (rt, rw) = int_type(rowid, self.out.hdr.format4);
@@ -883,6 +1022,25 @@ impl<'a> Builder<'a> {
         } else {
             hdr_len + varint_len(hdr_len as u64 + 2)
         };
+        // Usually the cell fits the current leaf whole: written straight into it.
+        let p = hdr_size + self.cols.len() + rw;
+        if p <= self.max_local && self.levels[0].held.is_none() && self.fits(0, varint_len(p as u64) + p) {
+            let l = &mut self.levels[0];
+            put_varint(&mut l.cells, p as u64);
+            let rec_start = l.cells.len();
+            put_varint(&mut l.cells, hdr_size as u64);
+            for t in &types[..k] {
+                put_varint(&mut l.cells, *t);
+            }
+            put_varint(&mut l.cells, rt);
+            if l.cells.len() - rec_start != hdr_size {
+                return Err(C1zError::State("index record header size mismatch"));
+            }
+            l.cells.extend_from_slice(&self.cols);
+            l.cells.extend_from_slice(&rowid.to_be_bytes()[8 - rw..]);
+            l.ends.push(l.cells.len());
+            return Ok(());
+        }
         self.rec.clear();
         put_varint(&mut self.rec, hdr_size as u64);
         for t in &types[..k] {
@@ -1117,19 +1275,75 @@ const MERGED_BATCH: usize = 256 << 10;
 /// Batches of merged entries that can wait for the page writer.
 const MERGED_QUEUED: usize = 4;
 
-/// Merges the sorted runs of one index (k-way, a binary heap) and sends the entries in order to `tx`
-/// in batches (emptied batches come back through `free`); stops at a duplicate key of a `unique` index,
-/// or when the receiver is gone.
+/// Hands merged entries to the page writer in batches of [`MERGED_BATCH`] bytes.
+struct Batcher<'a> {
+    tx: &'a std::sync::mpsc::SyncSender<Merged>,
+    free: &'a std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Batcher<'_> {
+    /// Adds an entry; false when the receiver is gone.
+    fn push(&mut self, entry: &[u8]) -> bool {
+        let Ok(len) = u32::try_from(entry.len()) else {
+            let _ = self
+                .tx
+                .send(Merged::Failed(C1zError::State("index key too long")));
+            return false;
+        };
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(entry);
+        if self.buf.len() >= MERGED_BATCH {
+            let fresh = self
+                .free
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(MERGED_BATCH + (64 << 10)));
+            let full = std::mem::replace(&mut self.buf, fresh);
+            return self.tx.send(Merged::Entries(full)).is_ok();
+        }
+        true
+    }
+
+    /// Sends the last batch.
+    fn finish(self) {
+        if !self.buf.is_empty() {
+            let _ = self.tx.send(Merged::Entries(self.buf));
+        }
+    }
+}
+
+/// Merges the sorted runs of one index and sends the entries in order to `tx` in batches (emptied
+/// batches come back through `free`); stops at a duplicate key of a `unique` index, or when the receiver
+/// is gone.
 fn merge_runs(
-    runs: &Runs,
+    keys: &Keys,
+    dict: &Dict,
     unique: bool,
     path: &Path,
     tx: &std::sync::mpsc::SyncSender<Merged>,
     free: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
-    let fail = |e: std::io::Error| {
-        let _ = tx.send(Merged::Failed(C1zError::io("read a sort run of", path)(e)));
+    let mut out = Batcher {
+        tx,
+        free,
+        buf: Vec::with_capacity(MERGED_BATCH + (64 << 10)),
     };
+    let done = match keys {
+        Keys::Bytes(runs) => merge_bytes(runs, unique, &mut out),
+        Keys::Ids { runs, .. } => crate::keydict::merge(runs, dict, |e| out.push(e)).map(|()| true),
+    };
+    match done {
+        Ok(true) => out.finish(),
+        Ok(false) => {}
+        Err(e) => {
+            let _ = tx.send(Merged::Failed(C1zError::io("read a sort run of", path)(e)));
+        }
+    }
+}
+
+/// The k-way merge (a binary heap) of runs of key bytes into `out`; false when it stopped early (a
+/// duplicate key of a `unique` index, which it reported, or the receiver gone).
+fn merge_bytes(runs: &Runs, unique: bool, out: &mut Batcher) -> std::io::Result<bool> {
     let mut sources: Vec<Source> = runs
         .files
         .iter()
@@ -1139,50 +1353,30 @@ fn merge_runs(
     let mut heap = BinaryHeap::with_capacity(sources.len());
     for (i, s) in sources.iter_mut().enumerate() {
         let mut entry = Vec::new();
-        match s.next(&mut entry) {
-            Ok(true) => heap.push(Head { entry, src: i }),
-            Ok(false) => {}
-            Err(e) => return fail(e),
+        if s.next(&mut entry)? {
+            heap.push(Head { entry, src: i });
         }
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(MERGED_BATCH + (64 << 10));
     let mut prev: Vec<u8> = Vec::new();
     let mut first = true;
     while let Some(mut head) = heap.pop() {
         if unique && !first && same_key(&prev, &head.entry) {
-            let _ = tx.send(Merged::Duplicate);
-            return;
+            let _ = out.tx.send(Merged::Duplicate);
+            return Ok(false);
         }
         first = false;
-        let Ok(len) = u32::try_from(head.entry.len()) else {
-            return fail(std::io::Error::other("sort run: key too long"));
-        };
-        buf.extend_from_slice(&len.to_le_bytes());
-        buf.extend_from_slice(&head.entry);
+        if !out.push(&head.entry) {
+            return Ok(false);
+        }
         if unique {
             prev.clear();
             prev.extend_from_slice(&head.entry);
         }
-        if buf.len() >= MERGED_BATCH {
-            let fresh = free
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(MERGED_BATCH + (64 << 10)));
-            if tx
-                .send(Merged::Entries(std::mem::replace(&mut buf, fresh)))
-                .is_err()
-            {
-                return;
-            }
-        }
-        match sources[head.src].next(&mut head.entry) {
-            Ok(true) => heap.push(head),
-            Ok(false) => {}
-            Err(e) => return fail(e),
+        if sources[head.src].next(&mut head.entry)? {
+            heap.push(head);
         }
     }
-    if !buf.is_empty() {
-        let _ = tx.send(Merged::Entries(buf));
-    }
+    Ok(true)
 }
 
 /// Writes the b-trees of `specs` (gathered in `keys`) after the last page of the database at `path`.
@@ -1196,9 +1390,15 @@ pub(crate) fn write_indexes(
 ) -> Result<Option<(Vec<u32>, u32)>> {
     let mut out = PageOut::new(*hdr, path)?;
     let mut roots = Vec::with_capacity(specs.len());
+    keys.dict.rank_all();
+    let dict = &keys.dict;
     for (spec, runs) in specs.iter().zip(keys.runs.iter_mut()) {
         let k = spec.cols.len();
-        for f in &mut runs.files {
+        let files = match runs {
+            Keys::Bytes(r) => &mut r.files,
+            Keys::Ids { runs, .. } => &mut runs.files,
+        };
+        for f in files {
             f.seek(SeekFrom::Start(0))
                 .map_err(C1zError::io("rewind a sort run of", path))?;
         }
@@ -1211,7 +1411,7 @@ pub(crate) fn write_indexes(
             let (give_back, free) = std::sync::mpsc::channel::<Vec<u8>>();
             std::thread::Builder::new()
                 .name("c1z-index-merge".into())
-                .spawn_scoped(scope, move || merge_runs(runs, unique, path, &tx, &free))
+                .spawn_scoped(scope, move || merge_runs(runs, dict, unique, path, &tx, &free))
                 .map_err(C1zError::io("start the index merge thread for", path))?;
             let mut b = Builder::new(&mut out);
             for msg in &rx {

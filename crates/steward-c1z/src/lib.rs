@@ -26,6 +26,7 @@ pub mod envelope;
 mod error;
 pub mod expand;
 mod inserter;
+mod keydict;
 pub mod ksuid;
 mod pieces;
 pub mod reader;
