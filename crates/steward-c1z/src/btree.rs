@@ -815,6 +815,29 @@ impl PageOut {
         }
     }
 
+    /// The bytes of the next page, in the writer's buffer, to be filled whole and then counted with
+    /// [`commit`](Self::commit) (until then, calls return the same page).
+    fn slot(&mut self) -> Result<&mut [u8]> {
+        if self.next == self.lock_page() {
+            // Left as zeros, as SQLite leaves it.
+            let zeros = vec![0u8; self.page.len()];
+            self.w.write_all(&zeros)?;
+            self.next += 1;
+        }
+        self.w.slot(self.page.len())
+    }
+
+    /// Counts the page filled in the [`slot`](Self::slot) as written; returns its number.
+    fn commit(&mut self) -> Result<u32> {
+        self.w.advance(self.page.len())?;
+        let pgno = self.next;
+        self.next = self
+            .next
+            .checked_add(1)
+            .ok_or(C1zError::State("the database would exceed 2^32 pages"))?;
+        Ok(pgno)
+    }
+
     /// Writes `self.page` as the next page and returns its number.
     fn append(&mut self) -> Result<u32> {
         if self.next == self.lock_page() {
@@ -870,6 +893,26 @@ impl Level {
     }
 }
 
+/// The place of the first zero byte in `b`, 8 bytes at a time (key columns are tens of bytes).
+fn zero_at(b: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = b.chunks_exact(8);
+    let mut at = 0;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        // Non-zero exactly when a byte is zero; its lowest set bit marks the first one.
+        let z = x.wrapping_sub(LO) & !x & HI;
+        if z != 0 {
+            return Some(at + (z.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks.remainder().iter().position(|&x| x == 0).map(|p| at + p)
+}
+
 /// Builds one index b-tree from entries given in order.
 struct Builder<'a> {
     out: &'a mut PageOut,
@@ -887,6 +930,11 @@ struct Builder<'a> {
 pub(crate) fn put_varint(out: &mut Vec<u8>, v: u64) {
     if v <= 0x7f {
         out.push(v as u8);
+        return;
+    }
+    if v <= 0x3fff {
+        // Two bytes: the usual size of a TEXT column's serial type and of a cell's payload size.
+        out.extend_from_slice(&[((v >> 7) as u8) | 0x80, (v & 0x7f) as u8]);
         return;
     }
     if v > 0x00ff_ffff_ffff_ffff {
@@ -970,10 +1018,7 @@ impl<'a> Builder<'a> {
         let mut i = 0;
         for _ in 0..k {
             loop {
-                let p = body
-                    .get(i..)
-                    .and_then(|r| r.iter().position(|&b| b == 0))
-                    .ok_or_else(corrupt)?;
+                let p = body.get(i..).and_then(zero_at).ok_or_else(corrupt)?;
                 self.cols.extend_from_slice(&body[i..i + p]);
                 i += p;
                 match body.get(i + 1) {
@@ -1128,7 +1173,6 @@ impl<'a> Builder<'a> {
     fn write_page(&mut self, level: usize, right: u32) -> Result<u32> {
         let usable = self.out.hdr.usable;
         let l = &self.levels[level];
-        let page = &mut self.out.page;
         let leaf = level == 0;
         let hdr = if leaf { 8 } else { 12 };
         let n = l.ends.len();
@@ -1136,6 +1180,8 @@ impl<'a> Builder<'a> {
         if hdr + 2 * n > start || n > 0xffff {
             return Err(C1zError::State("index page overflow"));
         }
+        // Built in place in the writer's buffer.
+        let page = self.out.slot()?;
         // Zeros between the cell pointers and the cells, and in the reserved bytes (the cells and the
         // headers overwrite the rest).
         page[..start].fill(0);
@@ -1153,7 +1199,7 @@ impl<'a> Builder<'a> {
             page[hdr + 2 * i..hdr + 2 * i + 2].copy_from_slice(&(at as u16).to_be_bytes());
             at += l.cell(i).len();
         }
-        self.out.append()
+        self.out.commit()
     }
 
     /// Writes the last page of every level; returns the root page.
@@ -1585,6 +1631,27 @@ mod tests {
         }
         let mut cut = BufReader::new(&[0x80u8][..]);
         assert!(read_leb(&mut cut).is_err(), "a number cut short");
+    }
+
+    #[test]
+    fn zero_found_wherever_it_is() {
+        for len in 0..40 {
+            for z in 0..=len {
+                let mut b: Vec<u8> = (0..len).map(|i| 1 + (i as u8 % 250)).collect();
+                // 0x80 and 0x01 bytes around the zero (borrows across bytes must not fool it).
+                if z > 0 {
+                    b[z - 1] = 0x80;
+                }
+                if z < len {
+                    b[z] = 0;
+                    if z + 1 < len {
+                        b[z + 1] = 0x01;
+                    }
+                }
+                let want = b.iter().position(|&x| x == 0);
+                assert_eq!(zero_at(&b), want, "len {len}, zero at {z}");
+            }
+        }
     }
 
     #[test]
