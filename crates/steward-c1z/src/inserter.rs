@@ -128,6 +128,7 @@ impl GrantBatch {
             ends,
             has_expansion: expansion.is_some(),
             needs_expansion,
+            hot: None,
         });
     }
 }
@@ -139,6 +140,9 @@ pub(crate) struct BatchRow {
     pub(crate) ends: [usize; 8],
     pub(crate) has_expansion: bool,
     pub(crate) needs_expansion: bool,
+    /// Whether an expandable grant written so far feeds the row's entitlement, when the writer tracks
+    /// the sync's references (else the page thread tells it itself).
+    pub(crate) hot: Option<bool>,
 }
 
 /// Grant index keys gathered while this process inserted the sync's grants: every row with an id in

@@ -794,11 +794,15 @@ fn run(mut t: TableOut, msgs: Receiver<TableMsg>, give: Sender<GrantBatch>) -> R
             }
             if row.has_expansion {
                 expansion_ids.push(id);
-                if !targets.contains(c(2)) {
+                if row.hot.is_none() && !targets.contains(c(2)) {
                     targets.insert(c(2).into());
                 }
             }
-            if !targets.is_empty() && targets.contains(c(2)) {
+            let hot = match row.hot {
+                Some(hot) => hot,
+                None => !targets.is_empty() && targets.contains(c(2)),
+            };
+            if hot {
                 t.leaves.mark_hot();
             }
             if row.needs_expansion {

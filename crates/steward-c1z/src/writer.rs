@@ -280,7 +280,11 @@ pub(crate) type FastBuild = std::hash::BuildHasherDefault<FastHasher>;
 /// the sync's entitlements and resources).
 #[derive(Default)]
 struct GrantRefs {
-    entitlements: HashSet<Box<str>, FastBuild>,
+    /// Each entitlement, and whether an expandable grant seen so far feeds it (expansion may rewrite its
+    /// grants: `pieces` keeps their leaves apart).
+    entitlements: HashMap<Box<str>, bool, FastBuild>,
+    /// That flag for `last_entitlement`.
+    last_hot: bool,
     /// Principal ids by principal type.
     principals: HashMap<Box<str>, HashSet<Box<str>, FastBuild>, FastBuild>,
     /// `None` once more than `max_ids` ids were seen.
@@ -305,11 +309,21 @@ impl GrantRefs {
         }
     }
 
-    fn add(&mut self, entitlement: &str, ptype: &str, pid: &str, id: &str) {
-        if self.last_entitlement.as_deref() != Some(entitlement) {
-            if !self.entitlements.contains(entitlement) {
-                self.entitlements.insert(entitlement.into());
-            }
+    /// Adds a grant's references (`feeds`: the grant is expandable, so expansion may rewrite the other
+    /// grants of its entitlement); returns whether an expandable grant seen so far, this one included,
+    /// feeds its entitlement.
+    fn add(&mut self, entitlement: &str, ptype: &str, pid: &str, id: &str, feeds: bool) -> bool {
+        if feeds || self.last_entitlement.as_deref() != Some(entitlement) {
+            self.last_hot = match self.entitlements.get_mut(entitlement) {
+                Some(hot) => {
+                    *hot |= feeds;
+                    *hot
+                }
+                None => {
+                    self.entitlements.insert(entitlement.into(), feeds);
+                    feeds
+                }
+            };
             let last = self.last_entitlement.get_or_insert_with(String::new);
             last.clear();
             last.push_str(entitlement);
@@ -341,6 +355,7 @@ impl GrantRefs {
                 ids.push(std::hash::Hasher::finish(&h));
             }
         }
+        self.last_hot
     }
 
     /// Whether two grant ids of the sync may be the same (two hashed alike, or too many to tell). Asked
@@ -1150,11 +1165,6 @@ impl C1zWriter {
             .ok_or_else(|| incomplete("principal.id"))?;
         self.before_write()?;
         self.active()?;
-        if let Some(a) = self.active.as_mut()
-            && let Some(refs) = a.refs.as_mut()
-        {
-            refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id);
-        }
         // The annotation is decoded before anything of the row is in the batch (an error leaves none).
         let expandable = if g.annotations.contains::<GrantExpandable>() {
             let mut owned = g.clone();
@@ -1163,6 +1173,15 @@ impl C1zWriter {
         } else {
             None
         };
+        let feeds = expandable
+            .as_ref()
+            .and_then(|(_, ge)| ge.as_ref())
+            .is_some_and(|ge| ge.entitlement_ids.iter().any(|s| !s.trim().is_empty()));
+        let hot = self
+            .active
+            .as_mut()
+            .and_then(|a| a.refs.as_mut())
+            .map(|refs| refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id, feeds));
         let mut ends = self.batch.push_columns([
             rid.resource_type.as_bytes(),
             rid.resource.as_bytes(),
@@ -1193,6 +1212,7 @@ impl C1zWriter {
             ends,
             has_expansion,
             needs_expansion,
+            hot,
         });
         if self.batch.rows.len() >= HANDOFF_ROWS {
             self.hand_off()?;
@@ -1818,7 +1838,7 @@ impl C1zWriter {
         let mut ents: HashSet<String> = HashSet::new();
         let mut principals: HashMap<String, HashSet<String>> = HashMap::new();
         if let Some(refs) = refs {
-            ents.extend(refs.entitlements.iter().map(|e| e.to_string()));
+            ents.extend(refs.entitlements.keys().map(|e| e.to_string()));
             for (t, ids) in &refs.principals {
                 principals
                     .entry(t.to_string())
