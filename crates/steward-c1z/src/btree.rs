@@ -10,10 +10,10 @@
 //! in the grant count. The non-unique indexes, whose keys are made of few distinct parts (a principal, a
 //! resource, an entitlement), keep them as numbers of a dictionary instead ([`Keys::Ids`],
 //! `crate::keydict`): 16 bytes an entry, sorted and merged by integer comparisons, turned back into the
-//! same key bytes on the way to the page builder. The writer usually gathers the same keys while it inserts the grants instead
-//! ([`Gatherer`]: the same entries, built by a background thread from the values the writer binds and
-//! the row ids its rows get, full runs sorted and spilled there too), and adds only the rows it did not
-//! insert with [`collect_rows`] (row-id ranges of the table).
+//! same key bytes on the way to the page builder. The writer usually gathers the same keys while it
+//! inserts the grants instead ([`Gatherer`]: the same entries, built by a background thread from the
+//! values the writer binds and the row ids its rows get, full runs sorted and spilled there too), and
+//! adds only the rows it did not insert with [`collect_rows`] (row-id ranges of the table).
 //!
 //! [`write_indexes`] then, with no SQLite connection open on the database, merges each index's runs
 //! (k-way, a binary heap, on a thread of its own that hands the entries over in batches) and appends
@@ -815,44 +815,44 @@ impl PageOut {
         }
     }
 
-    /// The bytes of the next page, in the writer's buffer, to be filled whole and then counted with
-    /// [`commit`](Self::commit) (until then, calls return the same page).
-    fn slot(&mut self) -> Result<&mut [u8]> {
+    /// Writes the lock-byte page, when it is next, as zeros (as SQLite leaves it).
+    fn skip_lock_page(&mut self) -> Result<()> {
         if self.next == self.lock_page() {
-            // Left as zeros, as SQLite leaves it.
             let zeros = vec![0u8; self.page.len()];
             self.w.write_all(&zeros)?;
             self.next += 1;
         }
+        Ok(())
+    }
+
+    /// Counts the next page as written; returns its number.
+    fn count_page(&mut self) -> Result<u32> {
+        let pgno = self.next;
+        self.next = self
+            .next
+            .checked_add(1)
+            .ok_or(C1zError::State("the database would exceed 2^32 pages"))?;
+        Ok(pgno)
+    }
+
+    /// The bytes of the next page, in the writer's buffer, to be filled whole and then counted with
+    /// [`commit`](Self::commit) (until then, calls return the same page).
+    fn slot(&mut self) -> Result<&mut [u8]> {
+        self.skip_lock_page()?;
         self.w.slot(self.page.len())
     }
 
     /// Counts the page filled in the [`slot`](Self::slot) as written; returns its number.
     fn commit(&mut self) -> Result<u32> {
         self.w.advance(self.page.len())?;
-        let pgno = self.next;
-        self.next = self
-            .next
-            .checked_add(1)
-            .ok_or(C1zError::State("the database would exceed 2^32 pages"))?;
-        Ok(pgno)
+        self.count_page()
     }
 
     /// Writes `self.page` as the next page and returns its number.
     fn append(&mut self) -> Result<u32> {
-        if self.next == self.lock_page() {
-            // Left as zeros, as SQLite leaves it.
-            let zeros = vec![0u8; self.page.len()];
-            self.w.write_all(&zeros)?;
-            self.next += 1;
-        }
-        let pgno = self.next;
+        self.skip_lock_page()?;
         self.w.write_all(&self.page)?;
-        self.next = self
-            .next
-            .checked_add(1)
-            .ok_or(C1zError::State("the database would exceed 2^32 pages"))?;
-        Ok(pgno)
+        self.count_page()
     }
 }
 
@@ -911,6 +911,31 @@ fn zero_at(b: &[u8]) -> Option<usize> {
         at += 8;
     }
     chunks.remainder().iter().position(|&x| x == 0).map(|p| at + p)
+}
+
+/// Appends an index record to `out`: its header (`hdr_size` bytes: their own count, the key columns'
+/// serial `types`, the row id's `rt`), the key columns, the row id's bytes.
+#[inline(always)]
+fn put_record(
+    out: &mut Vec<u8>,
+    hdr_size: usize,
+    types: &[u64],
+    rt: u64,
+    cols: &[u8],
+    rowid: &[u8],
+) -> Result<()> {
+    let start = out.len();
+    put_varint(out, hdr_size as u64);
+    for &t in types {
+        put_varint(out, t);
+    }
+    put_varint(out, rt);
+    if out.len() - start != hdr_size {
+        return Err(C1zError::State("index record header size mismatch"));
+    }
+    out.extend_from_slice(cols);
+    out.extend_from_slice(rowid);
+    Ok(())
 }
 
 /// Builds one index b-tree from entries given in order.
@@ -1067,36 +1092,18 @@ impl<'a> Builder<'a> {
         } else {
             hdr_len + varint_len(hdr_len as u64 + 2)
         };
+        let (types, rowid) = (&types[..k], &rowid.to_be_bytes()[8 - rw..]);
         // Usually the cell fits the current leaf whole: written straight into it.
         let p = hdr_size + self.cols.len() + rw;
         if p <= self.max_local && self.levels[0].held.is_none() && self.fits(0, varint_len(p as u64) + p) {
             let l = &mut self.levels[0];
             put_varint(&mut l.cells, p as u64);
-            let rec_start = l.cells.len();
-            put_varint(&mut l.cells, hdr_size as u64);
-            for t in &types[..k] {
-                put_varint(&mut l.cells, *t);
-            }
-            put_varint(&mut l.cells, rt);
-            if l.cells.len() - rec_start != hdr_size {
-                return Err(C1zError::State("index record header size mismatch"));
-            }
-            l.cells.extend_from_slice(&self.cols);
-            l.cells.extend_from_slice(&rowid.to_be_bytes()[8 - rw..]);
+            put_record(&mut l.cells, hdr_size, types, rt, &self.cols, rowid)?;
             l.ends.push(l.cells.len());
             return Ok(());
         }
         self.rec.clear();
-        put_varint(&mut self.rec, hdr_size as u64);
-        for t in &types[..k] {
-            put_varint(&mut self.rec, *t);
-        }
-        put_varint(&mut self.rec, rt);
-        if self.rec.len() != hdr_size {
-            return Err(C1zError::State("index record header size mismatch"));
-        }
-        self.rec.extend_from_slice(&self.cols);
-        self.rec.extend_from_slice(&rowid.to_be_bytes()[8 - rw..]);
+        put_record(&mut self.rec, hdr_size, types, rt, &self.cols, rowid)?;
         // The cell's payload part: size, local bytes, and the first overflow page when it does not fit.
         let p = self.rec.len();
         self.cell.clear();

@@ -1173,7 +1173,9 @@ impl C1zWriter {
         } else {
             None
         };
-        let feeds = expandable
+        // An expansion with at least one source entitlement: stored in the row, and it feeds the
+        // grant's entitlement.
+        let needs_expansion = expandable
             .as_ref()
             .and_then(|(_, ge)| ge.as_ref())
             .is_some_and(|ge| ge.entitlement_ids.iter().any(|s| !s.trim().is_empty()));
@@ -1181,7 +1183,7 @@ impl C1zWriter {
             .active
             .as_mut()
             .and_then(|a| a.refs.as_mut())
-            .map(|refs| refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id, feeds));
+            .map(|refs| refs.add(&ent.id, &pid.resource_type, &pid.resource, &g.id, needs_expansion));
         let mut ends = self.batch.push_columns([
             rid.resource_type.as_bytes(),
             rid.resource.as_bytes(),
@@ -1191,15 +1193,9 @@ impl C1zWriter {
             g.id.as_bytes(),
         ]);
         let b = &mut self.batch.bytes;
-        let mut needs_expansion = false;
-        let mut has_expansion = false;
         if let Some((owned, ge)) = expandable {
-            if let Some(ge) = ge {
-                needs_expansion = ge.entitlement_ids.iter().any(|s| !s.trim().is_empty());
-                if needs_expansion {
-                    ge.encode_raw(b);
-                    has_expansion = true;
-                }
+            if let Some(ge) = ge.filter(|_| needs_expansion) {
+                ge.encode_raw(b);
             }
             ends[6] = b.len();
             owned.encode_raw(b);
@@ -1210,7 +1206,7 @@ impl C1zWriter {
         ends[7] = b.len();
         self.batch.rows.push(inserter::BatchRow {
             ends,
-            has_expansion,
+            has_expansion: needs_expansion,
             needs_expansion,
             hot,
         });

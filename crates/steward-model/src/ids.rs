@@ -3,31 +3,17 @@
 
 /// An entitlement id: `<resource_type>:<resource_id>:<slug>`, e.g. `group:42:member`.
 pub fn entitlement_id(resource_type: &str, resource_id: &str, slug: &str) -> String {
-    joined(&[resource_type, resource_id, slug])
+    [resource_type, resource_id, slug].join(":")
 }
 
 /// A grant id: `<entitlement_id>:<principal_type>:<principal_id>`, e.g. `group:42:member:user:7`.
 pub fn grant_id(entitlement_id: &str, principal_type: &str, principal_id: &str) -> String {
-    joined(&[entitlement_id, principal_type, principal_id])
+    [entitlement_id, principal_type, principal_id].join(":")
 }
 
 /// The `v1_resources.external_id` of a resource: `<resource_type>:<resource_id>`.
 pub fn resource_external_id(resource_type: &str, resource_id: &str) -> String {
-    joined(&[resource_type, resource_id])
-}
-
-/// The parts joined by `:`, in one allocation of the exact size (a connector makes one grant id per
-/// grant: `format!` cost ~1,700 instructions each).
-fn joined(parts: &[&str]) -> String {
-    let len = parts.iter().map(|p| p.len()).sum::<usize>() + parts.len().saturating_sub(1);
-    let mut s = String::with_capacity(len);
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            s.push(':');
-        }
-        s.push_str(p);
-    }
-    s
+    [resource_type, resource_id].join(":")
 }
 
 #[cfg(test)]
